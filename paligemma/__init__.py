@@ -2,5 +2,12 @@
 
 from paligemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from paligemma.model import PaliGemmaForConditionalGeneration
+from paligemma.processing import PaliGemmaProcessor
 
-__all__ = ["GemmaConfig", "PaliGemmaConfig", "PaliGemmaForConditionalGeneration", "SiglipVisionConfig"]
+__all__ = [
+    "GemmaConfig",
+    "PaliGemmaConfig",
+    "PaliGemmaForConditionalGeneration",
+    "PaliGemmaProcessor",
+    "SiglipVisionConfig",
+]

@@ -115,12 +115,12 @@ class GemmaConfig:
         d.setdefault("hidden_act", d.get("hidden_activation") or "gelu_pytorch_tanh")
         if d.get("head_dim") is None:
             d.pop("head_dim", None)
-        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise UnsupportedConfigError(f"text_config rope_type={rope_type!r} is not supported")
-        if "rope_theta" in rope:
-            d["rope_theta"] = rope["rope_theta"]
+        for rope in (d.get("rope_scaling") or {}, d.get("rope_parameters") or {}):
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            if rope_type != "default":
+                raise UnsupportedConfigError(f"text_config rope_type={rope_type!r} is not supported")
+            if "rope_theta" in rope:
+                d["rope_theta"] = rope["rope_theta"]
         return cls(**_known_fields(cls, d))
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,213 @@
+"""PaliGemma inputs: prompt/suffix tokenization, labels and SigLIP image preprocessing.
+
+Outputs equal transformers' ``PaliGemmaProcessor(..., padding="longest", return_tensors="pt")`` for the
+same files (DESIGN §3, §4.9):
+
+    prompt = "<image>" * num_image_tokens + "<bos>" + prefix + "\\n"     token_type_ids 0, labels -100
+    suffix = suffix + "<eos>"                                           token_type_ids 1, labels = ids
+    padding: pad id, attention_mask 0, token_type_ids 0, labels -100
+
+Tokenization is the ``tokenizers`` library on the repo's tokenizer.json; images go through PIL + numpy
+exactly as transformers' SiglipImageProcessor (PIL backend) does, except 16-bit images (see ``to_rgb``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer
+
+from paligemma.tokenizer import EXTRA_TOKENS, IMAGE_TOKEN
+
+IGNORE_INDEX = -100
+PROCESSOR_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+]
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparency is composited onto white, as transformers does.
+
+    16-bit images (I;16*) keep their top 8 bits; PIL's own conversion, and so transformers', clips
+    every value above 255 to white.
+    """
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
+    fill = [value] * (length - len(seq))
+    return fill + seq if left else seq + fill
+
+
+class PaliGemmaProcessor:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_size: int,
+        num_image_tokens: int,
+        bos_token: str = "<bos>",
+        eos_token: str = "<eos>",
+        pad_token: str = "<pad>",
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        rescale_factor: float = 1 / 255,
+        resample: int = Image.Resampling.BICUBIC,
+    ):
+        # As transformers' processor: register <image> and the loc/seg tokens if the tokenizer lacks them.
+        if tokenizer.token_to_id(IMAGE_TOKEN) is None:
+            tokenizer.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+        added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+        if missing := [t for t in EXTRA_TOKENS if t not in added]:
+            tokenizer.add_tokens(missing)
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.num_image_tokens = num_image_tokens
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.image_token_id = tokenizer.token_to_id(IMAGE_TOKEN)
+        self.bos_token_id = self._token_id(bos_token)
+        self.eos_token_id = self._token_id(eos_token)
+        self.pad_token_id = self._token_id(pad_token)
+        self.image_mean = np.array(image_mean, dtype=np.float32)
+        self.image_std = np.array(image_std, dtype=np.float32)
+        self.rescale_factor = rescale_factor
+        self.resample = resample
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> PaliGemmaProcessor:
+        """Load from a local dir or a hub id holding tokenizer.json and preprocessor_config.json."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            if path.exists() or path.is_absolute() or str(path).startswith(".") or len(path.parts) != 2:
+                raise FileNotFoundError(f"{path} is neither a directory nor a hub id (owner/name)")
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(path), allow_patterns=PROCESSOR_FILES))
+        for name in ["tokenizer.json", "preprocessor_config.json"]:
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path} has no {name}; a PaliGemma processor needs it")
+        image_cfg = json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+        tok_cfg = {}  # special token names; tokenizer_config.json wins, as in transformers
+        for name in ["special_tokens_map.json", "tokenizer_config.json"]:
+            if (path / name).is_file():
+                tok_cfg.update(json.loads((path / name).read_text(encoding="utf-8")))
+
+        def token(key: str, default: str) -> str:
+            value = tok_cfg.get(key) or default
+            return value["content"] if isinstance(value, dict) else value
+
+        size = image_cfg.get("size", {})
+        if size.get("height") is None or size.get("height") != size.get("width"):
+            raise ValueError(
+                f"preprocessor_config.json: expected a square size {{height, width}}, got {size}"
+            )
+        if "image_seq_length" not in image_cfg:
+            raise ValueError("preprocessor_config.json has no image_seq_length (the number of image tokens)")
+        return cls(
+            Tokenizer.from_file(str(path / "tokenizer.json")),
+            image_size=size["height"],
+            num_image_tokens=image_cfg["image_seq_length"],
+            bos_token=token("bos_token", "<bos>"),
+            eos_token=token("eos_token", "<eos>"),
+            pad_token=token("pad_token", "<pad>"),
+            image_mean=image_cfg.get("image_mean", [0.5] * 3),
+            image_std=image_cfg.get("image_std", [0.5] * 3),
+            rescale_factor=image_cfg.get("rescale_factor", 1 / 255),
+            resample=image_cfg.get("resample", Image.Resampling.BICUBIC),
+        )
+
+    def preprocess_image(self, image: Image.Image) -> np.ndarray:
+        """(3, size, size) float32: RGB, bicubic resize, x / 255, (x - mean) / std; as SiglipImageProcessor."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"images must be PIL images, got {type(image).__name__}")
+        image = to_rgb(image).resize((self.image_size, self.image_size), resample=self.resample)
+        x = (np.asarray(image, dtype=np.float64) * self.rescale_factor).astype(np.float32)
+        return ((x - self.image_mean) / self.image_std).transpose(2, 0, 1)
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        images: Image.Image | Sequence[Image.Image],
+        suffix: str | Sequence[str] | None = None,
+        padding_side: str = "right",
+        max_length: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Batch of prompts (``text``, one image each) and optional target ``suffix``es.
+
+        ``max_length`` caps each row: a too-long suffix loses tokens from its end but keeps ``<eos>``; a
+        prompt that cannot fit (with its ``<eos>`` when a suffix is given) raises.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        if len(texts) != len(images):
+            raise ValueError(f"got {len(texts)} texts for {len(images)} images; each text needs one image")
+        if any(IMAGE_TOKEN in t for t in texts):
+            raise ValueError(f"text is the prefix only; the processor adds the {IMAGE_TOKEN} tokens itself")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+
+        prompts = [IMAGE_TOKEN * self.num_image_tokens + self.bos_token + t + "\n" for t in texts]
+        prompt_ids = [e.ids for e in self.tokenizer.encode_batch(prompts, add_special_tokens=False)]
+        suffix_ids = [[] for _ in texts]
+        if suffix is not None:
+            suffixes = [suffix] if isinstance(suffix, str) else list(suffix)
+            if len(suffixes) != len(texts):
+                raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} texts")
+            suffixes = [s + self.eos_token for s in suffixes]
+            suffix_ids = [e.ids for e in self.tokenizer.encode_batch(suffixes, add_special_tokens=False)]
+        rows = [(p + s, [0] * len(p) + [1] * len(s)) for p, s in zip(prompt_ids, suffix_ids, strict=True)]
+        if max_length is not None:
+            rows = [self._truncate(ids, types, max_length) for ids, types in rows]
+
+        length, left = max(len(ids) for ids, _ in rows), padding_side == "left"
+        batch = {
+            "input_ids": [_pad(ids, self.pad_token_id, length, left) for ids, _ in rows],
+            "attention_mask": [_pad([1] * len(ids), 0, length, left) for ids, _ in rows],
+            "token_type_ids": [_pad(types, 0, length, left) for _, types in rows],
+        }
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        if suffix is not None:
+            out["labels"] = out["input_ids"].masked_fill(out["token_type_ids"] == 0, IGNORE_INDEX)
+        out["pixel_values"] = torch.from_numpy(np.stack([self.preprocess_image(im) for im in images]))
+        return out
+
+    def _truncate(self, ids: list[int], types: list[int], max_length: int) -> tuple[list[int], list[int]]:
+        if len(ids) <= max_length:
+            return ids, types
+        n_prompt = types.count(0)
+        if n_prompt + (1 in types) > max_length:
+            raise ValueError(f"max_length={max_length} cannot hold a prompt of {n_prompt} tokens (and <eos>)")
+        keep = max_length - n_prompt - 1  # suffix tokens kept before its <eos>
+        return ids[: n_prompt + keep] + ids[-1:], types[:max_length]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(
+        self, sequences: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+    ) -> list[str]:
+        sequences = (
+            sequences.tolist() if isinstance(sequences, torch.Tensor) else [list(s) for s in sequences]
+        )
+        return self.tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
