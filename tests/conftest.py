@@ -113,3 +113,24 @@ def make_batch(config: PaliGemmaConfig, prefix_lens, suffix_lens, seed: int = 0,
 @pytest.fixture(params=sorted(SMALL_CONFIGS))
 def small_config(request) -> PaliGemmaConfig:
     return PaliGemmaConfig.from_dict(SMALL_CONFIGS[request.param])
+
+
+TINY_TEXTS = [
+    "caption en",
+    "answer en what color is the circle?",
+    "a red circle on the left and a blue square on the right",
+    "two shapes: a green triangle at the top and a yellow circle at the bottom",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A random tiny PaliGemma in HF format with its tokenizer and preprocessor files."""
+    from paligemma.tiny import create_tiny_checkpoint
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)  # fmt: skip
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=16)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-checkpoint")
+    return create_tiny_checkpoint(path, TINY_TEXTS, vocab_size=400, vision=vision, text=text)

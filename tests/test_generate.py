@@ -94,3 +94,24 @@ def test_right_padded_prompts_are_refused():
     batch.pop("labels")
     with pytest.raises(ValueError, match="left-padded"):
         model.generate(**batch)
+
+
+def test_command_line_generates_for_one_image(tiny_checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+
+    image_path = tmp_path / "picture.png"
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(image_path)
+    command = [sys.executable, "-m", "paligemma.generate", "--model", str(tiny_checkpoint), "--image",
+               str(image_path), "--prompt", "caption en", "--max-new-tokens", "5"]  # fmt: skip
+    printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    processor = PaliGemmaProcessor.from_pretrained(tiny_checkpoint)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    batch = processor(text=["caption en"], images=[Image.open(image_path)], padding_side="left")
+    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
+    assert printed == expected + "\n"
