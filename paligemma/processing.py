@@ -14,6 +14,7 @@ exactly as transformers' SiglipImageProcessor (PIL backend) does, except 16-bit 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +32,13 @@ PROCESSOR_FILES = [
     "special_tokens_map.json",
     "preprocessor_config.json",
 ]
+
+
+def copy_processor_files(source: str | Path, target: str | Path) -> None:
+    """Copy the tokenizer and image settings that exist in ``source`` to ``target``."""
+    for name in PROCESSOR_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, Path(target) / name)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

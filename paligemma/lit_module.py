@@ -1,0 +1,190 @@
+"""LightningModule: frozen SigLIP, LoRA (peft) on the Gemma decoder, suffix-only loss, generation metrics."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import lightning as L
+import peft
+import torch
+
+from paligemma import metrics
+from paligemma.generate import DTYPES
+from paligemma.model import PaliGemmaForConditionalGeneration
+from paligemma.processing import copy_processor_files
+
+MONITORED_METRIC = {"vqa": "val/vqa_accuracy", "caption": "val/cider"}
+DECODER_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None) -> peft.LoraConfig:
+    """LoRA on the decoder's linear layers only: SigLIP has q/k/v_proj too, and suffix matching would adapt it."""
+    names = "|".join(target_modules or DECODER_LINEAR_LAYERS)
+    return peft.LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=rf".*\.language_model\..*\.({names})"
+    )
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
+    """LR multiplier: linear warm-up over warmup_ratio of the run, then cosine decay to min_lr_ratio."""
+    warmup = max(1, int(warmup_ratio * total_steps))
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+class PaliGemmaLitModule(L.LightningModule):
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "float32",
+        train_vision: bool = False,
+        train_projector: bool = False,
+        gradient_checkpointing: bool = False,
+        lora: dict | None = None,
+        optim: dict | None = None,
+        max_new_tokens: int = 10,
+        log_predictions: int = 16,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.strict_loading = False  # checkpoints hold the trainable parameters only
+        self.optim = {
+            "lr": 2e-4,
+            "weight_decay": 0.0,
+            "warmup_ratio": 0.05,
+            "min_lr_ratio": 0.0,
+            **(optim or {}),
+        }
+        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
+        self.net.requires_grad_(False)
+        self.net.model.multi_modal_projector.requires_grad_(train_projector)
+        if lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
+            self.net.model.language_model.requires_grad_(True)
+            self.peft_model = None
+        else:
+            self.peft_model = peft.get_peft_model(self.net, lora_config(**lora))
+        self.net.model.vision_tower.requires_grad_(train_vision)
+        if gradient_checkpointing:
+            self.net.gradient_checkpointing_enable()
+        self.samples_seen = 0
+        self._records: list[dict] = []
+
+    @property
+    def task(self) -> str:
+        return self.trainer.datamodule.task
+
+    @property
+    def processor(self):
+        return self.trainer.datamodule.processor
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.hparams.train_vision:
+            self.net.model.vision_tower.eval()
+        return self
+
+    def training_step(self, batch, batch_idx):
+        if batch is None:  # every row of the batch was unreadable; the data module counted them
+            return None
+        loss = self.net(**batch, return_logits=False).loss
+        batch_size = batch["input_ids"].shape[0]
+        self.samples_seen += batch_size
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._records = []
+
+    def validation_step(self, batch, batch_idx):
+        if batch is None:
+            return
+        loss = self.net(**batch["batch"], return_logits=False).loss
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["references"]), sync_dist=True)
+        new_tokens = self.net.generate(**batch["prompt"], max_new_tokens=self.hparams.max_new_tokens)
+        predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        for i, prediction in enumerate(predictions):
+            self._records.append(
+                {
+                    "row_id": batch["row_ids"][i],
+                    "kind": batch["kinds"][i],
+                    "prompt": batch["prompts"][i],
+                    "prediction": prediction.strip(),
+                    "references": batch["references"][i],
+                    "image": batch["images"][i] if i < self.hparams.log_predictions else None,
+                }
+            )
+
+    def on_validation_epoch_end(self):
+        if not self._records:
+            return
+        for name, value in score(self._records, self.task).items():
+            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.task], sync_dist=True)
+        self._log_prediction_table()
+
+    def _log_prediction_table(self):
+        from lightning.pytorch.loggers import WandbLogger
+
+        rows = [r for r in self._records if r["image"] is not None][: self.hparams.log_predictions]
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger) and rows:
+                import wandb
+
+                data = [[wandb.Image(r["image"]), r["prompt"], r["prediction"], " | ".join(r["references"])]
+                        for r in rows]  # fmt: skip
+                logger.log_table("val/predictions", ["image", "prompt", "prediction", "references"], data)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=self.optim["lr"],
+            weight_decay=self.optim["weight_decay"],
+            betas=tuple(self.optim.get("betas", (0.9, 0.999))),
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = warmup_cosine(total, self.optim["warmup_ratio"], self.optim["min_lr_ratio"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run."""
+        self.peft_model.peft_config["default"].base_model_name_or_path = str(self.hparams.path)
+        self.peft_model.save_pretrained(directory)
+        return Path(directory).resolve()
+
+    def save_model(self, directory: str | Path) -> Path:
+        """The whole model in HF format with the base's processor files; LoRA runs merge (and unload) first."""
+        model = self.net if self.peft_model is None else self.peft_model.merge_and_unload()
+        model.save_pretrained(directory)
+        copy_processor_files(self.hparams.path, directory)
+        return Path(directory).resolve()
+
+
+def score(records: list[dict], task: str) -> dict[str, float]:
+    """The task's metrics over validation records, VQA accuracy per question kind as well."""
+    if task == "vqa":
+        per_kind = defaultdict(list)
+        for r in records:
+            per_kind[r["kind"]].append(metrics.vqa_accuracy(r["prediction"], r["references"]))
+        scores = {f"val/vqa_accuracy/{kind}": statistics.fmean(v) for kind, v in sorted(per_kind.items())}
+        scores["val/vqa_accuracy"] = statistics.fmean(a for v in per_kind.values() for a in v)
+        return scores
+    predictions = {r["row_id"]: r["prediction"] for r in records}
+    references = {r["row_id"]: r["references"] for r in records}
+    return {
+        "val/cider": metrics.cider_d(predictions, references),
+        "val/bleu4": metrics.bleu(predictions, references),
+    }

@@ -1,0 +1,160 @@
+"""Synthetic shapes: the embedded default dataset, generated deterministically, no download.
+
+Each picture (default 64x64 px) holds 1-3 shapes on a light background with smooth random shading:
+
+    kinds      circle, square, triangle
+    colours    red, yellow, green, cyan, blue, purple (hues 60 degrees apart)
+    positions  the cells of a 2x2 grid: "top left", "top right", "bottom left", "bottom right"
+               (one shape per cell; size and placement jittered within the cell)
+
+Each row carries a caption naming every shape (in cell order) and one question, its kind cycling
+color / shape / count / position so the kinds are balanced (25% each in every split):
+
+    caption   "two shapes: a red circle at the top left and a blue square at the bottom right"
+    color     "what color is the circle?" (only when exactly one circle)
+              "what color is the shape at the top left?"                            -> "red"
+    shape     "what shape is the red object?" (only when exactly one red shape)
+              "what shape is at the bottom right?"                                  -> "square"
+    count     "how many shapes are there?"                                          -> "1" .. "3"
+    position  "where is the blue square?" (only when exactly one blue square)       -> "bottom right"
+
+Answers are digits for counts, as in VQAv2. Train and validation come from independent seed streams
+(``[seed, 0]`` and ``[seed, 1]``); the same arguments give the same PNG bytes on every run.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import datasets
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40),
+    "yellow": (230, 200, 30),
+    "green": (40, 170, 60),
+    "cyan": (30, 190, 200),
+    "blue": (40, 70, 220),
+    "purple": (160, 50, 190),
+}
+SHAPES = ["circle", "square", "triangle"]
+POSITIONS = ["top left", "top right", "bottom left", "bottom right"]  # 2x2 cells, row-major
+QUESTION_KINDS = ["color", "shape", "count", "position"]
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "caption": datasets.Value("string"),
+        "question": datasets.Value("string"),
+        "answers": datasets.Sequence(datasets.Value("string")),
+        "answer": datasets.Value("string"),
+        "kind": datasets.Value("string"),
+        "image_id": datasets.Value("string"),
+    }
+)
+
+
+def _scene(rng: np.random.Generator) -> list[tuple[str, str, int]]:
+    """1-3 (colour, shape, cell) triples in distinct cells, sorted by cell."""
+    n = int(rng.integers(1, 4))
+    cells = sorted(rng.choice(len(POSITIONS), size=n, replace=False).tolist())
+    colors = list(COLORS)
+    return [(colors[rng.integers(len(colors))], SHAPES[rng.integers(len(SHAPES))], c) for c in cells]
+
+
+def _caption(scene: list[tuple[str, str, int]]) -> str:
+    parts = [f"a {color} {shape} at the {POSITIONS[cell]}" for color, shape, cell in scene]
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    noun = "shape" if len(scene) == 1 else "shapes"
+    return f"{NUMBER_WORDS[len(scene)]} {noun}: {listed}"
+
+
+def _questions(scene: list[tuple[str, str, int]], kind: str) -> list[tuple[str, str]]:
+    """Every unambiguous (question, answer) of ``kind`` for this scene."""
+    colors = Counter(color for color, _, _ in scene)
+    shapes = Counter(shape for _, shape, _ in scene)
+    pairs = Counter((color, shape) for color, shape, _ in scene)
+    if kind == "count":
+        return [("how many shapes are there?", str(len(scene)))]
+    out = []
+    for color, shape, cell in scene:
+        where = POSITIONS[cell]
+        if kind == "color":
+            out.append((f"what color is the shape at the {where}?", color))
+            if shapes[shape] == 1:
+                out.append((f"what color is the {shape}?", color))
+        elif kind == "shape":
+            out.append((f"what shape is at the {where}?", shape))
+            if colors[color] == 1:
+                out.append((f"what shape is the {color} object?", shape))
+        elif pairs[(color, shape)] == 1:
+            out.append((f"where is the {color} {shape}?", where))
+    return out
+
+
+def _render(scene: list[tuple[str, str, int]], size: int, rng: np.random.Generator) -> bytes:
+    """PNG bytes: light background shaded by a 4x4 random field, each shape jittered inside its cell."""
+    shading = rng.integers(190, 246, size=3) + rng.integers(-12, 13, size=(4, 4, 3))
+    image = Image.fromarray(np.clip(shading, 0, 255).astype(np.uint8))
+    image = image.resize((size, size), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    cell = size / 2
+    for color, shape, index in scene:
+        radius = cell * rng.uniform(0.24, 0.36)
+        slack = cell / 2 - radius - 1
+        cx = (index % 2 + 0.5) * cell + rng.uniform(-slack, slack)
+        cy = (index // 2 + 0.5) * cell + rng.uniform(-slack, slack)
+        box = [cx - radius, cy - radius, cx + radius, cy + radius]
+        if shape == "circle":
+            draw.ellipse(box, fill=COLORS[color])
+        elif shape == "square":
+            draw.rectangle(box, fill=COLORS[color])
+        else:
+            draw.polygon(
+                [(cx, cy - radius), (cx + radius, cy + radius), (cx - radius, cy + radius)],
+                fill=COLORS[color],
+            )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _make_split(num: int, image_size: int, seed: int, stream: int, split: str) -> datasets.Dataset:
+    rng = np.random.default_rng([seed, stream])
+    rows = {name: [] for name in FEATURES}
+    for i in range(num):
+        kind = QUESTION_KINDS[i % len(QUESTION_KINDS)]
+        while not (candidates := _questions(scene := _scene(rng), kind)):
+            pass  # e.g. two identical blue squares leave no "where is" question: draw another scene
+        question, answer = candidates[rng.integers(len(candidates))]
+        rows["image"].append({"bytes": _render(scene, image_size, rng), "path": None})
+        rows["caption"].append(_caption(scene))
+        rows["question"].append(question)
+        rows["answers"].append([answer])
+        rows["answer"].append(answer)
+        rows["kind"].append(kind)
+        rows["image_id"].append(f"shapes-{split}-{i:06d}")
+    return datasets.Dataset.from_dict(rows, features=FEATURES, split=split)
+
+
+def make_shapes_dataset(
+    num_train: int, num_val: int, image_size: int = 64, seed: int = 0
+) -> datasets.DatasetDict:
+    """Splits "train" and "validation" of the synthetic shapes dataset (see the module docstring)."""
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 px to draw shapes, got {image_size}")
+    return datasets.DatasetDict(
+        train=_make_split(num_train, image_size, seed, 0, "train"),
+        validation=_make_split(num_val, image_size, seed, 1, "validation"),
+    )
+
+
+def synthetic_texts(dataset: datasets.Dataset | datasets.DatasetDict) -> list[str]:
+    """Every text a model sees on this data (task prefixes, captions, questions, answers): a tokenizer corpus."""
+    splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
+    texts = ["caption en", "answer en"]
+    for split in splits:
+        texts += [text for column in ("caption", "question", "answer") for text in split[column]]
+    return texts

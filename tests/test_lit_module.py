@@ -1,0 +1,50 @@
+import peft
+import pytest
+import torch
+
+from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.lit_module import lora_config, score, warmup_cosine
+
+
+def test_lora_on_3b_config_adapts_the_decoder_only():
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(PaliGemmaConfig())
+    model.requires_grad_(False)
+    model = peft.get_peft_model(model, lora_config(r=8, alpha=16, dropout=0.05))
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == 9_805_824
+    assert not any("vision_tower" in name or "projector" in name for name in trainable)
+    assert all(".language_model.layers." in name and "lora_" in name for name in trainable)
+
+
+def test_warmup_then_cosine_to_floor():
+    multiplier = warmup_cosine(total_steps=100, warmup_ratio=0.1, min_lr_ratio=0.1)
+    assert multiplier(0) == pytest.approx(0.1) and multiplier(9) == pytest.approx(1.0)
+    assert multiplier(10) == pytest.approx(1.0)
+    assert multiplier(55) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert multiplier(100) == pytest.approx(0.1)
+    assert all(multiplier(s) >= multiplier(s + 1) for s in range(10, 100))
+
+
+def test_score_reports_vqa_accuracy_per_kind():
+    records = [
+        {"row_id": 0, "kind": "color", "prediction": "red", "references": ["red"]},
+        {"row_id": 1, "kind": "color", "prediction": "blue", "references": ["red"]},
+        {"row_id": 2, "kind": "count", "prediction": "two", "references": ["2"]},
+    ]
+    scores = score(records, "vqa")
+    assert scores == {"val/vqa_accuracy/color": 0.5, "val/vqa_accuracy/count": 1.0, "val/vqa_accuracy": 2 / 3}
+
+
+def test_score_reports_cider_and_bleu_for_captions():
+    records = [
+        {
+            "row_id": 0,
+            "kind": "caption",
+            "prediction": "a red circle",
+            "references": ["a red circle", "red circle"],
+        },
+        {"row_id": 1, "kind": "caption", "prediction": "a blue square", "references": ["a green triangle"]},
+    ]
+    scores = score(records, "caption")
+    assert set(scores) == {"val/cider", "val/bleu4"} and scores["val/cider"] > 0

@@ -1,0 +1,117 @@
+"""Fine-tune PaliGemma: compose the Hydra config, instantiate, fit, write metrics.json, return the metric.
+
+python train.py                                   # tiny model, synthetic VQA, offline
+python train.py data=vqav2 model=paligemma-3b-pt-224 trainer=gpu
+python train.py -m lora.r=4,8 optim.lr=1e-4,3e-4  # a sweep, one W&B group
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule  # noqa: E402
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def group_sweep_in_wandb(cfg: DictConfig) -> None:
+    """Jobs of one multirun share a W&B group named after the sweep directory."""
+    hydra_cfg = HydraConfig.get()
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is not None and wandb_cfg.group is None and hydra_cfg.mode == RunMode.MULTIRUN:
+        wandb_cfg.group = Path(hydra_cfg.sweep.dir).name
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit and validate; returns (and writes to <run dir>/metrics.json) the run's metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = PaliGemmaLitModule(
+        **cfg.model,
+        lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
+        optim=OmegaConf.to_container(cfg.optim),
+    )
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks)
+    )
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    results = {}
+    if cfg.zero_shot and cfg.ckpt_path is None:
+        zero_shot = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        results.update({f"zero_shot/{k.removeprefix('val/')}": v for k, v in zero_shot.items()})
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    wall = time.perf_counter() - start
+    results.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+
+    monitor = MONITORED_METRIC[datamodule.task]
+    results.update(
+        {
+            "monitor": monitor,
+            "data/skipped": datamodule.skipped,
+            "data/truncated": datamodule.truncated,
+            "train/wall_seconds": wall,
+            "train/samples_per_sec": module.samples_seen / wall if wall > 0 else 0.0,
+            "model_path": str(Path(cfg.model.path).resolve())
+            if Path(cfg.model.path).exists()
+            else cfg.model.path,
+        }
+    )
+    if module.peft_model is not None:
+        results["adapter_path"] = str(module.save_adapter(out_dir / "adapter"))
+    if cfg.export.merged or module.peft_model is None:  # full fine-tuning has no adapter to save
+        results["finetuned_path"] = str(module.save_model(out_dir / "model"))
+    if trainer.is_global_zero:
+        write_json(out_dir / "metrics.json", results)
+        for logger in loggers:
+            if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+                logger.experiment.summary.update(
+                    {k: v for k, v in results.items() if isinstance(v, int | float)}
+                )
+        print_summary(results, monitor)
+    return results
+
+
+def print_summary(results: dict, monitor: str) -> None:
+    name = monitor.removeprefix("val/")
+    print(
+        f"\n{name}: before {results.get(f'zero_shot/{name}', float('nan')):.4f}  after {results[monitor]:.4f}"
+    )
+    for key in sorted(k for k in results if k.startswith(monitor + "/")):
+        before = results.get(f"zero_shot/{key.removeprefix('val/')}", float("nan"))
+        print(f"  {key.removeprefix(monitor + '/'):>10s}: before {before:.4f}  after {results[key]:.4f}")
+    print(
+        f"trained in {results['train/wall_seconds']:.0f} s, {results['train/samples_per_sec']:.1f} samples/s"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    group_sweep_in_wandb(cfg)
+    results = train(cfg)
+    return results.get(results["monitor"])
+
+
+if __name__ == "__main__":
+    main()
