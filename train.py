@@ -16,6 +16,8 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
+from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
+from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule  # noqa: E402
@@ -50,9 +52,10 @@ def train(cfg: DictConfig) -> dict:
         optim=OmegaConf.to_container(cfg.optim),
     )
     loggers = instantiate_all(cfg.get("logger"))
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=instantiate_all(cfg.callbacks)
-    )
+    callbacks = instantiate_all(cfg.callbacks)
+    if not loggers:  # logger=none: nothing to log the learning rate to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -85,11 +88,14 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json(out_dir / "metrics.json", results)
         for logger in loggers:
-            if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+            if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(
                     {k: v for k, v in results.items() if isinstance(v, int | float)}
                 )
         print_summary(results, monitor)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # a later run in this process starts a new W&B run
     return results
 
 

@@ -28,6 +28,17 @@ def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modul
     )
 
 
+def load_adapter(model, adapter: str | Path, base: str) -> peft.PeftModel:
+    """A saved PEFT adapter on ``model``; one made for another base is a one-line error."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapter {adapter} has no adapter_config.json")
+    try:
+        return peft.PeftModel.from_pretrained(model, str(adapter))
+    except (RuntimeError, ValueError, KeyError) as e:
+        reason = str(e).strip().splitlines()[-1][:300]
+        raise ValueError(f"adapter {adapter} does not fit the base model {base}: {reason}") from None
+
+
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
     """LR multiplier: linear warm-up over warmup_ratio of the run, then cosine decay to min_lr_ratio."""
     warmup = max(1, int(warmup_ratio * total_steps))
@@ -52,8 +63,11 @@ class PaliGemmaLitModule(L.LightningModule):
         lora: dict | None = None,
         optim: dict | None = None,
         max_new_tokens: int = 10,
+        num_beams: int = 1,
         log_predictions: int = 16,
+        adapter: str | None = None,
     ):
+        """``lora=None`` trains the whole decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead."""
         super().__init__()
         self.save_hyperparameters()
         self.strict_loading = False  # checkpoints hold the trainable parameters only
@@ -67,7 +81,9 @@ class PaliGemmaLitModule(L.LightningModule):
         self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
         self.net.requires_grad_(False)
         self.net.model.multi_modal_projector.requires_grad_(train_projector)
-        if lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
+        if adapter is not None:
+            self.peft_model = load_adapter(self.net, adapter, base=path)
+        elif lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
             self.net.model.language_model.requires_grad_(True)
             self.peft_model = None
         else:
@@ -76,7 +92,7 @@ class PaliGemmaLitModule(L.LightningModule):
         if gradient_checkpointing:
             self.net.gradient_checkpointing_enable()
         self.samples_seen = 0
-        self._records: list[dict] = []
+        self.records: list[dict] = []
 
     @property
     def task(self) -> str:
@@ -102,17 +118,19 @@ class PaliGemmaLitModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self):
-        self._records = []
+        self.records = []
 
     def validation_step(self, batch, batch_idx):
         if batch is None:
             return
         loss = self.net(**batch["batch"], return_logits=False).loss
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["references"]), sync_dist=True)
-        new_tokens = self.net.generate(**batch["prompt"], max_new_tokens=self.hparams.max_new_tokens)
+        new_tokens = self.net.generate(
+            **batch["prompt"], max_new_tokens=self.hparams.max_new_tokens, num_beams=self.hparams.num_beams
+        )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for i, prediction in enumerate(predictions):
-            self._records.append(
+            self.records.append(
                 {
                     "row_id": batch["row_ids"][i],
                     "kind": batch["kinds"][i],
@@ -124,16 +142,16 @@ class PaliGemmaLitModule(L.LightningModule):
             )
 
     def on_validation_epoch_end(self):
-        if not self._records:
+        if not self.records:
             return
-        for name, value in score(self._records, self.task).items():
+        for name, value in score(self.records, self.task).items():
             self.log(name, value, prog_bar=name == MONITORED_METRIC[self.task], sync_dist=True)
         self._log_prediction_table()
 
     def _log_prediction_table(self):
         from lightning.pytorch.loggers import WandbLogger
 
-        rows = [r for r in self._records if r["image"] is not None][: self.hparams.log_predictions]
+        rows = [r for r in self.records if r["image"] is not None][: self.hparams.log_predictions]
         for logger in self.loggers:
             if isinstance(logger, WandbLogger) and rows:
                 import wandb

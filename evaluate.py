@@ -1,0 +1,83 @@
+"""Score a base model, a PEFT adapter or a training checkpoint with the metrics papers report.
+
+    python evaluate.py adapter=logs/train/runs/<date>/adapter
+    python evaluate.py model=paligemma-3b-pt-224 data=coco_captions adapter=DIR eval.num_beams=2
+
+Writes predictions.jsonl and metrics.json to the run dir (and to W&B as a summary and a table).
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule  # noqa: E402
+from train import instantiate_all, write_json  # noqa: E402
+
+
+def load_module(cfg: DictConfig) -> PaliGemmaLitModule:
+    overrides = {"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": cfg.eval.num_beams}
+    if cfg.ckpt_path is not None:
+        return PaliGemmaLitModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", **overrides)
+    model = {**OmegaConf.to_container(cfg.model, resolve=True), **overrides}
+    return PaliGemmaLitModule(**model, adapter=cfg.adapter)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = hydra.utils.instantiate(
+        cfg.data,
+        val_split=cfg.eval.split,
+        max_val_samples=cfg.eval.max_samples,
+        val_batch_size=cfg.eval.batch_size,
+    )
+    module = load_module(cfg)
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[], max_epochs=None)
+    start = time.perf_counter()
+    scores = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    seconds = time.perf_counter() - start
+
+    records = module.records
+    with open(out_dir / "predictions.jsonl", "w") as f:
+        for r in records:
+            row = {"id": r["row_id"], "kind": r["kind"], "prompt": r["prompt"], "prediction": r["prediction"]}
+            f.write(json.dumps({**row, "references": r["references"]}) + "\n")
+    results = {
+        **scores,
+        "monitor": MONITORED_METRIC[datamodule.task],
+        "eval/samples": len(records),
+        "eval/seconds": seconds,
+        "eval/samples_per_sec": len(records) / seconds,
+        "data/skipped": datamodule.skipped,
+        "model_path": str(module.hparams.path),
+        "adapter_path": str(Path(cfg.adapter).resolve()) if cfg.adapter else None,
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path else None,
+    }
+    write_json(out_dir / "metrics.json", results)
+    for logger in loggers:
+        if hasattr(logger.experiment, "summary"):
+            logger.experiment.summary.update({k: v for k, v in results.items() if isinstance(v, int | float)})
+            logger.experiment.finish()
+    metric = results["monitor"]
+    print(
+        f"{metric}: {results[metric]:.4f} on {len(records)} samples ({results['eval/samples_per_sec']:.1f}/s)"
+    )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> float:
+    results = evaluate(cfg)
+    return results[results["monitor"]]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""evaluate.py: reproduces a training run's validation metric from its adapter or checkpoint."""
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from test_train import FAST, SYNTHETIC, compose_config
+
+import evaluate
+import train
+from paligemma.tiny import create_tiny_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_FAST = [
+    "data.num_workers=0",
+    "data.val_batch_size=8",
+    "data.max_val_samples=8",
+    "model.max_new_tokens=4",
+]
+
+
+def compose_eval(output_dir: Path, overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_checkpoint):
+    run = tmp_path_factory.mktemp("train-run")
+    cfg = compose_config(run, [f"model.path={tiny_checkpoint}", "logger=csv", *FAST, *SYNTHETIC,
+                               "optim.lr=5e-2", "trainer.max_steps=4"])  # fmt: skip
+    return run, train.train(cfg)
+
+
+@pytest.mark.parametrize("source", ["adapter", "ckpt_path"])
+def test_evaluating_a_run_reproduces_its_val_metric(tmp_path, tiny_checkpoint, trained_run, source):
+    run, trained = trained_run
+    target = run / "adapter" if source == "adapter" else run / "checkpoints" / "last.ckpt"
+    cfg = compose_eval(tmp_path, [f"model.path={tiny_checkpoint}", f"{source}={target}", "logger=csv",
+                                  *SYNTHETIC, *EVAL_FAST])  # fmt: skip
+    results = evaluate.evaluate(cfg)
+    assert results["val/vqa_accuracy"] == trained["val/vqa_accuracy"]
+    for kind in ("color", "shape", "count", "position"):
+        assert results[f"val/vqa_accuracy/{kind}"] == trained[f"val/vqa_accuracy/{kind}"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["eval/samples"] == 8 and saved["eval/samples_per_sec"] > 0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and set(rows[0]) == {"id", "kind", "prompt", "prediction", "references"}
+    assert rows[0]["prompt"].startswith("answer en ")
+
+
+def test_zero_shot_evaluation_of_the_base(tmp_path, tiny_checkpoint, trained_run):
+    cfg = compose_eval(tmp_path, [f"model.path={tiny_checkpoint}", *SYNTHETIC, *EVAL_FAST])
+    results = evaluate.evaluate(cfg)
+    assert results["val/vqa_accuracy"] == pytest.approx(trained_run[1]["zero_shot/vqa_accuracy"])
+    assert results["adapter_path"] is None
+
+
+def test_adapter_for_another_base_is_a_clear_error(tmp_path, trained_run):
+    other = create_tiny_checkpoint(tmp_path / "other", ["caption en", "a red circle"] * 10, vocab_size=300,
+                                   vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=32, patch_size=8),
+                                   text=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=1, head_dim=12))  # fmt: skip
+    cfg = compose_eval(tmp_path / "eval", [f"model.path={other}", f"adapter={trained_run[0] / 'adapter'}",
+                                           "logger=none", *SYNTHETIC, *EVAL_FAST])  # fmt: skip
+    with pytest.raises(ValueError, match=r"adapter .* does not fit the base model"):
+        evaluate.evaluate(cfg)

@@ -1,0 +1,190 @@
+"""train.py end to end on the real Hydra config: a few steps per data config, the run dir, W&B, sweeps."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import lightning as L
+import peft
+import pytest
+import torch
+import transformers
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from test_data import COCO_FEATURES, VQAV2_FEATURES, noise, png, vqav2_rows
+from wandb_records import history, run_group
+
+import train
+from paligemma.lit_module import PaliGemmaLitModule
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=3", "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1", "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8",
+        "checkpoint.every_n_steps=2"]  # fmt: skip
+SYNTHETIC = ["data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32"]
+
+
+def compose_config(output_dir: Path, overrides: list[str]):
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def write_parquet(directory: Path, splits: dict[str, tuple[dict, datasets.Features]]) -> Path:
+    (directory / "data").mkdir(parents=True)
+    for split, (rows, features) in splits.items():
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            directory / "data" / f"{split}.parquet"
+        )
+    return directory
+
+
+def coco_rows(n: int) -> dict:
+    captions = [[f"a cat number {i}", "a cat", "two cats on a mat", "a mat", "a photo"] for i in range(n)]
+    return {"image": [{"bytes": png(noise(seed=i)), "path": None} for i in range(n)], "image_id": list(range(n)),
+            "text": [c[0] for c in captions], "captions": captions, "split": ["x"] * n}  # fmt: skip
+
+
+def data_overrides(name: str, tmp_path: Path) -> list[str]:
+    """Each data config on a local fixture in its hub dataset's schema (no network)."""
+    if name in ("synthetic", "synthetic_captions"):
+        return [f"data={name}", *SYNTHETIC]
+    if name in ("vqav2", "vqa"):
+        path = write_parquet(tmp_path / "vqa", {"train": (vqav2_rows(8), VQAV2_FEATURES),
+                                                "validation": (vqav2_rows(4), VQAV2_FEATURES)})  # fmt: skip
+        splits = ["data.train_split=train", "data.val_split=validation"]
+        return [f"data={name}", f"data.path={path}", *splits]
+    path = write_parquet(tmp_path / "coco", {"train": (coco_rows(8), COCO_FEATURES),
+                                             "validation": (coco_rows(4), COCO_FEATURES)})  # fmt: skip
+    columns = ["data.caption_column=captions"] if name == "captioning" else []
+    return [f"data={name}", f"data.path={path}", *columns]
+
+
+@pytest.mark.parametrize(
+    "data", ["synthetic", "synthetic_captions", "vqa", "captioning", "vqav2", "coco_captions"]
+)
+def test_every_data_config_trains_a_few_steps(tmp_path, tiny_checkpoint, data):
+    cfg = compose_config(tmp_path / "run", [f"model.path={tiny_checkpoint}", "logger=csv", *FAST,
+                                            *data_overrides(data, tmp_path)])  # fmt: skip
+    results = train.train(cfg)
+    metric = results["monitor"]
+    assert metric == ("val/cider" if "caption" in data or data == "captioning" else "val/vqa_accuracy")
+    assert results[metric] >= 0.0 and f"zero_shot/{metric.removeprefix('val/')}" in results
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_default_run_writes_metrics_checkpoint_adapter_and_wandb(tmp_path, tiny_checkpoint):
+    run = tmp_path / "run"
+    cfg = compose_config(run, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
+    results = train.train(cfg)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == pytest.approx(results)
+    kinds = {"color", "shape", "count", "position"}
+    assert {f"val/vqa_accuracy/{k}" for k in kinds} | {f"zero_shot/vqa_accuracy/{k}" for k in kinds} <= set(
+        saved
+    )
+    assert saved["data/skipped"] == 0 and saved["data/truncated"] == 0
+    assert saved["train/samples_per_sec"] > 0 and saved["train/wall_seconds"] > 0
+    assert saved["model_path"] == str(tiny_checkpoint) and Path(saved["adapter_path"]) == run / "adapter"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 8
+
+    logged = history(run)
+    losses = [row["train/loss"] for row in logged if "train/loss" in row]
+    assert len(losses) == 3 and all(loss > 0 for loss in losses)
+    assert any("lr-AdamW" in row for row in logged)
+    final = [row for row in logged if "val/vqa_accuracy" in row][-1]
+    assert final["val/vqa_accuracy"] == pytest.approx(saved["val/vqa_accuracy"])
+    assert any(key.startswith("val/predictions") for row in logged for key in row)
+
+
+def test_optimizer_steps_change_the_adapter_and_nothing_frozen(tmp_path, tiny_checkpoint):
+    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
+    module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora), optim={"lr": 1e-2, "warmup_ratio": 0.0})
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, enable_progress_bar=False)  # fmt: skip
+    trainer.fit(module, datamodule=train.hydra.utils.instantiate(cfg.data))
+    for name, p in module.named_parameters():
+        if name in trainable:
+            if "lora_B" in name:  # lora_B starts at zero, so the first steps move it
+                assert not torch.equal(p, before[name]), name
+        else:
+            assert torch.equal(p, before[name]), f"frozen {name} changed"
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_checkpoint):
+    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
+    module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora, r=16, alpha=32, dropout=0.0))
+    with torch.no_grad():  # trained models scale up their final norm; at random init it caps |logits| below 1
+        module.net.model.language_model.norm.weight.fill_(9.0)
+    datamodule = train.hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = module.net(**batch, return_logits=False).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_adapter_loads_onto_transformers_paligemma_with_equal_logits(tmp_path, tiny_checkpoint):
+    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", "logger=none", "zero_shot=false",
+                                    *FAST, *SYNTHETIC, "optim.lr=5e-2", "optim.warmup_ratio=0"])  # fmt: skip
+    train.train(cfg)
+    ours = PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net
+    ours = peft.PeftModel.from_pretrained(ours, tmp_path / "adapter").eval()
+    hf = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+        tiny_checkpoint, attn_implementation="eager"
+    )
+    hf = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
+    datamodule = train.hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.val_dataloader())), 0)["batch"]
+    with torch.no_grad():
+        ref, out = hf(**batch), ours(**batch)
+        plain = PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net(**batch)
+    mask = batch["attention_mask"].bool()
+    assert (ref.logits - out.logits)[mask].abs().max() < 1e-4
+    assert (plain.logits - out.logits)[mask].abs().max() > 1e-3  # the adapter does something
+
+
+def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint):
+    hf = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+        tiny_checkpoint, attn_implementation="eager"
+    )
+    config = peft.LoraConfig(r=4, target_modules=r".*\.language_model\..*\.(q_proj|v_proj|down_proj)",
+                             init_lora_weights=False)  # fmt: skip
+    hf = peft.get_peft_model(hf, config).eval()
+    hf.save_pretrained(tmp_path / "hf-adapter")
+    ours = peft.PeftModel.from_pretrained(PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net,
+                                          tmp_path / "hf-adapter").eval()  # fmt: skip
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert (hf(input_ids=ids).logits - ours(input_ids=ids).logits).abs().max() < 1e-4
+
+
+def test_multirun_sweep_runs_two_jobs_in_one_wandb_group(tmp_path, tiny_checkpoint):
+    command = [sys.executable, "train.py", "-m", "lora.r=2,4", f"model.path={tiny_checkpoint}",
+               f"hydra.sweep.dir={tmp_path}", *FAST, *SYNTHETIC]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert [p.name for p in runs] == ["0", "1"]
+    ranks = [json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] for run in runs]
+    assert ranks == [2, 4]
+    assert {run_group(run) for run in runs} == {tmp_path.name}
