@@ -173,9 +173,9 @@ def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint)
     hf.save_pretrained(tmp_path / "hf-adapter")
     ours = peft.PeftModel.from_pretrained(PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net,
                                           tmp_path / "hf-adapter").eval()  # fmt: skip
-    ids = torch.tensor([[5, 6, 7, 8]])
+    text = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "token_type_ids": torch.tensor([[0, 0, 1, 1]])}
     with torch.no_grad():
-        assert (hf(input_ids=ids).logits - ours(input_ids=ids).logits).abs().max() < 1e-4
+        assert (hf(**text).logits - ours(**text).logits).abs().max() < 1e-4
 
 
 def test_multirun_sweep_runs_two_jobs_in_one_wandb_group(tmp_path, tiny_checkpoint):
