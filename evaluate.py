@@ -8,28 +8,37 @@ Writes predictions.jsonl and metrics.json to the run dir (and to W&B as a summar
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-import lightning as L  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule  # noqa: E402
+from paligemma.checks import find_run_error, one_line, validate_config  # noqa: E402
 from train import instantiate_all, write_json  # noqa: E402
 
 
-def load_module(cfg: DictConfig) -> PaliGemmaLitModule:
+def load_module(cfg: DictConfig):
+    from paligemma.lit_module import PaliGemmaLitModule
+
     overrides = {"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": cfg.eval.num_beams}
     if cfg.ckpt_path is not None:
-        return PaliGemmaLitModule.load_from_checkpoint(cfg.ckpt_path, map_location="cpu", **overrides)
+        return PaliGemmaLitModule.load_from_checkpoint(
+            cfg.ckpt_path, map_location="cpu", weights_only=True, **overrides
+        )
     model = {**OmegaConf.to_container(cfg.model, resolve=True), **overrides}
     return PaliGemmaLitModule(**model, adapter=cfg.adapter)
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    validate_config(cfg)
+    import lightning as L  # the stack loads after the checks: a bad config fails in seconds
+
+    from paligemma.lit_module import MONITORED_METRIC
+
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(
@@ -38,6 +47,8 @@ def evaluate(cfg: DictConfig) -> dict:
         max_val_samples=cfg.eval.max_samples,
         val_batch_size=cfg.eval.batch_size,
     )
+    datamodule.prepare_data()
+    datamodule.setup("validate")  # a missing split or column fails here, before the model loads
     module = load_module(cfg)
     loggers = instantiate_all(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[], max_epochs=None)
@@ -75,7 +86,12 @@ def evaluate(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
-    results = evaluate(cfg)
+    try:
+        results = evaluate(cfg)
+    except Exception as error:
+        if (known := find_run_error(error)) is None:
+            raise
+        sys.exit(f"error: {one_line(known)}")
     return results[results["monitor"]]
 
 

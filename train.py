@@ -3,24 +3,26 @@
 python train.py                                   # tiny model, synthetic VQA, offline
 python train.py data=vqav2 model=paligemma-3b-pt-224 trainer=gpu
 python train.py -m lora.r=4,8 optim.lr=1e-4,3e-4  # a sweep, one W&B group
+python train.py ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt  # resume a killed run, mid-epoch too
+
+A bad config, bad data under data.on_bad_sample=raise or a non-finite loss exits with status 1 and one line,
+``error: <message>``; config checks run before the training stack is even imported.
 """
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-import lightning as L  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
-from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: E402
-from lightning.pytorch.loggers import WandbLogger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule  # noqa: E402
+from paligemma.checks import find_run_error, one_line, validate_config  # noqa: E402
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -43,9 +45,18 @@ def write_json(path: Path, obj: dict) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Fit and validate; returns (and writes to <run dir>/metrics.json) the run's metrics."""
+    validate_config(cfg)
+    import lightning as L  # the training stack loads after the checks: a bad config fails in seconds
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import WandbLogger
+
+    from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule
+
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # missing splits or columns fail here, before the model loads
     module = PaliGemmaLitModule(
         **cfg.model,
         lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
@@ -64,7 +75,7 @@ def train(cfg: DictConfig) -> dict:
         zero_shot = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({f"zero_shot/{k.removeprefix('val/')}": v for k, v in zero_shot.items()})
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     wall = time.perf_counter() - start
     results.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
@@ -74,6 +85,7 @@ def train(cfg: DictConfig) -> dict:
             "monitor": monitor,
             "data/skipped": datamodule.skipped,
             "data/truncated": datamodule.truncated,
+            "train/skipped_steps": module.skipped_steps,
             "train/wall_seconds": wall,
             "train/samples_per_sec": module.samples_seen / wall if wall > 0 else 0.0,
             "model_path": str(Path(cfg.model.path).resolve())
@@ -115,7 +127,12 @@ def print_summary(results: dict, monitor: str) -> None:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     group_sweep_in_wandb(cfg)
-    results = train(cfg)
+    try:
+        results = train(cfg)
+    except Exception as error:
+        if (known := find_run_error(error)) is None:
+            raise
+        sys.exit(f"error: {one_line(known)}")
     return results.get(results["monitor"])
 
 

@@ -21,7 +21,8 @@ Bad rows (missing or undecodable image, missing question, empty target, a prompt
 a "stats" key; the data module's ``on_before_batch_transfer`` removes it and counts them in the main
 process (right with worker processes too), once per (split, row).
 A batch whose rows are all bad becomes ``None``: Lightning skips a ``None`` training batch itself;
-``validation_step`` must return early on ``None``. ``on_bad_sample="raise"`` fails on the first bad row.
+``validation_step`` must return early on ``None``. ``on_bad_sample="raise"`` fails on the first bad row
+with a ``DataError`` naming it. The train loader resumes mid-epoch from a checkpoint (paligemma/resumable.py).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ import datasets
 import lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from paligemma.checks import ConfigError, DataError
 from paligemma.processing import PaliGemmaProcessor, to_rgb
+from paligemma.resumable import EpochSampler, ResumableDataLoader
 from paligemma.synthetic import make_shapes_dataset
 
 log = logging.getLogger(__name__)
@@ -82,15 +85,6 @@ def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-class _EpochSampler(DistributedSampler):
-    """Shuffles by (seed, epoch) on one shard per rank, and yields (row, epoch) keys so that workers,
-    persistent or not, draw each row's reference for the current epoch. Lightning calls ``set_epoch``
-    and leaves a DistributedSampler in place under DDP."""
-
-    def __iter__(self):
-        return ((row, self.epoch) for row in super().__iter__())
-
-
 class _Rows(Dataset):
     """One split: decodes an image and builds the prompt and references of a row, or reports it bad."""
 
@@ -113,7 +107,7 @@ class _Rows(Dataset):
         except Exception as error:  # any failure on a row makes it a bad row, never a dead loader
             reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
             if self.strict:
-                raise ValueError(f"bad {self.split} row {row}: {reason}") from error
+                raise DataError(f"bad {self.split} row {row}: {reason}") from error
             return {"row": row, "error": reason}
 
     def _sample(self, row: int, epoch: int) -> dict[str, Any]:
@@ -221,9 +215,9 @@ class PaliGemmaDataModule(L.LightningDataModule):
     ):
         super().__init__()
         if task not in PREFIXES:
-            raise ValueError(f"task must be one of {sorted(PREFIXES)}, got {task!r}")
+            raise ConfigError(f"data.task must be one of {sorted(PREFIXES)}, got {task!r}")
         if on_bad_sample not in ("skip", "raise"):
-            raise ValueError(f"on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}")
+            raise ConfigError(f"data.on_bad_sample must be 'skip' or 'raise', got {on_bad_sample!r}")
         self.path, self.task, self.processor_path, self.name = str(path), task, str(processor_path), name
         self.image_column, self.kind_column, self.caption_column = image_column, kind_column, caption_column
         self.question_column, self.answer_column = question_column, answer_column
@@ -255,6 +249,14 @@ class PaliGemmaDataModule(L.LightningDataModule):
         """Distinct (split, row) pairs whose target was cut to fit ``max_length`` so far."""
         return len(self._truncated)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rows skipped and truncated so far: checkpoints carry them, so a resumed run counts the whole run."""
+        return {"skipped": sorted(self._skipped), "truncated": sorted(self._truncated)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._skipped = {tuple(key) for key in state_dict.get("skipped", [])}
+        self._truncated = {tuple(key) for key in state_dict.get("truncated", [])}
+
     def _is_saved_dataset(self) -> bool:
         local = Path(self.path).expanduser()
         return (local / "dataset_dict.json").is_file() or (local / "state.json").is_file()
@@ -285,7 +287,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
             wanted["caption_column"] = self.caption_column
         for option, column in wanted.items():
             if column is not None and column not in data.column_names:
-                raise ValueError(
+                raise ConfigError(
                     f"{split} split of {self.path!r} has no column {column!r} (data.{option}); "
                     f"available: {', '.join(data.column_names)}"
                 )
@@ -307,19 +309,18 @@ class PaliGemmaDataModule(L.LightningDataModule):
             self.val_data = self._rows(self.val_split, self.max_val_samples, train=False)
 
     def _loader(self, rows: _Rows, train: bool) -> DataLoader:
-        sampler = None
-        if train:
-            replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            sampler = _EpochSampler(rows, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
-        return DataLoader(
-            rows,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            sampler=sampler,
+        options = dict(
             collate_fn=_Collate(self.processor, rows.split, train, self.max_length),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        if not train:  # its own generator: validating leaves torch's global RNG (dropout) untouched
+            generator = torch.Generator().manual_seed(self.seed)
+            return DataLoader(rows, batch_size=self.val_batch_size, generator=generator, **options)
+        replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = EpochSampler(rows, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        return ResumableDataLoader(rows, sampler, seed=self.seed, batch_size=self.batch_size, **options)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_data is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -12,10 +13,12 @@ import peft
 import torch
 
 from paligemma import metrics
+from paligemma.checks import ConfigError, NonFiniteError
 from paligemma.generate import DTYPES
 from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.processing import copy_processor_files
 
+log = logging.getLogger(__name__)
 MONITORED_METRIC = {"vqa": "val/vqa_accuracy", "caption": "val/cider"}
 DECODER_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -36,7 +39,7 @@ def load_adapter(model, adapter: str | Path, base: str) -> peft.PeftModel:
         return peft.PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as e:
         reason = str(e).strip().splitlines()[-1][:300]
-        raise ValueError(f"adapter {adapter} does not fit the base model {base}: {reason}") from None
+        raise ConfigError(f"adapter {adapter} does not fit the base model {base}: {reason}") from None
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
@@ -76,6 +79,7 @@ class PaliGemmaLitModule(L.LightningModule):
             "weight_decay": 0.0,
             "warmup_ratio": 0.05,
             "min_lr_ratio": 0.0,
+            "skip_nonfinite": False,
             **(optim or {}),
         }
         self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
@@ -92,6 +96,7 @@ class PaliGemmaLitModule(L.LightningModule):
         if gradient_checkpointing:
             self.net.gradient_checkpointing_enable()
         self.samples_seen = 0
+        self.skipped_steps = 0  # non-finite ones, with optim.skip_nonfinite
         self.records: list[dict] = []
 
     @property
@@ -112,10 +117,33 @@ class PaliGemmaLitModule(L.LightningModule):
         if batch is None:  # every row of the batch was unreadable; the data module counted them
             return None
         loss = self.net(**batch, return_logits=False).loss
+        if not torch.isfinite(loss):
+            return self._non_finite(f"loss ({loss.item()})")
         batch_size = batch["input_ids"].shape[0]
         self.samples_seen += batch_size
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        """Non-finite gradients with a finite loss (an overflow in the backward pass) would turn every weight NaN."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # float16's GradScaler skips those steps itself
+        norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
+        if norms and not torch.isfinite(torch.stack(norms).sum()):
+            self._non_finite("gradient")
+            for p in self.parameters():
+                p.grad = None  # the optimizer leaves parameters without a gradient as they are
+
+    def _non_finite(self, what: str) -> None:
+        """Stop with a clear message before the weights change, or skip the step (``optim.skip_nonfinite``)."""
+        where = f"non-finite {what} at step {self.global_step} (epoch {self.current_epoch})"
+        if not self.optim["skip_nonfinite"]:
+            raise NonFiniteError(
+                f"{where}; the weights are those before this step. "
+                "Lower optim.lr, or set optim.skip_nonfinite=true to skip such steps"
+            )
+        self.skipped_steps += 1
+        log.warning("skipping the optimizer step: %s", where)
 
     def on_validation_epoch_start(self):
         self.records = []
@@ -176,6 +204,21 @@ class PaliGemmaLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint):
+        """A checkpoint of another base or LoRA shape is one line naming a tensor (loading is not strict)."""
+        params, saved = dict(self.named_parameters()), checkpoint["state_dict"]
+        wrong = [
+            f"{k} is {tuple(v.shape)} there, {tuple(params[k].shape) if k in params else 'absent'} here"
+            for k, v in saved.items()
+            if k not in params or params[k].shape != v.shape
+        ]
+        wrong += [f"{k} is absent there" for k, p in params.items() if p.requires_grad and k not in saved]
+        if wrong:
+            raise ConfigError(
+                f"ckpt_path does not fit this model ({self.hparams.path}, lora={self.hparams.lora}): "
+                f"{wrong[0]} ({len(wrong)} tensors differ)"
+            )
 
     def save_adapter(self, directory: str | Path) -> Path:
         """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run."""

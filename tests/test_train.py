@@ -1,5 +1,6 @@
 """train.py end to end on the real Hydra config: a few steps per data config, the run dir, W&B, sweeps."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import transformers
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
-from test_data import COCO_FEATURES, VQAV2_FEATURES, noise, png, vqav2_rows
+from test_data import COCO_FEATURES, VQAV2_FEATURES, awkward_and_bad_rows, noise, png, vqav2_rows
 from wandb_records import history, run_group
 
 import train
+from paligemma.checks import NonFiniteError
 from paligemma.lit_module import PaliGemmaLitModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,13 @@ FAST = ["data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=3", "tr
         "trainer.log_every_n_steps=1", "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8",
         "checkpoint.every_n_steps=2"]  # fmt: skip
 SYNTHETIC = ["data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32"]
+
+
+LONG_ANSWER = "a red circle on the left and a blue square on the right"
+
+
+def csv_rows(run: Path) -> list[dict]:
+    return [row for path in run.glob("csv/*/metrics.csv") for row in csv.DictReader(path.open())]
 
 
 def compose_config(output_dir: Path, overrides: list[str]):
@@ -106,6 +115,22 @@ def test_default_run_writes_metrics_checkpoint_adapter_and_wandb(tmp_path, tiny_
     assert any(key.startswith("val/predictions") for row in logged for key in row)
 
 
+def test_broken_and_awkward_rows_train_to_the_end_with_exact_counts(tmp_path, tiny_checkpoint):
+    data = awkward_and_bad_rows()  # train: 7 awkward images that work, 4 broken rows; validation: 1 + 2
+    long = data["train"].select([0, 0, 0]).map(lambda _: {"answers": [LONG_ANSWER]})  # 13 answer tokens
+    data["train"] = datasets.concatenate_datasets([data["train"], long])
+    data.save_to_disk(tmp_path / "data")
+    run = tmp_path / "run"
+    overrides = [f"model.path={tiny_checkpoint}", "logger=csv", *FAST, "data=vqa", f"data.path={tmp_path / 'data'}",
+                 "trainer.max_steps=-1", "trainer.max_epochs=2", "data.max_length=34"]  # fmt: skip
+    train.train(compose_config(run, overrides))  # prompts take 26 tokens: room for 7 answer tokens + <eos>
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["data/skipped"] == 6 and saved["data/truncated"] == 3
+    assert saved["train/skipped_steps"] == 0 and (run / "adapter" / "adapter_model.safetensors").is_file()
+    steps = [row for row in csv_rows(run) if row.get("train/loss")]
+    assert len(steps) == 8  # 14 rows in batches of 4, twice (with seed 0, no batch is all bad)
+
+
 def test_optimizer_steps_change_the_adapter_and_nothing_frozen(tmp_path, tiny_checkpoint):
     cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
     module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora), optim={"lr": 1e-2, "warmup_ratio": 0.0})
@@ -121,6 +146,34 @@ def test_optimizer_steps_change_the_adapter_and_nothing_frozen(tmp_path, tiny_ch
                 assert not torch.equal(p, before[name]), name
         else:
             assert torch.equal(p, before[name]), f"frozen {name} changed"
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["stop", "skip"])
+@pytest.mark.parametrize("fault", ["loss", "gradient"])
+def test_non_finite_step_stops_the_run_or_is_skipped(tmp_path, tiny_checkpoint, fault, skip):
+    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
+    optim = {"lr": 1e-2, "warmup_ratio": 0.0, "skip_nonfinite": skip}
+    module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora), optim=optim)
+    broken = next(p for name, p in module.named_parameters() if "lora_B" in name)
+    if fault == "loss":
+        with torch.no_grad():
+            broken.fill_(float("nan"))  # every loss is NaN
+    else:
+        broken.register_hook(lambda grad: grad * float("inf"))  # a finite loss, an overflowing backward pass
+    before = {name: p.detach().clone() for name, p in module.named_parameters()}
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, enable_progress_bar=False)  # fmt: skip
+    datamodule = train.hydra.utils.instantiate(cfg.data)
+    if skip:
+        trainer.fit(module, datamodule=datamodule)
+        assert module.skipped_steps == 3 and trainer.global_step == 3
+    else:
+        with pytest.raises(
+            NonFiniteError, match=rf"non-finite {fault}.* at step 0 .*optim.skip_nonfinite=true"
+        ):
+            trainer.fit(module, datamodule=datamodule)
+    for name, p in module.named_parameters():  # no step changed a weight
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0, equal_nan=True)
 
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_checkpoint):

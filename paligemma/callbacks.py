@@ -1,0 +1,45 @@
+"""Lightning callbacks of the training stack."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+
+class ExactResume(L.Callback):
+    """What a run resumed from a checkpoint needs, beyond Lightning's own restore (weights, optimizer, scheduler,
+    loop progress), to go on exactly as the run that was never interrupted:
+
+    - torch's (CPU and CUDA), numpy's and Python's global RNG states, saved in every checkpoint, so that dropout
+      draws the same masks. They are plain tensors, ints and lists: checkpoints still load with weights_only=True.
+    - the train loader's position (paligemma/resumable.py): Lightning saves it but never loads it when
+      ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``, as ours does (Lightning-AI/
+      pytorch-lightning#20550); it is loaded here at train start, before the first batch is drawn.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.fit_loop._load_combined_loader_states()  # a no-op when there is none, or Lightning loaded it
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, cached = state_dict["numpy"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        version, internal, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

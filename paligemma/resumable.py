@@ -1,0 +1,59 @@
+"""A training DataLoader that Lightning checkpoints mid-epoch and resumes where it stopped.
+
+Lightning 2.x saves ``state_dict()`` of every train loader that has one (``_Stateful``) in the checkpoint's
+fit-loop state and calls ``load_state_dict`` before it iterates the loader again. Our state is the sampler's
+epoch and the number of batches handed out in it; the first iteration of that epoch after a restore skips
+those batches by index, without reading their rows. Lightning does not prefetch a loader with a length, so at
+a checkpoint (``on_train_batch_end``) the count is exactly the batches trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffles by (seed, epoch) on one shard per rank and yields (row, epoch) keys, so that workers, persistent
+    or not, draw each row's reference for the current epoch; the first ``skip`` rows are passed over (a resumed
+    epoch). Lightning calls ``set_epoch`` and leaves a DistributedSampler in place under DDP."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rows = list(super().__iter__())[self.skip :]
+        return ((row, self.epoch) for row in rows)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an :class:`EpochSampler` with ``state_dict`` / ``load_state_dict`` (see the module doc).
+
+    Worker seeds come from a generator seeded by (seed, epoch) rather than from torch's global RNG, so that
+    starting an epoch (here or after a resume) leaves the global RNG, and with it dropout, untouched."""
+
+    def __init__(self, dataset, sampler: EpochSampler, seed: int = 0, **kwargs: Any):
+        super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
+        self.seed = seed
+        self._batches = 0  # handed out in the current epoch
+        self._resume: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self._resume = dict(state)
+
+    def __iter__(self) -> Iterator[Any]:
+        # A generator: this runs at the first batch, after Lightning's set_epoch for the epoch it starts.
+        epoch, resume, self._resume = self.sampler.epoch, self._resume, None
+        skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+        self.sampler.skip = skip * self.batch_size
+        self.generator.manual_seed(self.seed + epoch)
+        self._batches = skip
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
