@@ -35,3 +35,8 @@ class KVCache(nn.Module):
         self.v_cache[:, :, self.size : end] = v
         self.size = end
         return self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Keep batch rows `indices` (N,), in that order: N may differ from the batch (beam expansion)."""
+        self.k_cache = self.k_cache.index_select(0, indices)
+        self.v_cache = self.v_cache.index_select(0, indices)

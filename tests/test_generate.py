@@ -3,7 +3,8 @@ import torch
 from conftest import SMALL_CONFIGS, hf_reference, make_batch, ours_from_hf
 
 from paligemma import PaliGemmaConfig
-from paligemma.generate import sample_next
+from paligemma.generate import main, sample_next
+from paligemma.kv_cache import KVCache
 
 
 def prompt_batch(config, prefix_lens, seed=0):
@@ -87,6 +88,99 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert draws == {0, 1}
 
 
+def beam_stop_id(model, batch, num_beams, row=1, max_new_tokens=10, exclude=()):
+    """A token of `row`'s free beam-search run that, made the eos, ends that row's best hypothesis early."""
+    kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams)
+    free_run = model.generate(**batch, eos_token_id=[], **kwargs)
+    for token in free_run[row, 1:].tolist() + free_run[row, :1].tolist():
+        stopped = model.generate(**batch, eos_token_id=[token, *exclude], **kwargs)
+        if token not in exclude and token in stopped[row, : max_new_tokens - 1].tolist():
+            return token
+    raise AssertionError("no token of the free run ends the search early")
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+@pytest.mark.parametrize("prefix_lens", [[6], [3, 7, 5]], ids=["single", "left-padded-batch"])
+@pytest.mark.parametrize("stops", [False, True], ids=["no-eos", "eos"])
+def test_beam_search_matches_transformers(small_config, prefix_lens, num_beams, stops):
+    hf = hf_reference(small_config)
+    ours = ours_from_hf(hf)
+    batch = prompt_batch(small_config, prefix_lens)
+    row = len(prefix_lens) // 2
+    eos = beam_stop_id(ours, batch, num_beams, row) if stops else small_config.text_config.eos_token_id
+    # pad 7, not 0: with pad 0 transformers pads beam outputs with the eos (see the test below)
+    kwargs = dict(max_new_tokens=10, num_beams=num_beams, eos_token_id=eos, pad_token_id=7)
+    with torch.no_grad():
+        expected = hf.generate(**batch, do_sample=False, **kwargs)[:, batch["input_ids"].shape[1] :]
+    got = ours.generate(**batch, **kwargs)
+    assert torch.equal(got, expected)
+    if stops:  # the row ends early at the eos, padded after it
+        stop_at = int((got[row] == eos).nonzero()[0])
+        assert stop_at < 9 and (got[row, stop_at + 1 :] == 7).all()
+
+
+@pytest.fixture(scope="module")
+def two_stop_setup():
+    """4 left-padded rows and two stop ids that trigger; the rows fill their K hypotheses at different steps."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    hf = hf_reference(config)
+    ours = ours_from_hf(hf)
+    batch = prompt_batch(config, [3, 7, 5, 2], seed=2)
+    first = beam_stop_id(ours, batch, 3, row=2, max_new_tokens=12)
+    eos = [first, beam_stop_id(ours, batch, 3, row=0, max_new_tokens=12, exclude=[first])]
+    return hf, ours, batch, eos
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(length_penalty=0.0), dict(length_penalty=2.5), dict(length_penalty=-1.0),
+     dict(early_stopping=True), dict(early_stopping="never", length_penalty=2.0)],
+    ids=["lp0", "lp2.5", "lp-1", "early-stop", "never"],
+)  # fmt: skip
+def test_beam_search_options_match_transformers(two_stop_setup, options):
+    hf, ours, batch, eos = two_stop_setup
+    kwargs = dict(max_new_tokens=12, num_beams=3, eos_token_id=eos, pad_token_id=7, **options)
+    with torch.no_grad():
+        expected = hf.generate(**batch, do_sample=False, **kwargs)[:, batch["input_ids"].shape[1] :]
+    assert torch.equal(ours.generate(**batch, **kwargs), expected)
+
+
+def test_beam_search_pads_with_the_pad_id():
+    """transformers pads finished beams with the eos when pad id is 0 (`pad or eos` on a tensor); we use the pad."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    hf = hf_reference(config)
+    ours = ours_from_hf(hf)
+    batch = prompt_batch(config, [3, 7, 5])
+    stop = beam_stop_id(ours, batch, 2)
+    got = ours.generate(**batch, max_new_tokens=10, num_beams=2, eos_token_id=stop)
+    expected = hf_new_tokens(hf, batch, max_new_tokens=10, num_beams=2, eos_token_id=stop)
+    after_stop = (got == stop).long().cumsum(1) - (got == stop).long() > 0  # strictly after the first stop
+    assert after_stop.any() and (got[after_stop] == config.text_config.pad_token_id).all()
+    assert torch.equal(got, expected.masked_fill(after_stop, config.text_config.pad_token_id))
+
+
+def test_beam_search_with_one_beam_is_greedy_and_beams_can_beat_it():
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mha"])
+    model = ours_from_hf(hf_reference(config))
+    batch = prompt_batch(config, [4, 2])
+    greedy = model.generate(**batch, max_new_tokens=8, eos_token_id=[])
+    beams = model.generate(**batch, max_new_tokens=8, eos_token_id=[], num_beams=3)
+    assert beams.shape == greedy.shape and not torch.equal(beams, greedy)
+    with pytest.raises(NotImplementedError):
+        model.generate(**batch, num_beams=2, do_sample=True)
+
+
+def test_kv_cache_reorder_expands_and_permutes_rows():
+    cache = KVCache(2, 5, 1, 3, torch.float32)
+    k = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 1, 4, 3)
+    cache.update(k, -k)
+    cache.reorder(torch.tensor([0, 0, 1, 1]))
+    cache.reorder(torch.tensor([3, 0, 1, 2]))
+    keys, values = cache.update(torch.zeros(4, 1, 1, 3), torch.zeros(4, 1, 1, 3))
+    assert keys.shape == (4, 1, 5, 3) and cache.size == 5
+    assert torch.equal(keys[:, :, :4], k[[1, 0, 0, 1]]) and torch.equal(values[:, :, :4], -k[[1, 0, 0, 1]])
+
+
 def test_right_padded_prompts_are_refused():
     config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
     model = ours_from_hf(hf_reference(config))
@@ -115,3 +209,29 @@ def test_command_line_generates_for_one_image(tiny_checkpoint, tmp_path):
     batch = processor(text=["caption en"], images=[Image.open(image_path)], padding_side="left")
     expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
     assert printed == expected + "\n"
+
+
+def test_command_line_beam_search(tiny_checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+
+    image_path = tmp_path / "picture.png"
+    Image.new("RGB", (50, 40), (30, 200, 30)).save(image_path)
+    main(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--image",
+            str(image_path),
+            "--max-new-tokens",
+            "6",
+            "--num-beams",
+            "2",
+        ]
+    )
+    processor = PaliGemmaProcessor.from_pretrained(tiny_checkpoint)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    batch = processor(text=["caption en"], images=[Image.open(image_path)], padding_side="left")
+    new_tokens = model.generate(**batch, max_new_tokens=6, num_beams=2)
+    assert capsys.readouterr().out == processor.batch_decode(new_tokens, skip_special_tokens=True)[0] + "\n"
