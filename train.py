@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.checks import find_run_error, one_line, validate_config  # noqa: E402
+from paligemma.checks import ConfigError, NonFiniteError, find_run_error, one_line, validate_config  # noqa: E402
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -35,6 +35,30 @@ def group_sweep_in_wandb(cfg: DictConfig) -> None:
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is not None and wandb_cfg.group is None and hydra_cfg.mode == RunMode.MULTIRUN:
         wandb_cfg.group = Path(hydra_cfg.sweep.dir).name
+
+
+def check_launch(trainer) -> None:
+    """Lightning starts the other ranks of a one-node DDP / FSDP run by re-running this script's command line,
+    which in a multirun would start a second sweep: multi-device jobs of a sweep need a launcher that starts
+    every rank itself (SLURM through hydra/launcher=slurm, with one task per device)."""
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = trainer.strategy.launcher
+    spawns = isinstance(launcher, _SubprocessScriptLauncher)
+    spawns = spawns and not launcher.cluster_environment.creates_processes_externally
+    if spawns and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise ConfigError(
+            f"a multirun job cannot start {trainer.world_size} processes itself: sweep one device per job "
+            "(trainer.devices=1), or run the sweep on SLURM (hydra/launcher=slurm), which starts each rank"
+        )
+
+
+def samples_seen(trainer, module) -> int:
+    """Training samples of all ranks."""
+    import torch
+
+    local = torch.tensor(float(module.samples_seen), device=trainer.strategy.root_device)
+    return int(trainer.strategy.reduce(local, reduce_op="sum").item())
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -50,6 +74,7 @@ def train(cfg: DictConfig) -> dict:
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import WandbLogger
 
+    from paligemma.distributed import union_over_ranks
     from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule
 
     L.seed_everything(cfg.seed, workers=True)
@@ -67,6 +92,7 @@ def train(cfg: DictConfig) -> dict:
     if not loggers:  # logger=none: nothing to log the learning rate to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -77,27 +103,33 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     wall = time.perf_counter() - start
-    results.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
+    if module.fit_validated_at_step == trainer.global_step:  # fit just validated these weights
+        results.update({k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    else:
+        results.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
     monitor = MONITORED_METRIC[datamodule.task]
+    rows = datamodule.state_dict()  # (split, row) keys skipped / truncated: under DDP each rank saw its shard
     results.update(
         {
             "monitor": monitor,
-            "data/skipped": datamodule.skipped,
-            "data/truncated": datamodule.truncated,
+            "data/skipped": len(union_over_ranks(rows["skipped"])),
+            "data/truncated": len(union_over_ranks(rows["truncated"])),
             "train/skipped_steps": module.skipped_steps,
             "train/wall_seconds": wall,
-            "train/samples_per_sec": module.samples_seen / wall if wall > 0 else 0.0,
+            "train/samples_per_sec": samples_seen(trainer, module) / wall if wall > 0 else 0.0,
             "model_path": str(Path(cfg.model.path).resolve())
             if Path(cfg.model.path).exists()
             else cfg.model.path,
         }
     )
-    if module.peft_model is not None:
-        results["adapter_path"] = str(module.save_adapter(out_dir / "adapter"))
-    if cfg.export.merged or module.peft_model is None:  # full fine-tuning has no adapter to save
-        results["finetuned_path"] = str(module.save_model(out_dir / "model"))
-    if trainer.is_global_zero:
+    # FSDP: the parameters hold one shard per rank; every rank takes part in gathering them whole to rank 0
+    state = trainer.strategy.lightning_module_state_dict() if module.sharded else None
+    if trainer.is_global_zero:  # under DDP / FSDP every rank runs this function; rank 0 alone writes
+        if module.peft_model is not None:
+            results["adapter_path"] = str(module.save_adapter(out_dir / "adapter", state))
+        if cfg.export.merged or module.peft_model is None:  # full fine-tuning has no adapter to save
+            results["finetuned_path"] = str(module.save_model(out_dir / "model", state))
         write_json(out_dir / "metrics.json", results)
         for logger in loggers:
             if isinstance(logger, WandbLogger):
@@ -132,6 +164,12 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as error:
         if (known := find_run_error(error)) is None:
             raise
+        if isinstance(known, NonFiniteError) and HydraConfig.get().mode == RunMode.MULTIRUN:
+            print(f"error: {one_line(known)}", file=sys.stderr)  # a diverged job: the sweep goes on
+            if "wandb" in sys.modules:
+                sys.modules["wandb"].finish(exit_code=1)  # the next job starts its own W&B run
+            direction = str(OmegaConf.select(HydraConfig.get(), "sweeper.direction", default="maximize"))
+            return float("inf" if "minimize" in direction else "-inf")  # the worst score (NaN fails Optuna)
         sys.exit(f"error: {one_line(known)}")
     return results.get(results["monitor"])
 

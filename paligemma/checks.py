@@ -77,3 +77,21 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"adapter: {adapter} has no adapter_config.json (a PEFT adapter dir, e.g. <run>/adapter)"
         )
+    _check_fsdp(cfg)
+
+
+def _check_fsdp(cfg: DictConfig) -> None:
+    """FSDP flattens each unit's weights into one tensor (one dtype), and runs forward passes in lockstep."""
+    strategy = (cfg.get("trainer") or {}).get("strategy")
+    name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_")
+    if "fsdp" not in str(name).lower():
+        return
+    if cfg.model.dtype != "float32" and (cfg.get("lora") or cfg.get("adapter")):
+        raise ConfigError(
+            f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
+            "per decoder layer; set model.dtype=float32 (FSDP shards it; trainer.precision=bf16-mixed computes in bf16)"
+        )
+    if (cfg.get("eval") or {}).get("num_beams", 1) > 1:
+        raise ConfigError(
+            "eval.num_beams > 1 with trainer=fsdp: beam search stops early, unlike the other ranks"
+        )

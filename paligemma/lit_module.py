@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
@@ -14,6 +15,7 @@ import torch
 
 from paligemma import metrics
 from paligemma.checks import ConfigError, NonFiniteError
+from paligemma.distributed import gather_records, pad_after_stop
 from paligemma.generate import DTYPES
 from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.processing import copy_processor_files
@@ -21,6 +23,14 @@ from paligemma.processing import copy_processor_files
 log = logging.getLogger(__name__)
 MONITORED_METRIC = {"vqa": "val/vqa_accuracy", "caption": "val/cider"}
 DECODER_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # in parameter names under FSDP
+
+
+def clean_name(name: str) -> str:
+    """A parameter's name as in the unwrapped module (and in state dicts, which FSDP keeps clean)."""
+    for prefix in WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None) -> peft.LoraConfig:
@@ -86,16 +96,22 @@ class PaliGemmaLitModule(L.LightningModule):
         self.net.requires_grad_(False)
         self.net.model.multi_modal_projector.requires_grad_(train_projector)
         if adapter is not None:
-            self.peft_model = load_adapter(self.net, adapter, base=path)
+            peft_model = load_adapter(self.net, adapter, base=path)
         elif lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
             self.net.model.language_model.requires_grad_(True)
-            self.peft_model = None
+            peft_model = None
         else:
-            self.peft_model = peft.get_peft_model(self.net, lora_config(**lora))
+            peft_model = peft.get_peft_model(self.net, lora_config(**lora))
+        # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
+        self.__dict__["peft_model"] = peft_model
         self.net.model.vision_tower.requires_grad_(train_vision)
         if gradient_checkpointing:
             self.net.gradient_checkpointing_enable()
+        # Names and shapes before any wrapping: FSDP renames parameters and shards them in place.
+        self.param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
+        self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
         self.samples_seen = 0
+        self.fit_validated_at_step = None  # global step of the last validation inside trainer.fit
         self.skipped_steps = 0  # non-finite ones, with optim.skip_nonfinite
         self.records: list[dict] = []
 
@@ -107,6 +123,19 @@ class PaliGemmaLitModule(L.LightningModule):
     def processor(self):
         return self.trainer.datamodule.processor
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP shards the parameters (trainer=fsdp): every forward pass is then a collective of all ranks."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return self._trainer is not None and isinstance(self._trainer.model, FullyShardedDataParallel)
+
+    def _any_rank(self, decision: bool) -> bool:
+        """True on every rank when it is on one: ranks must take the same branch around collectives."""
+        return (
+            self.trainer.strategy.reduce_boolean_decision(decision, all=False) if self._trainer else decision
+        )
+
     def train(self, mode: bool = True):
         super().train(mode)
         if not self.hparams.train_vision:
@@ -117,8 +146,9 @@ class PaliGemmaLitModule(L.LightningModule):
         if batch is None:  # every row of the batch was unreadable; the data module counted them
             return None
         loss = self.net(**batch, return_logits=False).loss
-        if not torch.isfinite(loss):
-            return self._non_finite(f"loss ({loss.item()})")
+        if self._any_rank(not torch.isfinite(loss)):
+            rank = f" on rank {self.global_rank}" if self.trainer.world_size > 1 else ""
+            return self._non_finite(f"loss ({loss.item()}{rank})")
         batch_size = batch["input_ids"].shape[0]
         self.samples_seen += batch_size
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -129,7 +159,7 @@ class PaliGemmaLitModule(L.LightningModule):
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # float16's GradScaler skips those steps itself
         norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
-        if norms and not torch.isfinite(torch.stack(norms).sum()):
+        if self._any_rank(bool(norms) and not torch.isfinite(torch.stack(norms).sum())):  # FSDP: a shard each
             self._non_finite("gradient")
             for p in self.parameters():
                 p.grad = None  # the optimizer leaves parameters without a gradient as they are
@@ -153,9 +183,15 @@ class PaliGemmaLitModule(L.LightningModule):
             return
         loss = self.net(**batch["batch"], return_logits=False).loss
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["references"]), sync_dist=True)
-        new_tokens = self.net.generate(
-            **batch["prompt"], max_new_tokens=self.hparams.max_new_tokens, num_beams=self.hparams.num_beams
-        )
+        options = dict(max_new_tokens=self.hparams.max_new_tokens, num_beams=self.hparams.num_beams)
+        text = self.net.config.text_config
+        if self.sharded:  # no rank may stop early: generate all tokens, then cut each row at its <eos>
+            options["eos_token_id"] = -1
+        new_tokens = self.net.generate(**batch["prompt"], **options)
+        if self.sharded:
+            new_tokens = pad_after_stop(
+                new_tokens, torch.tensor(text.eos_token_id).flatten(), text.pad_token_id
+            )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for i, prediction in enumerate(predictions):
             self.records.append(
@@ -170,11 +206,14 @@ class PaliGemmaLitModule(L.LightningModule):
             )
 
     def on_validation_epoch_end(self):
+        self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
         if not self.records:
             return
         for name, value in score(self.records, self.task).items():
             self.log(name, value, prog_bar=name == MONITORED_METRIC[self.task], sync_dist=True)
         self._log_prediction_table()
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.fit_validated_at_step = self.global_step
 
     def _log_prediction_table(self):
         from lightning.pytorch.loggers import WandbLogger
@@ -201,34 +240,75 @@ class PaliGemmaLitModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """FSDP: the norm spans every rank's gradient shard, which only the root FSDP module's clip_grad_norm_
+        computes (Lightning refuses norm clipping under FSDP)."""
+        if self.sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint):
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if clean_name(k) in self.trainable_names}
 
     def on_load_checkpoint(self, checkpoint):
         """A checkpoint of another base or LoRA shape is one line naming a tensor (loading is not strict)."""
-        params, saved = dict(self.named_parameters()), checkpoint["state_dict"]
+        shapes, saved = self.param_shapes, {clean_name(k): v for k, v in checkpoint["state_dict"].items()}
         wrong = [
-            f"{k} is {tuple(v.shape)} there, {tuple(params[k].shape) if k in params else 'absent'} here"
+            f"{k} is {tuple(v.shape)} there, {shapes.get(k, 'absent')} here"
             for k, v in saved.items()
-            if k not in params or params[k].shape != v.shape
+            if shapes.get(k) != tuple(v.shape)
         ]
-        wrong += [f"{k} is absent there" for k, p in params.items() if p.requires_grad and k not in saved]
+        wrong += [f"{k} is absent there" for k in sorted(self.trainable_names) if k not in saved]
         if wrong:
             raise ConfigError(
                 f"ckpt_path does not fit this model ({self.hparams.path}, lora={self.hparams.lora}): "
                 f"{wrong[0]} ({len(wrong)} tensors differ)"
             )
 
-    def save_adapter(self, directory: str | Path) -> Path:
-        """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run."""
-        self.peft_model.peft_config["default"].base_model_name_or_path = str(self.hparams.path)
-        self.peft_model.save_pretrained(directory)
+    def save_adapter(self, directory: str | Path, state_dict: dict | None = None) -> Path:
+        """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run.
+
+        ``state_dict``: all of this module's weights where its parameters hold shards only (FSDP, which gathers
+        them to rank 0: ``trainer.strategy.lightning_module_state_dict()``). PEFT finds adapter weights by module
+        names, which FSDP changes, so that adapter is written here in PEFT's format."""
+        config = self.peft_model.peft_config["default"]
+        config.base_model_name_or_path = str(self.hparams.path)
+        if state_dict is None:
+            self.peft_model.save_pretrained(directory)
+            return Path(directory).resolve()
+        from safetensors.torch import save_file
+
+        adapter = {  # net.model.<...>.q_proj.lora_A.default.weight -> base_model.model.model.<...>.q_proj.lora_A.weight
+            "base_model.model." + k.removeprefix("net.").replace(".default.", "."): v.contiguous()
+            for k, v in ((clean_name(k), v) for k, v in state_dict.items())
+            if k in self.trainable_names and "lora_" in k
+        }
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        save_file(adapter, Path(directory) / "adapter_model.safetensors", metadata={"format": "pt"})
+        saved = copy.deepcopy(config)
+        saved.inference_mode = True  # as PeftModel.save_pretrained writes it (tests compare the two)
+        base = {"base_model_class": type(self.net).__name__, "parent_library": type(self.net).__module__}
+        saved.save_pretrained(directory, auto_mapping_dict=base if saved.task_type is None else None)
         return Path(directory).resolve()
 
-    def save_model(self, directory: str | Path) -> Path:
-        """The whole model in HF format with the base's processor files; LoRA runs merge (and unload) first."""
-        model = self.net if self.peft_model is None else self.peft_model.merge_and_unload()
+    def save_model(self, directory: str | Path, state_dict: dict | None = None) -> Path:
+        """The whole model in HF format with the base's processor files; LoRA runs merge (and unload) first.
+
+        ``state_dict`` (all of this module's weights, as FSDP gathers them to rank 0) is loaded into a fresh
+        copy of the model, which is merged and saved; without it, this module's own model is."""
+        model, peft_model = self.net, self.peft_model
+        if state_dict is not None:
+            model = PaliGemmaForConditionalGeneration(self.net.config).to(DTYPES[self.hparams.dtype])
+            if peft_model is not None:
+                config = copy.deepcopy(self.peft_model.peft_config["default"])
+                config.base_model_name_or_path = None  # get_peft_model sets it (and warns when it changes)
+                peft_model = peft.get_peft_model(model, config)
+            model.load_state_dict(
+                {k.removeprefix("net."): v for k, v in state_dict.items() if k.startswith("net.")}
+            )
+        model = model if peft_model is None else peft_model.merge_and_unload()
         model.save_pretrained(directory)
         copy_processor_files(self.hparams.path, directory)
         return Path(directory).resolve()
