@@ -1,4 +1,4 @@
-"""Forward and generate speed of our PaliGemma against transformers', same weights, same inputs, one run.
+"""Speed of our PaliGemma against transformers + peft: same weights, same LoRA, same inputs, one run.
 
     python bench/bench_model.py [--device cuda --dtype bfloat16 --repeats 10]
 
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import peft
 import torch
 import transformers
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_batch  # noqa: E402
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
+from paligemma.lit_module import lora_config  # noqa: E402
 
 CONFIGS = {
     # A scaled-down PaliGemma-3B: same head layout (MQA, head_dim 256), 256 image tokens.
@@ -75,23 +77,27 @@ def main() -> None:
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
     stop = dict(eos_token_id=[])  # run all new tokens in both
 
-    with torch.no_grad():
-        results = {
-            "forward (logits + loss)": (lambda: hf(**train), lambda: ours(**train)),
-            f"generate {args.new_tokens} tokens": (
-                lambda: hf.generate(**prompts, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                    do_sample=False, pad_token_id=0),
-                lambda: ours.generate(**prompts, max_new_tokens=args.new_tokens, **stop),
-            ),
-        }  # fmt: skip
-        print(
-            f"config={args.config} device={args.device} dtype={args.dtype} batch={n} repeats={args.repeats}"
-        )
-        for name, (reference, candidate) in results.items():
+    lora_hf, lora_ours = (peft.get_peft_model(m, lora_config()) for m in (hf, ours))  # frozen base + LoRA
+    results = {
+        "forward (logits + loss)": (lambda: lora_hf(**train), lambda: lora_ours(**train)),
+        f"generate {args.new_tokens} tokens": (
+            lambda: lora_hf.generate(**prompts, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                     do_sample=False, pad_token_id=0),
+            lambda: lora_ours.get_base_model().generate(**prompts, max_new_tokens=args.new_tokens, **stop),
+        ),
+        # what training runs: ours computes the LM head only at the answer tokens
+        "LoRA train step (fwd+bwd)": (
+            lambda: lora_hf(**train).loss.backward(),
+            lambda: lora_ours(**train, return_logits=False).loss.backward(),
+        ),
+    }  # fmt: skip
+    print(f"config={args.config} device={args.device} dtype={args.dtype} batch={n} repeats={args.repeats}")
+    for name, (reference, candidate) in results.items():
+        with torch.enable_grad() if "train" in name else torch.no_grad():
             t_ref = timed(reference, args.repeats, args.device)
             t_ours = timed(candidate, args.repeats, args.device)
-            print(f"{name:28s} transformers {t_ref * 1e3:8.1f} ms   ours {t_ours * 1e3:8.1f} ms   "
-                  f"speed-up x{t_ref / t_ours:.2f}")  # fmt: skip
+        print(f"{name:28s} transformers {t_ref * 1e3:8.1f} ms   ours {t_ours * 1e3:8.1f} ms   "
+              f"speed-up x{t_ref / t_ours:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
