@@ -33,11 +33,19 @@ def clean_name(name: str) -> str:
     return name
 
 
-def lora_config(r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None) -> peft.LoraConfig:
-    """LoRA on the decoder's linear layers only: SigLIP has q/k/v_proj too, and suffix matching would adapt it."""
+def lora_config(
+    r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None, train_projector: bool = False
+) -> peft.LoraConfig:
+    """LoRA on the decoder's linear layers only: SigLIP has q/k/v_proj too, and suffix matching would adapt it.
+
+    ``train_projector`` trains the projector fully and saves it with the adapter (peft's modules_to_save)."""
     names = "|".join(target_modules or DECODER_LINEAR_LAYERS)
     return peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=rf".*\.language_model\..*\.({names})"
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=rf".*\.language_model\..*\.({names})",
+        modules_to_save=["multi_modal_projector"] if train_projector else None,
     )
 
 
@@ -92,6 +100,10 @@ class PaliGemmaLitModule(L.LightningModule):
             "skip_nonfinite": False,
             **(optim or {}),
         }
+        if train_vision and lora is not None and adapter is None:
+            raise ValueError(
+                "model.train_vision=true needs lora=null: a LoRA adapter would not hold the vision weights"
+            )
         self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
         self.net.requires_grad_(False)
         self.net.model.multi_modal_projector.requires_grad_(train_projector)
@@ -101,7 +113,8 @@ class PaliGemmaLitModule(L.LightningModule):
             self.net.model.language_model.requires_grad_(True)
             peft_model = None
         else:
-            peft_model = peft.get_peft_model(self.net, lora_config(**lora))
+            # get_peft_model freezes everything but the adapter (and modules_to_save)
+            peft_model = peft.get_peft_model(self.net, lora_config(**lora, train_projector=train_projector))
         # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
         self.__dict__["peft_model"] = peft_model
         self.net.model.vision_tower.requires_grad_(train_vision)
