@@ -135,3 +135,18 @@ def tiny_checkpoint(tmp_path_factory):
                 num_key_value_heads=1, head_dim=16)  # fmt: skip
     path = tmp_path_factory.mktemp("tiny-checkpoint")
     return create_tiny_checkpoint(path, TINY_TEXTS, vocab_size=400, vision=vision, text=text)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_checkpoint(tmp_path_factory):
+    """A second random tiny PaliGemma of other sizes: adapters of tiny_checkpoint do not fit it."""
+    from paligemma.tiny import create_tiny_checkpoint
+
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)  # fmt: skip
+    text = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=12)  # fmt: skip
+    path = tmp_path_factory.mktemp("other-tiny-checkpoint")
+    return create_tiny_checkpoint(
+        path, ["caption en", "a red circle"] * 10, vocab_size=300, vision=vision, text=text
+    )

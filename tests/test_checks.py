@@ -13,7 +13,6 @@ from test_train import FAST, SYNTHETIC, compose_config
 
 from paligemma.checks import ConfigError, validate_config
 from paligemma.model import PaliGemmaForConditionalGeneration
-from paligemma.tiny import create_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,16 +58,11 @@ def test_unknown_key_is_rejected_by_hydra_naming_it(tmp_path, tiny_checkpoint):
     assert "Could not override 'lora.rr'" in result.stderr and "Key 'rr' is not in struct" in result.stderr
 
 
-def test_evaluate_rejects_an_adapter_of_another_base(tmp_path, tiny_checkpoint):
-    other = create_tiny_checkpoint(tmp_path / "other", ["caption en", "a red circle"] * 10, vocab_size=300,
-                                   vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                               num_attention_heads=2, image_size=32, patch_size=8),
-                                   text=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=1, head_dim=12))  # fmt: skip
+def test_evaluate_rejects_an_adapter_of_another_base(tmp_path, tiny_checkpoint, other_tiny_checkpoint):
     config = peft.LoraConfig(r=2, target_modules=r".*\.language_model\..*\.(q_proj|v_proj)")
-    peft.get_peft_model(PaliGemmaForConditionalGeneration.from_pretrained(other), config).save_pretrained(
-        tmp_path / "adapter"
-    )
+    peft.get_peft_model(
+        PaliGemmaForConditionalGeneration.from_pretrained(other_tiny_checkpoint), config
+    ).save_pretrained(tmp_path / "adapter")
     overrides = [f"model.path={tiny_checkpoint}", f"adapter={tmp_path / 'adapter'}", *SYNTHETIC]
     result, _ = run_cli("evaluate.py", overrides, tmp_path)
     assert_one_line_error(result, f"adapter {tmp_path / 'adapter'} does not fit the base model")

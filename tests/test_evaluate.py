@@ -4,14 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from test_train import FAST, SYNTHETIC, compose_config
 
 import evaluate
 import train
-from paligemma.tiny import create_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_FAST = [
@@ -23,14 +19,7 @@ EVAL_FAST = [
 
 
 def compose_eval(output_dir: Path, overrides: list[str]):
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("eval", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig().set_config(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return compose_config(output_dir, overrides, config_name="eval")
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +54,12 @@ def test_zero_shot_evaluation_of_the_base(tmp_path, tiny_checkpoint, trained_run
     assert results["adapter_path"] is None
 
 
-def test_adapter_for_another_base_is_a_clear_error(tmp_path, trained_run):
-    other = create_tiny_checkpoint(tmp_path / "other", ["caption en", "a red circle"] * 10, vocab_size=300,
-                                   vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                               num_attention_heads=2, image_size=32, patch_size=8),
-                                   text=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                                             num_attention_heads=2, num_key_value_heads=1, head_dim=12))  # fmt: skip
-    cfg = compose_eval(tmp_path / "eval", [f"model.path={other}", f"adapter={trained_run[0] / 'adapter'}",
-                                           "logger=none", *SYNTHETIC, *EVAL_FAST])  # fmt: skip
+def test_adapter_for_another_base_is_a_clear_error(tmp_path, trained_run, other_tiny_checkpoint):
+    overrides = [
+        f"model.path={other_tiny_checkpoint}",
+        f"adapter={trained_run[0] / 'adapter'}",
+        "logger=none",
+    ]
+    cfg = compose_eval(tmp_path / "eval", [*overrides, *SYNTHETIC, *EVAL_FAST])
     with pytest.raises(ValueError, match=r"adapter .* does not fit the base model"):
         evaluate.evaluate(cfg)

@@ -36,9 +36,11 @@ def csv_rows(run: Path) -> list[dict]:
     return [row for path in run.glob("csv/*/metrics.csv") for row in csv.DictReader(path.open())]
 
 
-def compose_config(output_dir: Path, overrides: list[str]):
+def compose_config(output_dir: Path, overrides: list[str], config_name: str = "config"):
+    """conf/<config_name>.yaml composed as the entry script would, writing to output_dir."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.hydra.runtime.output_dir = str(output_dir)
