@@ -7,10 +7,15 @@ Each picture (default 64x64 px) holds 1-3 shapes on a light background with smoo
     positions  the cells of a 2x2 grid: "top left", "top right", "bottom left", "bottom right"
                (one shape per cell; size and placement jittered within the cell)
 
-Each row carries a caption naming every shape (in cell order) and one question, its kind cycling
+Each row carries captions naming every shape and one question, its kind cycling
 color / shape / count / position so the kinds are balanced (25% each in every split):
 
     caption   "two shapes: a red circle at the top left and a blue square at the bottom right"
+    captions  the caption and four rephrasings (shapes in a random order after the first two):
+              "2 shapes: a red circle at the top left and a blue square at the bottom right"
+              "blue square at the bottom right and red circle at the top left"
+              "circle in red at the top left and square in blue at the bottom right"
+              "bottom right has a blue square and top left has a red circle"
     color     "what color is the circle?" (only when exactly one circle)
               "what color is the shape at the top left?"                            -> "red"
     shape     "what shape is the red object?" (only when exactly one red shape)
@@ -18,7 +23,9 @@ color / shape / count / position so the kinds are balanced (25% each in every sp
     count     "how many shapes are there?"                                          -> "1" .. "3"
     position  "where is the blue square?" (only when exactly one blue square)       -> "bottom right"
 
-Answers are digits for counts, as in VQAv2. Train and validation come from independent seed streams
+Answers are digits for counts, as in VQAv2. The rephrasings make a caption-trained model emit every
+answer word at the start of a text too: there a tokenizer without a dummy prefix (Gemma's) spells a word
+without its "▁" ("red", not "▁red"), a different token that captions in one phrasing never train. Train and validation come from independent seed streams
 (``[seed, 0]`` and ``[seed, 1]``); the same arguments give the same PNG bytes on every run.
 """
 
@@ -47,6 +54,7 @@ FEATURES = datasets.Features(
     {
         "image": datasets.Image(),
         "caption": datasets.Value("string"),
+        "captions": datasets.Sequence(datasets.Value("string")),
         "question": datasets.Value("string"),
         "answers": datasets.Sequence(datasets.Value("string")),
         "answer": datasets.Value("string"),
@@ -64,11 +72,27 @@ def _scene(rng: np.random.Generator) -> list[tuple[str, str, int]]:
     return [(colors[rng.integers(len(colors))], SHAPES[rng.integers(len(SHAPES))], c) for c in cells]
 
 
+def _listed(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def _caption(scene: list[tuple[str, str, int]]) -> str:
-    parts = [f"a {color} {shape} at the {POSITIONS[cell]}" for color, shape, cell in scene]
-    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    listed = _listed([f"a {color} {shape} at the {POSITIONS[cell]}" for color, shape, cell in scene])
     noun = "shape" if len(scene) == 1 else "shapes"
     return f"{NUMBER_WORDS[len(scene)]} {noun}: {listed}"
+
+
+def _captions(scene: list[tuple[str, str, int]], rng: np.random.Generator) -> list[str]:
+    """The caption and its rephrasings, which open with a digit, a colour, a shape and a position."""
+    caption = _caption(scene)
+    shuffled = [scene[i] for i in rng.permutation(len(scene))]
+    return [
+        caption,
+        str(len(scene)) + caption[caption.index(" ") :],
+        _listed([f"{color} {shape} at the {POSITIONS[cell]}" for color, shape, cell in shuffled]),
+        _listed([f"{shape} in {color} at the {POSITIONS[cell]}" for color, shape, cell in shuffled]),
+        _listed([f"{POSITIONS[cell]} has a {color} {shape}" for color, shape, cell in shuffled]),
+    ]
 
 
 def _questions(scene: list[tuple[str, str, int]], kind: str) -> list[tuple[str, str]]:
@@ -131,6 +155,7 @@ def _make_split(num: int, image_size: int, seed: int, stream: int, split: str) -
         question, answer = candidates[rng.integers(len(candidates))]
         rows["image"].append({"bytes": _render(scene, image_size, rng), "path": None})
         rows["caption"].append(_caption(scene))
+        rows["captions"].append(_captions(scene, np.random.default_rng([seed, stream, i])))
         rows["question"].append(question)
         rows["answers"].append([answer])
         rows["answer"].append(answer)
@@ -156,5 +181,6 @@ def synthetic_texts(dataset: datasets.Dataset | datasets.DatasetDict) -> list[st
     splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
     texts = ["caption en", "answer en"]
     for split in splits:
-        texts += [text for column in ("caption", "question", "answer") for text in split[column]]
+        texts += [text for captions in split["captions"] for text in captions]
+        texts += [text for column in ("question", "answer") for text in split[column]]
     return texts

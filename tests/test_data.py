@@ -23,6 +23,11 @@ IMAGE_SIZE, NUM_IMAGE_TOKENS = 32, 16
 # the hub configs ask for 4 workers; torch warns on a 2-core machine
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create")
 SHAPE = re.compile(r"an? (\w+) (\w+) at the ([a-z ]+?)(?:,| and |$)")
+REPHRASED = {  # each rephrasing's pattern of one shape, as (colour, shape, position) groups
+    "color first": (re.compile(r"(\w+) (\w+) at the ([a-z ]+?)(?:,| and |$)"), (0, 1, 2)),
+    "shape first": (re.compile(r"(\w+) in (\w+) at the ([a-z ]+?)(?:,| and |$)"), (1, 0, 2)),
+    "position first": (re.compile(r"([a-z]+ [a-z]+) has a (\w+) (\w+)(?:,| and |$)"), (1, 2, 0)),
+}
 
 
 def png(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -89,6 +94,10 @@ def test_synthetic_questions_are_balanced_and_answered_by_the_picture(shapes):
     for row in train:
         scene = SHAPE.findall(row["caption"].split(": ", 1)[1])
         assert len(scene) == ["one", "two", "three"].index(row["caption"].split()[0]) + 1
+        caption, digits, *rephrased = row["captions"]
+        assert caption == row["caption"] and digits == str(len(scene)) + caption[caption.index(" ") :]
+        for text, (pattern, order) in zip(rephrased, REPHRASED.values(), strict=True):
+            assert sorted(tuple(m[i] for i in order) for m in pattern.findall(text)) == sorted(scene), text
         assert row["answers"] == [row["answer"]]
         q, a = row["question"], row["answer"]
         if m := re.fullmatch(r"what color is the shape at the (.+)\?", q):
