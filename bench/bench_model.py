@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_batch  # noqa: E402
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
-from paligemma.lit_module import lora_config  # noqa: E402
+from paligemma.lora import add_lora, lora_config  # noqa: E402
 
 CONFIGS = {
     # A scaled-down PaliGemma-3B: same head layout (MQA, head_dim 256), 256 image tokens.
@@ -77,7 +77,7 @@ def main() -> None:
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
     stop = dict(eos_token_id=[])  # run all new tokens in both
 
-    lora_hf, lora_ours = (peft.get_peft_model(m, lora_config()) for m in (hf, ours))  # frozen base + LoRA
+    lora_hf, lora_ours = peft.get_peft_model(hf, lora_config()), add_lora(ours)  # frozen base + LoRA
     results = {
         "forward (logits + loss)": (lambda: lora_hf(**train), lambda: lora_ours(**train)),
         f"generate {args.new_tokens} tokens": (
@@ -85,7 +85,7 @@ def main() -> None:
                                      do_sample=False, pad_token_id=0),
             lambda: lora_ours.get_base_model().generate(**prompts, max_new_tokens=args.new_tokens, **stop),
         ),
-        # what training runs: ours computes the LM head only at the answer tokens
+        # what training runs (train mode: LoRA dropout on): ours computes the LM head only at the answer tokens
         "LoRA train step (fwd+bwd)": (
             lambda: lora_hf(**train).loss.backward(),
             lambda: lora_ours(**train, return_logits=False).loss.backward(),
@@ -93,6 +93,8 @@ def main() -> None:
     }  # fmt: skip
     print(f"config={args.config} device={args.device} dtype={args.dtype} batch={n} repeats={args.repeats}")
     for name, (reference, candidate) in results.items():
+        for model in (lora_hf, lora_ours):
+            model.train("train" in name)
         with torch.enable_grad() if "train" in name else torch.no_grad():
             t_ref = timed(reference, args.repeats, args.device)
             t_ours = timed(candidate, args.repeats, args.device)

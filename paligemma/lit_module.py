@@ -17,12 +17,12 @@ from paligemma import metrics
 from paligemma.checks import ConfigError, NonFiniteError
 from paligemma.distributed import gather_records, pad_after_stop
 from paligemma.generate import DTYPES
+from paligemma.lora import add_lora, load_adapter
 from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.processing import copy_processor_files
 
 log = logging.getLogger(__name__)
 MONITORED_METRIC = {"vqa": "val/vqa_accuracy", "caption": "val/cider"}
-DECODER_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # in parameter names under FSDP
 
 
@@ -31,33 +31,6 @@ def clean_name(name: str) -> str:
     for prefix in WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
-
-
-def lora_config(
-    r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules=None, train_projector: bool = False
-) -> peft.LoraConfig:
-    """LoRA on the decoder's linear layers only: SigLIP has q/k/v_proj too, and suffix matching would adapt it.
-
-    ``train_projector`` trains the projector fully and saves it with the adapter (peft's modules_to_save)."""
-    names = "|".join(target_modules or DECODER_LINEAR_LAYERS)
-    return peft.LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=rf".*\.language_model\..*\.({names})",
-        modules_to_save=["multi_modal_projector"] if train_projector else None,
-    )
-
-
-def load_adapter(model, adapter: str | Path, base: str) -> peft.PeftModel:
-    """A saved PEFT adapter on ``model``; one made for another base is a one-line error."""
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"adapter {adapter} has no adapter_config.json")
-    try:
-        return peft.PeftModel.from_pretrained(model, str(adapter))
-    except (RuntimeError, ValueError, KeyError) as e:
-        reason = str(e).strip().splitlines()[-1][:300]
-        raise ConfigError(f"adapter {adapter} does not fit the base model {base}: {reason}") from None
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
@@ -114,7 +87,7 @@ class PaliGemmaLitModule(L.LightningModule):
             peft_model = None
         else:
             # get_peft_model freezes everything but the adapter (and modules_to_save)
-            peft_model = peft.get_peft_model(self.net, lora_config(**lora, train_projector=train_projector))
+            peft_model = add_lora(self.net, **lora, train_projector=train_projector)
         # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
         self.__dict__["peft_model"] = peft_model
         self.net.model.vision_tower.requires_grad_(train_vision)

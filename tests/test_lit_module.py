@@ -1,20 +1,6 @@
-import peft
 import pytest
-import torch
 
-from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
-from paligemma.lit_module import lora_config, score, warmup_cosine
-
-
-def test_lora_on_3b_config_adapts_the_decoder_only():
-    with torch.device("meta"):
-        model = PaliGemmaForConditionalGeneration(PaliGemmaConfig())
-    model.requires_grad_(False)
-    model = peft.get_peft_model(model, lora_config(r=8, alpha=16, dropout=0.05))
-    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
-    assert sum(trainable.values()) == 9_805_824
-    assert not any("vision_tower" in name or "projector" in name for name in trainable)
-    assert all(".language_model.layers." in name and "lora_" in name for name in trainable)
+from paligemma.lit_module import score, warmup_cosine
 
 
 def test_warmup_then_cosine_to_floor():
