@@ -86,7 +86,6 @@ class PaliGemmaLitModule(L.LightningModule):
             self.net.model.language_model.requires_grad_(True)
             peft_model = None
         else:
-            # get_peft_model freezes everything but the adapter (and modules_to_save)
             peft_model = add_lora(self.net, **lora, train_projector=train_projector)
         # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
         self.__dict__["peft_model"] = peft_model

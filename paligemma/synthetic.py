@@ -25,8 +25,10 @@ color / shape / count / position so the kinds are balanced (25% each in every sp
 
 Answers are digits for counts, as in VQAv2. The rephrasings make a caption-trained model emit every
 answer word at the start of a text too: there a tokenizer without a dummy prefix (Gemma's) spells a word
-without its "▁" ("red", not "▁red"), a different token that captions in one phrasing never train. Train and validation come from independent seed streams
-(``[seed, 0]`` and ``[seed, 1]``); the same arguments give the same PNG bytes on every run.
+without its "▁" ("red", not "▁red"), a different token that captions in one phrasing never train.
+
+Train and validation come from independent seed streams (``[seed, 0]`` and ``[seed, 1]``; the captions'
+shuffles from ``[seed, stream, row]``); the same arguments give the same PNG bytes on every run.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def test_lora_dropout_drops_each_element_with_probability_p_and_scales_the_rest(
     assert torch.equal(x.grad, kept * (1 / (1 - p)))
 
 
-def test_lora_dropout_is_seeded_and_nn_dropout_elsewhere():
+def test_lora_dropout_is_seeded_and_matches_nn_dropout_in_eval_mode_and_at_p_0_and_1():
     x = torch.randn(3, 7, 16)
     masks = []
     for _ in range(2):
