@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from paligemma.config import PaliGemmaConfig
+from paligemma.gemma import GemmaRMSNorm
 from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processor_files
 
@@ -27,16 +28,30 @@ TINY_TEXT = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, nu
 
 
 def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
-    """Normal(0, std) matrices and embeddings, zero biases, unit LayerNorms, zero (= identity) RMSNorms."""
+    """Initialise by module type: Normal(0, std) matrices, embeddings and convolutions, zero biases,
+    LayerNorm (w, b) = (1, 0), Gemma RMSNorm w = 0 (its scale is 1 + w: identity).
+
+    A module type with parameters of its own and no rule here is an error, not a silent zero.
+    """
     gen = torch.Generator().manual_seed(seed)
+    done: set[int] = set()  # tied parameters (lm_head = embed_tokens) are drawn once
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=gen) * std)
-            elif "layer_norm" in name or "layernorm" in name:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
+        for module in model.modules():
+            params = [p for p in module.parameters(recurse=False) if id(p) not in done]
+            if not params:
+                continue
+            if isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, GemmaRMSNorm):
+                module.weight.zero_()
+            elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
+                if getattr(module, "bias", None) is not None:
+                    module.bias.zero_()
             else:
-                p.zero_()
+                raise TypeError(f"init_weights_ has no rule for {type(module).__name__}")
+            done.update(id(p) for p in params)
 
 
 def create_tiny_checkpoint(
