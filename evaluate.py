@@ -17,14 +17,23 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.checks import find_run_error, one_line, validate_config  # noqa: E402
+from paligemma.errors import find_run_error, one_line  # noqa: E402
+from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
+from paligemma.training.configs import register_configs  # noqa: E402
 from train import instantiate_all, write_json  # noqa: E402
 
+register_configs()
 
-def load_module(cfg: DictConfig):
-    from paligemma.lit_module import PaliGemmaLitModule
 
-    overrides = {"max_new_tokens": cfg.eval.max_new_tokens, "num_beams": cfg.eval.num_beams}
+def load_module(cfg: DictConfig, datamodule):
+    from paligemma.training.module import PaliGemmaLitModule
+
+    overrides = {
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "num_beams": cfg.eval.num_beams,
+        "task": datamodule.task,
+        "processor": datamodule.processor,
+    }
     if cfg.ckpt_path is not None:
         return PaliGemmaLitModule.load_from_checkpoint(
             cfg.ckpt_path, map_location="cpu", weights_only=True, **overrides
@@ -35,9 +44,10 @@ def load_module(cfg: DictConfig):
 
 def evaluate(cfg: DictConfig) -> dict:
     validate_config(cfg)
+    expand_user_paths(cfg)
     import lightning as L  # the stack loads after the checks: a bad config fails in seconds
 
-    from paligemma.lit_module import MONITORED_METRIC
+    from paligemma.training.scoring import MONITORED_METRIC
 
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -49,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     datamodule.prepare_data()
     datamodule.setup("validate")  # a missing split or column fails here, before the model loads
-    module = load_module(cfg)
+    module = load_module(cfg, datamodule)
     loggers = instantiate_all(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[], max_epochs=None)
     start = time.perf_counter()

@@ -22,7 +22,11 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.checks import ConfigError, NonFiniteError, find_run_error, one_line, validate_config  # noqa: E402
+from paligemma.errors import ConfigError, NonFiniteError, find_run_error, one_line  # noqa: E402
+from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
+from paligemma.training.configs import register_configs  # noqa: E402
+
+register_configs()
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -70,12 +74,15 @@ def write_json(path: Path, obj: dict) -> None:
 def train(cfg: DictConfig) -> dict:
     """Fit and validate; returns (and writes to <run dir>/metrics.json) the run's metrics."""
     validate_config(cfg)
+    expand_user_paths(cfg)
     import lightning as L  # the training stack loads after the checks: a bad config fails in seconds
     from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.loggers import WandbLogger
 
-    from paligemma.distributed import union_over_ranks
-    from paligemma.lit_module import MONITORED_METRIC, PaliGemmaLitModule
+    from paligemma.training.distributed import union_over_ranks
+    from paligemma.training.export import save_adapter, save_model
+    from paligemma.training.module import PaliGemmaLitModule
+    from paligemma.training.scoring import MONITORED_METRIC
 
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -86,6 +93,8 @@ def train(cfg: DictConfig) -> dict:
         **cfg.model,
         lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
         optim=OmegaConf.to_container(cfg.optim),
+        task=datamodule.task,
+        processor=datamodule.processor,
     )
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.callbacks)
@@ -127,9 +136,9 @@ def train(cfg: DictConfig) -> dict:
     state = trainer.strategy.lightning_module_state_dict() if module.sharded else None
     if trainer.is_global_zero:  # under DDP / FSDP every rank runs this function; rank 0 alone writes
         if module.peft_model is not None:
-            results["adapter_path"] = str(module.save_adapter(out_dir / "adapter", state))
+            results["adapter_path"] = str(save_adapter(module, out_dir / "adapter", state))
         if cfg.export.merged or module.peft_model is None:  # full fine-tuning has no adapter to save
-            results["finetuned_path"] = str(module.save_model(out_dir / "model", state))
+            results["finetuned_path"] = str(save_model(module, out_dir / "model", state))
         write_json(out_dir / "metrics.json", results)
         for logger in loggers:
             if isinstance(logger, WandbLogger):

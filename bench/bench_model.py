@@ -8,19 +8,15 @@ from one run: these machines are shared and noisy.
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import peft
 import torch
 import transformers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_batch  # noqa: E402
-
-from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
-from paligemma.lora import add_lora, lora_config  # noqa: E402
+from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.model.lora import LoraSettings, add_lora, lora_config
+from paligemma.tiny import random_batch
 
 CONFIGS = {
     # A scaled-down PaliGemma-3B: same head layout (MQA, head_dim 256), 256 image tokens.
@@ -68,8 +64,8 @@ def main() -> None:
     ours.load_state_dict(hf.state_dict())
 
     n = args.batch_size
-    train = make_batch(config, [8 + 3 * i for i in range(n)], [12] * n)
-    prompts = make_batch(config, [8 + 3 * i for i in range(n)], [0] * n, padding_side="left")
+    train = random_batch(config, [8 + 3 * i for i in range(n)], [12] * n)
+    prompts = random_batch(config, [8 + 3 * i for i in range(n)], [0] * n, padding_side="left")
     prompts.pop("labels")
     train = {k: v.to(args.device) for k, v in train.items()}
     prompts = {k: v.to(args.device) for k, v in prompts.items()}
@@ -77,7 +73,10 @@ def main() -> None:
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
     stop = dict(eos_token_id=[])  # run all new tokens in both
 
-    lora_hf, lora_ours = peft.get_peft_model(hf, lora_config()), add_lora(ours)  # frozen base + LoRA
+    lora_hf, lora_ours = (
+        peft.get_peft_model(hf, lora_config(LoraSettings())),
+        add_lora(ours),
+    )  # frozen base + LoRA
     results = {
         "forward (logits + loss)": (lambda: lora_hf(**train), lambda: lora_ours(**train)),
         f"generate {args.new_tokens} tokens": (

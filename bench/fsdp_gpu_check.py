@@ -1,4 +1,4 @@
-"""DDP and FSDP on GPUs (NCCL, bf16-mixed): what the CPU tests (tests/test_scale_out.py, gloo, float32) cannot.
+"""DDP and FSDP on GPUs (NCCL, bf16-mixed): what the CPU tests (tests/training/test_distributed.py, gloo, float32) cannot.
 
     python bench/fsdp_gpu_check.py            # every visible GPU; about a minute; offline (tiny random model)
 
@@ -23,22 +23,20 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def make_inputs(tmp: Path) -> tuple[Path, Path]:
-    from conftest import TINY_TEXTS
-
-    from paligemma.synthetic import make_shapes_dataset
+    from paligemma.data.synthetic import make_shapes_dataset, synthetic_texts
     from paligemma.tiny import create_tiny_checkpoint
 
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                   image_size=32, patch_size=8)  # fmt: skip
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                 num_key_value_heads=1, head_dim=16)  # fmt: skip
-    model = create_tiny_checkpoint(tmp / "model", TINY_TEXTS, vocab_size=400, vision=vision, text=text)
     data = make_shapes_dataset(num_train=96, num_val=28, image_size=32, seed=0)
+    model = create_tiny_checkpoint(
+        tmp / "model", synthetic_texts(data), vocab_size=400, vision=vision, text=text
+    )
     data.filter(lambda kind: kind == "count", input_columns="kind").save_to_disk(tmp / "data")
     return Path(model), tmp / "data"
 

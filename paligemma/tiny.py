@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from paligemma.config import PaliGemmaConfig
-from paligemma.gemma import GemmaRMSNorm
-from paligemma.model import PaliGemmaForConditionalGeneration
-from paligemma.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processor_files
+from paligemma.data.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processor_files
+from paligemma.model.config import PaliGemmaConfig
+from paligemma.model.gemma import GemmaRMSNorm
+from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 TINY_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                    image_size=64, patch_size=8)  # fmt: skip
@@ -79,8 +79,51 @@ def create_tiny_checkpoint(
     return out_dir
 
 
+def random_batch(config: PaliGemmaConfig, prefix_lens, suffix_lens, seed: int = 0, padding_side="right"):
+    """A training-style batch: image tokens + <bos> + prefix + "\\n" | suffix + <eos>, then padding.
+
+    Text ids avoid the special ids (0-3) and the image token; "\\n" is played by id 4.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    text = config.text_config
+    n_img = config.num_image_tokens
+    rows = []
+    for p_len, s_len in zip(prefix_lens, suffix_lens, strict=True):
+        prefix = torch.randint(5, config.image_token_index, (p_len,), generator=gen).tolist()
+        suffix = torch.randint(5, config.image_token_index, (s_len,), generator=gen).tolist()
+        prompt = [config.image_token_index] * n_img + [text.bos_token_id] + prefix + [4]
+        target = suffix + [text.eos_token_id] if s_len else []
+        rows.append((prompt, target))
+    width = max(len(p) + len(t) for p, t in rows)
+    ids, mask, types, labels = [], [], [], []
+    for prompt, target in rows:
+        pad = width - len(prompt) - len(target)
+        row_ids = prompt + target
+        row_types = [0] * len(prompt) + [1] * len(target)
+        row_labels = [-100] * len(prompt) + target
+        if padding_side == "right":
+            ids.append(row_ids + [text.pad_token_id] * pad)
+            mask.append([1] * len(row_ids) + [0] * pad)
+            types.append(row_types + [0] * pad)
+            labels.append(row_labels + [-100] * pad)
+        else:
+            ids.append([text.pad_token_id] * pad + row_ids)
+            mask.append([0] * pad + [1] * len(row_ids))
+            types.append([0] * pad + row_types)
+            labels.append([-100] * pad + row_labels)
+    vision = config.vision_config
+    pixels = torch.randn(len(rows), 3, vision.image_size, vision.image_size, generator=gen)
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(mask),
+        "token_type_ids": torch.tensor(types),
+        "labels": torch.tensor(labels),
+        "pixel_values": pixels,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    from paligemma.synthetic import make_shapes_dataset, synthetic_texts
+    from paligemma.data.synthetic import make_shapes_dataset, synthetic_texts
 
     parser = argparse.ArgumentParser(
         description="Write a random tiny PaliGemma + tokenizer (synthetic texts)."

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train import FAST, SYNTHETIC, compose_config
 
 import evaluate
 import train
+from tests.helpers import FAST, SYNTHETIC, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_FAST = [

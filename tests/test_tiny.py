@@ -2,7 +2,7 @@ import pytest
 from torch import nn
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
-from paligemma.gemma import GemmaRMSNorm
+from paligemma.model.gemma import GemmaRMSNorm
 from paligemma.tiny import TINY_TEXT, TINY_VISION, init_weights_
 
 

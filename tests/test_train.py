@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +13,25 @@ import peft
 import pytest
 import torch
 import transformers
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
-from test_data import COCO_FEATURES, VQAV2_FEATURES, awkward_and_bad_rows, noise, png, vqav2_rows
-from wandb_records import history, run_group
 
 import train
-from paligemma.checks import NonFiniteError
-from paligemma.lit_module import PaliGemmaLitModule
+from paligemma.errors import NonFiniteError
+from paligemma.training.module import PaliGemmaLitModule
+from tests.helpers import (
+    COCO_FEATURES,
+    FAST,
+    SYNTHETIC,
+    VQAV2_FEATURES,
+    awkward_and_bad_rows,
+    coco_rows,
+    compose_config,
+    history,
+    run_group,
+    vqav2_rows,
+    write_parquet,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=3", "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1", "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8",
-        "checkpoint.every_n_steps=2"]  # fmt: skip
-SYNTHETIC = ["data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32"]
 
 
 LONG_ANSWER = "a red circle on the left and a blue square on the right"
@@ -34,34 +39,6 @@ LONG_ANSWER = "a red circle on the left and a blue square on the right"
 
 def csv_rows(run: Path) -> list[dict]:
     return [row for path in run.glob("csv/*/metrics.csv") for row in csv.DictReader(path.open())]
-
-
-def compose_config(output_dir: Path, overrides: list[str], config_name: str = "config"):
-    """conf/<config_name>.yaml composed as the entry script would, writing to output_dir."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
-
-
-def write_parquet(directory: Path, splits: dict[str, tuple[dict, datasets.Features]]) -> Path:
-    (directory / "data").mkdir(parents=True)
-    for split, (rows, features) in splits.items():
-        datasets.Dataset.from_dict(rows, features=features).to_parquet(
-            directory / "data" / f"{split}.parquet"
-        )
-    return directory
-
-
-def coco_rows(n: int) -> dict:
-    captions = [[f"a cat number {i}", "a cat", "two cats on a mat", "a mat", "a photo"] for i in range(n)]
-    return {"image": [{"bytes": png(noise(seed=i)), "path": None} for i in range(n)], "image_id": list(range(n)),
-            "text": [c[0] for c in captions], "captions": captions, "split": ["x"] * n}  # fmt: skip
 
 
 def data_overrides(name: str, tmp_path: Path) -> list[str]:
@@ -88,7 +65,8 @@ def test_every_data_config_trains_a_few_steps(tmp_path, tiny_checkpoint, data):
     results = train.train(cfg)
     metric = results["monitor"]
     assert metric == ("val/cider" if "caption" in data or data == "captioning" else "val/vqa_accuracy")
-    assert results[metric] >= 0.0 and f"zero_shot/{metric.removeprefix('val/')}" in results
+    assert math.isfinite(results[metric]) and f"zero_shot/{metric.removeprefix('val/')}" in results
+    assert results["val/loss"] > 0 and results["data/skipped"] == 0
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -115,6 +93,16 @@ def test_default_run_writes_metrics_checkpoint_adapter_and_wandb(tmp_path, tiny_
     final = [row for row in logged if "val/vqa_accuracy" in row][-1]
     assert final["val/vqa_accuracy"] == pytest.approx(saved["val/vqa_accuracy"])
     assert any(key.startswith("val/predictions") for row in logged for key in row)
+    # the pictures of the predictions are files of the offline run (wandb leaves table cells empty offline)
+    logs = [row for row in logged if "val/prediction_images/count" in row]  # zero-shot and final validation
+    assert len(logs) == 2 and all(
+        row["val/prediction_images/count"] == 8 for row in logs
+    )  # max_val_samples=8
+    assert logs[0]["val/prediction_images/captions"][0].startswith("answer en ")
+    assert " (references: " in logs[0]["val/prediction_images/captions"][0]
+    files = [run / "wandb" / f for f in logs[0]["val/prediction_images/filenames"]]
+    saved_pictures = list(run.glob("wandb/offline-run-*/files/media/images/val/prediction_images_*.png"))
+    assert len(saved_pictures) == 16 and all(any(s.name == f.name for s in saved_pictures) for f in files)
 
 
 def test_broken_and_awkward_rows_train_to_the_end_with_exact_counts(tmp_path, tiny_checkpoint):

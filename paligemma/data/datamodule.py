@@ -1,0 +1,192 @@
+"""LightningDataModule over Hugging Face datasets: loading, splits, loaders, and the count of bad rows.
+
+Train batches are the processor's dict (right padded, with labels). Validation batches are::
+
+    {"batch":      training-style dict for the loss (suffix = most common reference),
+     "prompt":     prompt-only dict, left padded, for generate(): input_ids, attention_mask,
+                   token_type_ids, pixel_values,
+     "references": list[list[str]], "kinds": list[str] (the kind column, else the task name),
+     "prompts":    list[str] (prefix text), "row_ids": list[int] (row in the loaded split),
+     "images":     list[PIL.Image] (RGB at the model's input size, for a predictions table)}
+
+Bad rows (missing or undecodable image, missing question, empty target, a prompt longer than
+``max_length``) are dropped by the collate function (paligemma/data/rows.py), which reports them (and
+truncated targets) under a "stats" key; ``on_before_batch_transfer`` removes it and counts them in the main
+process (right with worker processes too), once per (split, row).
+A batch whose rows are all bad becomes ``None``: Lightning skips a ``None`` training batch itself;
+``validation_step`` must return early on ``None``. ``on_bad_sample="raise"`` fails on the first bad row
+with a ``DataError`` naming it. The train loader resumes mid-epoch from a checkpoint (paligemma/data/sampler.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.data.rows import Collate, Rows
+from paligemma.data.sampler import EpochSampler, ResumableDataLoader
+from paligemma.data.settings import TASKS, DataSettings
+from paligemma.data.sources import load_split
+from paligemma.data.synthetic import make_shapes_dataset
+from paligemma.errors import ConfigError
+from paligemma.paths import local_path
+
+log = logging.getLogger(__name__)
+
+
+def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
+    """``spec`` in the syntax of load_dataset(split=...): "train", "validation[:500]", "train[90%:]"."""
+    available = {name: len(ds) for name, ds in splits.items()}
+    parts = [
+        splits[p.splitname].select(range(p.from_, p.to))
+        for p in datasets.ReadInstruction.from_spec(spec).to_absolute(available)
+    ]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+class PaliGemmaDataModule(L.LightningDataModule):
+    """Captioning or VQA over ``datasets``, configured by :class:`DataSettings`: pass one, or its fields
+    (as Hydra's ``data`` config does)."""
+
+    def __init__(self, settings: DataSettings | None = None, /, **fields: Any):
+        super().__init__()
+        self.settings = settings if settings is not None else DataSettings(**fields)
+        s = self.settings
+        if s.task not in TASKS:
+            raise ConfigError(f"data.task must be one of {sorted(TASKS)}, got {s.task!r}")
+        if s.on_bad_sample not in ("skip", "raise"):
+            raise ConfigError(f"data.on_bad_sample must be 'skip' or 'raise', got {s.on_bad_sample!r}")
+        self._processor: PaliGemmaProcessor | None = None
+        self._generated: datasets.DatasetDict | None = None  # the synthetic splits, made once
+        self.train_data: Rows | None = None
+        self.val_data: Rows | None = None
+        self._skipped: set[tuple[str, int]] = set()
+        self._truncated: set[tuple[str, int]] = set()
+
+    @property
+    def task(self) -> str:
+        return self.settings.task
+
+    @property
+    def processor(self) -> PaliGemmaProcessor:
+        if self._processor is None:
+            self._processor = PaliGemmaProcessor.from_pretrained(self.settings.processor_path)
+        return self._processor
+
+    @property
+    def skipped(self) -> int:
+        """Distinct (split, row) pairs skipped as bad so far."""
+        return len(self._skipped)
+
+    @property
+    def truncated(self) -> int:
+        """Distinct (split, row) pairs whose target was cut to fit ``max_length`` so far."""
+        return len(self._truncated)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rows skipped and truncated so far: checkpoints carry them, so a resumed run counts the whole run."""
+        return {"skipped": sorted(self._skipped), "truncated": sorted(self._truncated)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._skipped = {tuple(key) for key in state_dict.get("skipped", [])}
+        self._truncated = {tuple(key) for key in state_dict.get("truncated", [])}
+
+    def _saved_dataset(self) -> Path | None:
+        local = local_path(self.settings.path)
+        return local if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file() else None
+
+    def _load(self, split: str) -> datasets.Dataset:
+        s = self.settings
+        if s.path == "synthetic":
+            if self._generated is None:
+                self._generated = make_shapes_dataset(**s.synthetic)
+            return select_split(self._generated, split)
+        if (saved_dir := self._saved_dataset()) is not None:
+            saved = datasets.load_from_disk(str(saved_dir))
+            if isinstance(saved, datasets.Dataset):
+                saved = datasets.DatasetDict(train=saved)
+            return select_split(saved, split)
+        return load_split(s.path, s.name, split)
+
+    def prepare_data(self) -> None:
+        """Download once per node before ``setup`` runs on every process."""
+        if self.settings.path != "synthetic" and self._saved_dataset() is None:
+            for split in (self.settings.train_split, self.settings.val_split):
+                self._load(split)
+
+    def _check_columns(self, data: datasets.Dataset, split: str) -> None:
+        for option, column in self.settings.columns.items():
+            if column not in data.column_names:
+                raise ConfigError(
+                    f"{split} split of {self.settings.path!r} has no column {column!r} (data.{option}); "
+                    f"available: {', '.join(data.column_names)}"
+                )
+
+    def _rows(self, split: str, limit: int | None, train: bool) -> Rows:
+        data = self._load(split)
+        self._check_columns(data, split)
+        data = data.select_columns(list(self.settings.columns.values()))
+        if limit is not None:
+            data = data.select(range(min(limit, len(data))))
+        image_column = self.settings.image_column
+        if isinstance(data.features[image_column], datasets.Image):
+            data = data.cast_column(image_column, datasets.Image(decode=False))  # decoded in Rows
+        return Rows(data, split, self.settings, self.processor, train)
+
+    def setup(self, stage: str | None = None) -> None:
+        s = self.settings
+        if stage in (None, "fit") and self.train_data is None:
+            self.train_data = self._rows(s.train_split, s.max_train_samples, train=True)
+        if stage in (None, "fit", "validate") and self.val_data is None:
+            self.val_data = self._rows(s.val_split, s.max_val_samples, train=False)
+
+    def _loader(self, rows: Rows, train: bool) -> DataLoader:
+        s = self.settings
+        options = dict(
+            collate_fn=Collate(self.processor, rows.split, train, s.max_length),
+            num_workers=s.num_workers,
+            persistent_workers=s.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+        if not train:  # its own generator: validating leaves torch's global RNG (dropout) untouched
+            generator = torch.Generator().manual_seed(s.seed)
+            return DataLoader(
+                rows, batch_size=s.val_batch_size or s.batch_size, generator=generator, **options
+            )
+        replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = EpochSampler(rows, num_replicas=replicas, rank=rank, shuffle=True, seed=s.seed)
+        return ResumableDataLoader(rows, sampler, seed=s.seed, batch_size=s.batch_size, **options)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_data is None:
+            self.setup("fit")
+        return self._loader(self.train_data, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_data is None:
+            self.setup("validate")
+        return self._loader(self.val_data, train=False)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the collate function's skipped / truncated rows in the main process; empty batch -> None."""
+        if not (isinstance(batch, dict) and "stats" in batch):
+            return batch
+        stats = batch.pop("stats")
+        for split, row, reason in stats["skipped"]:
+            if (split, row) not in self._skipped:
+                self._skipped.add((split, row))
+                log.warning("skipping %s row %d: %s", split, row, reason)
+        if stats["truncated"] and not self._truncated:
+            log.warning(
+                "targets longer than max_length=%d are truncated (count: .truncated)",
+                self.settings.max_length,
+            )
+        self._truncated.update(stats["truncated"])
+        return batch or None

@@ -1,0 +1,248 @@
+"""PaliGemma inputs: prompt/suffix tokenization, labels and SigLIP image preprocessing.
+
+Outputs equal transformers' ``PaliGemmaProcessor(..., padding="longest", return_tensors="pt")`` for the
+same files (DESIGN §3, §4.9):
+
+    prompt = "<image>" * num_image_tokens + "<bos>" + prefix + "\\n"     token_type_ids 0, labels -100
+    suffix = suffix + "<eos>"                                           token_type_ids 1, labels = ids
+    padding: pad id, attention_mask 0, token_type_ids 0, labels -100
+
+Tokenization is the ``tokenizers`` library on the repo's tokenizer.json; images go through PIL + numpy
+exactly as transformers' SiglipImageProcessor (PIL backend) does, except 16-bit images (see ``to_rgb``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import AddedToken, Tokenizer
+
+from paligemma.data.tokenizer import EXTRA_TOKENS, IMAGE_TOKEN
+from paligemma.errors import MissingFileError
+from paligemma.paths import resolve_model_dir
+
+IGNORE_INDEX = -100
+# Everything a processor (ours or transformers') loads: the hub repos ship preprocessor_config.json,
+# transformers 5 saves the image settings in processor_config.json instead.
+PROCESSOR_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+]
+
+
+def copy_processor_files(source: str | Path, target: str | Path) -> None:
+    """Copy the tokenizer and image settings of ``source`` (a local dir, or a hub id fetched through the cache)
+    to ``target``: a merged-model export then loads with its processor."""
+    source = resolve_model_dir(source, PROCESSOR_FILES)
+    for name in PROCESSOR_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, Path(target) / name)
+
+
+def read_image_settings(path: Path) -> dict:
+    """The image processor's settings: preprocessor_config.json (the hub repos), else the "image_processor"
+    entry of processor_config.json (transformers 5 saves)."""
+    if (path / "preprocessor_config.json").is_file():
+        return json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+    if (path / "processor_config.json").is_file():
+        settings = json.loads((path / "processor_config.json").read_text(encoding="utf-8"))
+        if "image_processor" in settings:
+            return settings["image_processor"]
+    raise MissingFileError(
+        f"{path} has no preprocessor_config.json (nor processor_config.json with image_processor settings); "
+        "a PaliGemma processor needs the image settings"
+    )
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparency is composited onto white, as transformers does.
+
+    16-bit images (I;16*) keep their top 8 bits; PIL's own conversion, and so transformers', clips
+    every value above 255 to white.
+    """
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
+    fill = [value] * (length - len(seq))
+    return fill + seq if left else seq + fill
+
+
+class PaliGemmaProcessor:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_size: int,
+        num_image_tokens: int,
+        bos_token: str = "<bos>",
+        eos_token: str = "<eos>",
+        pad_token: str = "<pad>",
+        image_mean: Sequence[float] = (0.5, 0.5, 0.5),
+        image_std: Sequence[float] = (0.5, 0.5, 0.5),
+        rescale_factor: float = 1 / 255,
+        resample: int = Image.Resampling.BICUBIC,
+    ):
+        # As transformers' processor: register <image> and the loc/seg tokens if the tokenizer lacks them.
+        if tokenizer.token_to_id(IMAGE_TOKEN) is None:
+            tokenizer.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+        added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
+        if missing := [t for t in EXTRA_TOKENS if t not in added]:
+            tokenizer.add_tokens(missing)
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.num_image_tokens = num_image_tokens
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.image_token_id = tokenizer.token_to_id(IMAGE_TOKEN)
+        self.bos_token_id = self._token_id(bos_token)
+        self.eos_token_id = self._token_id(eos_token)
+        self.pad_token_id = self._token_id(pad_token)
+        self.image_mean = np.array(image_mean, dtype=np.float32)
+        self.image_std = np.array(image_std, dtype=np.float32)
+        self.rescale_factor = rescale_factor
+        self.resample = resample
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> PaliGemmaProcessor:
+        """Load from a local dir or a hub id holding tokenizer.json and the image settings (either layout)."""
+        path = resolve_model_dir(path, PROCESSOR_FILES)
+        if not (path / "tokenizer.json").is_file():
+            raise MissingFileError(f"{path} has no tokenizer.json; a PaliGemma processor needs it")
+        image_cfg = read_image_settings(path)
+        tok_cfg = {}  # special token names; tokenizer_config.json wins, as in transformers
+        for name in ["special_tokens_map.json", "tokenizer_config.json"]:
+            if (path / name).is_file():
+                tok_cfg.update(json.loads((path / name).read_text(encoding="utf-8")))
+
+        def token(key: str, default: str) -> str:
+            value = tok_cfg.get(key) or default
+            return value["content"] if isinstance(value, dict) else value
+
+        size = image_cfg.get("size", {})
+        if size.get("height") is None or size.get("height") != size.get("width"):
+            raise ValueError(f"{path}: image settings: expected a square size {{height, width}}, got {size}")
+        if "image_seq_length" not in image_cfg:
+            raise ValueError(f"{path}: image settings have no image_seq_length (the number of image tokens)")
+        return cls(
+            Tokenizer.from_file(str(path / "tokenizer.json")),
+            image_size=size["height"],
+            num_image_tokens=image_cfg["image_seq_length"],
+            bos_token=token("bos_token", "<bos>"),
+            eos_token=token("eos_token", "<eos>"),
+            pad_token=token("pad_token", "<pad>"),
+            image_mean=image_cfg.get("image_mean", [0.5] * 3),
+            image_std=image_cfg.get("image_std", [0.5] * 3),
+            rescale_factor=image_cfg.get("rescale_factor", 1 / 255),
+            resample=image_cfg.get("resample", Image.Resampling.BICUBIC),
+        )
+
+    def preprocess_image(self, image: Image.Image) -> np.ndarray:
+        """(3, size, size) float32: RGB, bicubic resize, x / 255, (x - mean) / std; as SiglipImageProcessor."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"images must be PIL images, got {type(image).__name__}")
+        image = to_rgb(image).resize((self.image_size, self.image_size), resample=self.resample)
+        x = (np.asarray(image, dtype=np.float64) * self.rescale_factor).astype(np.float32)
+        return ((x - self.image_mean) / self.image_std).transpose(2, 0, 1)
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        images: Image.Image | Sequence[Image.Image],
+        suffix: str | Sequence[str] | None = None,
+        padding_side: str = "right",
+        max_length: int | None = None,
+        return_lengths: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Batch of prompts (``text``, one image each) and optional target ``suffix``es.
+
+        ``max_length`` caps each row: a too-long suffix loses tokens from its end but keeps ``<eos>``; a
+        prompt that cannot fit (with its ``<eos>`` when a suffix is given) raises. ``return_lengths`` adds
+        "prompt_lengths" (B,), the tokens of each prompt, and "truncated" (B,), whether its suffix was cut.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        if len(texts) != len(images):
+            raise ValueError(f"got {len(texts)} texts for {len(images)} images; each text needs one image")
+        if any(IMAGE_TOKEN in t for t in texts):
+            raise ValueError(f"text is the prefix only; the processor adds the {IMAGE_TOKEN} tokens itself")
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+
+        prompts = [IMAGE_TOKEN * self.num_image_tokens + self.bos_token + t + "\n" for t in texts]
+        prompt_ids = [e.ids for e in self.tokenizer.encode_batch(prompts, add_special_tokens=False)]
+        suffix_ids = [[] for _ in texts]
+        if suffix is not None:
+            suffixes = [suffix] if isinstance(suffix, str) else list(suffix)
+            if len(suffixes) != len(texts):
+                raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} texts")
+            suffixes = [s + self.eos_token for s in suffixes]
+            suffix_ids = [e.ids for e in self.tokenizer.encode_batch(suffixes, add_special_tokens=False)]
+        rows = [(p + s, [0] * len(p) + [1] * len(s)) for p, s in zip(prompt_ids, suffix_ids, strict=True)]
+        full_lengths = [len(ids) for ids, _ in rows]
+        if max_length is not None:
+            rows = [self._truncate(ids, types, max_length) for ids, types in rows]
+
+        length, left = max(len(ids) for ids, _ in rows), padding_side == "left"
+        batch = {
+            "input_ids": [_pad(ids, self.pad_token_id, length, left) for ids, _ in rows],
+            "attention_mask": [_pad([1] * len(ids), 0, length, left) for ids, _ in rows],
+            "token_type_ids": [_pad(types, 0, length, left) for _, types in rows],
+        }
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        if suffix is not None:
+            out["labels"] = out["input_ids"].masked_fill(out["token_type_ids"] == 0, IGNORE_INDEX)
+        out["pixel_values"] = torch.from_numpy(np.stack([self.preprocess_image(im) for im in images]))
+        if return_lengths:
+            out["prompt_lengths"] = torch.tensor([len(p) for p in prompt_ids])
+            out["truncated"] = torch.tensor(
+                [len(ids) < n for (ids, _), n in zip(rows, full_lengths, strict=True)]
+            )
+        return out
+
+    def prompt_length(self, prefix: str) -> int:
+        """Tokens of the prompt ``prefix`` becomes: image tokens, ``<bos>``, the prefix and "\\n"."""
+        return self.num_image_tokens + 1 + len(self.tokenizer.encode(prefix + "\n", add_special_tokens=False))
+
+    def _truncate(self, ids: list[int], types: list[int], max_length: int) -> tuple[list[int], list[int]]:
+        if len(ids) <= max_length:
+            return ids, types
+        n_prompt = types.count(0)
+        if n_prompt + (1 in types) > max_length:
+            raise ValueError(f"max_length={max_length} cannot hold a prompt of {n_prompt} tokens (and <eos>)")
+        keep = max_length - n_prompt - 1  # suffix tokens kept before its <eos>
+        return ids[: n_prompt + keep] + ids[-1:], types[:max_length]
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(
+        self, sequences: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+    ) -> list[str]:
+        sequences = (
+            sequences.tolist() if isinstance(sequences, torch.Tensor) else [list(s) for s in sequences]
+        )
+        return self.tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)

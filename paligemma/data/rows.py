@@ -1,0 +1,151 @@
+"""Rows of one split: a row's picture, prompt and references, or the reason it is bad; and their collation.
+
+Prompts follow big_vision's PaliGemma transfers: captioning ``caption en``, VQA ``answer en {question}``;
+the target (suffix) is one reference answer or caption. A reference column may hold a string, a list of
+strings, or a list of dicts with an ``answer`` / ``caption`` / ``text`` key (VQAv2's ``answers``).
+Training draws one reference per row per epoch, seeded by (seed, epoch, row) -- with VQAv2's 10 annotator
+answers this samples by frequency; validation scores against all references and computes the loss on the
+most common one (first on ties): for VQAv2, its ``multiple_choice_answer`` up to ties.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections import Counter
+from typing import Any
+
+import datasets
+from PIL import Image
+from torch.utils.data import Dataset
+
+from paligemma.data.processor import PaliGemmaProcessor, to_rgb
+from paligemma.data.settings import DataSettings
+from paligemma.errors import DataError
+
+PREFIXES = {"caption": "caption en", "vqa": "answer en {question}"}
+REFERENCE_KEYS = ("answer", "caption", "text", "raw")  # where a dict-shaped reference keeps its string
+
+
+def references(value: Any) -> list[str]:
+    """A target cell as a list of non-empty strings: str, list[str], list[dict] or dict of lists."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value.strip()] if value.strip() else []
+    if isinstance(value, dict):
+        return references(next((value[k] for k in REFERENCE_KEYS if k in value), None))
+    return [ref for item in value for ref in references(item)]
+
+
+def open_image(value: Any) -> Image.Image:
+    """Decode a cell of an undecoded Image column ({"bytes", "path"}), raw bytes, a path or a PIL image."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if value is None:
+        raise ValueError("missing image")
+    if isinstance(value, bytes):
+        value = io.BytesIO(value)
+    image = value if isinstance(value, Image.Image) else Image.open(value)
+    image.load()
+    return image
+
+
+class Rows(Dataset):
+    """One split: decodes an image and builds the prompt and references of a row, or reports it bad."""
+
+    def __init__(
+        self,
+        data: datasets.Dataset,
+        split: str,
+        settings: DataSettings,
+        processor: PaliGemmaProcessor,
+        train: bool,
+    ):
+        self.data, self.split, self.settings, self.processor, self.train = (
+            data,
+            split,
+            settings,
+            processor,
+            train,
+        )
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        row, epoch = key if isinstance(key, tuple) else (key, 0)
+        try:
+            return self._sample(row, epoch)
+        except Exception as error:  # any failure on a row makes it a bad row, never a dead loader
+            reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            if self.settings.on_bad_sample == "raise":
+                raise DataError(f"bad {self.split} row {row}: {reason}") from error
+            return {"row": row, "error": reason}
+
+    def _sample(self, row: int, epoch: int) -> dict[str, Any]:
+        item, s = self.data[row], self.settings
+        question = item[s.question_column] if s.task == "vqa" else None
+        if s.task == "vqa" and not (isinstance(question, str) and question.strip()):
+            raise ValueError(f"missing question in column {s.question_column!r}")
+        prompt = PREFIXES[s.task].format(question=question.strip() if question else "")
+        refs = references(item[s.target_column])
+        if not refs:
+            raise ValueError(f"missing or empty target in column {s.target_column!r}")
+        if s.max_length is not None and self.processor.prompt_length(prompt) + 1 > s.max_length:  # + <eos>
+            n_prompt = self.processor.prompt_length(prompt)
+            raise ValueError(f"prompt of {n_prompt} tokens leaves no room in max_length={s.max_length}")
+        if self.train:
+            target = refs[random.Random(f"{s.seed}:{epoch}:{row}").randrange(len(refs))]
+        else:
+            target = Counter(refs).most_common(1)[0][0]
+        # Convert and resize here, exactly as the processor would (it then finds nothing left to do), so a
+        # failure is this row's and validation can return small preview images.
+        size = (self.processor.image_size, self.processor.image_size)
+        image = to_rgb(open_image(item[s.image_column])).resize(size, resample=self.processor.resample)
+        kind = str(item[s.kind_column]) if s.kind_column else s.task
+        return {
+            "row": row,
+            "image": image,
+            "prompt": prompt,
+            "target": target,
+            "references": refs,
+            "kind": kind,
+        }
+
+
+class Collate:
+    """Drops bad rows; runs the processor; reports skipped and truncated rows under "stats"."""
+
+    def __init__(self, processor: PaliGemmaProcessor, split: str, train: bool, max_length: int | None):
+        self.processor, self.split, self.train, self.max_length = processor, split, train, max_length
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [it for it in items if "error" not in it]
+        stats = {
+            "skipped": [(self.split, it["row"], it["error"]) for it in items if "error" in it],
+            "truncated": [],
+        }
+        if not good:
+            return {"stats": stats}
+        images = [it["image"] for it in good]
+        prompts = [it["prompt"] for it in good]
+        targets = [it["target"] for it in good]
+        batch = self.processor(
+            text=prompts, images=images, suffix=targets, max_length=self.max_length, return_lengths=True
+        )
+        del batch["prompt_lengths"]
+        truncated = batch.pop("truncated").tolist()
+        stats["truncated"] = [(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut]
+        if self.train:
+            return {**batch, "stats": stats}
+        return {
+            "batch": batch,
+            "prompt": self.processor(text=prompts, images=images, padding_side="left"),
+            "references": [it["references"] for it in good],
+            "kinds": [it["kind"] for it in good],
+            "prompts": prompts,
+            "row_ids": [it["row"] for it in good],
+            "images": images,
+            "stats": stats,
+        }

@@ -1,0 +1,54 @@
+"""The errors a user fixes from the message alone, raised by every layer.
+
+``train.py``, ``evaluate.py`` and ``python -m paligemma.generate`` print a :class:`RunError` as one line,
+``error: <message>``, and exit with status 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RunError(Exception):
+    """A failure whose message names the culprit and the fix (bad config, bad data, diverged training)."""
+
+
+class ConfigError(RunError, ValueError):
+    """A config value, path or file that cannot work."""
+
+
+class MissingFileError(ConfigError, FileNotFoundError):
+    """A file that a model, processor or adapter directory must hold is not there."""
+
+
+class UnsupportedConfigError(ConfigError):
+    """A model config describing a model this code does not implement."""
+
+
+class CheckpointError(RunError, ValueError):
+    """Checkpoint files that do not fit the model their config describes."""
+
+
+class HubError(RunError, OSError):
+    """A model or dataset the Hugging Face hub cannot serve here (offline, gated, missing)."""
+
+
+class DataError(RunError, ValueError):
+    """A bad dataset row under ``data.on_bad_sample=raise``."""
+
+
+class NonFiniteError(RunError, FloatingPointError):
+    """A NaN or infinite loss or gradient (with ``optim.skip_nonfinite=false``)."""
+
+
+def find_run_error(error: BaseException | None) -> RunError | None:
+    """``error`` or the RunError it wraps (hydra.utils.instantiate re-raises a constructor's error as its cause)."""
+    while error is not None and not isinstance(error, RunError):
+        error = error.__cause__
+    return error
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line: a DataLoader worker wraps it in the worker's traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        return text.splitlines()[-1].removeprefix(f"{type(error).__module__}.{type(error).__qualname__}: ")
+    return " ".join(text.splitlines()) or type(error).__name__

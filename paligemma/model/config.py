@@ -1,0 +1,213 @@
+"""Model configuration: one dataclass per tower, read from and written to HF ``config.json``.
+
+Hub files written by transformers 4.4x leave many fields to their class defaults; the defaults
+below are PaliGemma-3B's, so those files read correctly (see DESIGN §4.7).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paligemma.errors import MissingFileError, UnsupportedConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Every name the reference maps to the tanh approximation of GELU.
+TANH_GELU_NAMES = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast"}
+
+
+def _known_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls) if f.init}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _check_activation(name: str, where: str) -> None:
+    if name not in TANH_GELU_NAMES:
+        raise UnsupportedConfigError(
+            f"{where}.hidden_act={name!r} is not supported; PaliGemma uses the tanh GELU "
+            f"({', '.join(sorted(TANH_GELU_NAMES))})"
+        )
+
+
+@dataclass
+class SiglipVisionConfig:
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu_pytorch_tanh"
+    attention_dropout: float = 0.0
+
+    def __post_init__(self):
+        _check_activation(self.hidden_act, "vision_config")
+        if self.hidden_size % self.num_attention_heads:
+            raise UnsupportedConfigError(
+                f"vision_config.hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.image_size % self.patch_size:
+            raise UnsupportedConfigError(
+                f"vision_config.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SiglipVisionConfig:
+        return cls(**_known_fields(cls, d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": "siglip_vision_model", **asdict(self), "vision_use_head": False}
+
+
+@dataclass
+class GemmaConfig:
+    vocab_size: int = 257216
+    hidden_size: int = 2048
+    intermediate_size: int = 16384
+    num_hidden_layers: int = 18
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 1
+    head_dim: int = 256
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 8192
+    hidden_act: str = "gelu_pytorch_tanh"
+    attention_dropout: float = 0.0
+    pad_token_id: int = 0
+    bos_token_id: int = 2
+    eos_token_id: int = 1
+
+    def __post_init__(self):
+        _check_activation(self.hidden_act, "text_config")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise UnsupportedConfigError(
+                f"text_config.num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+
+    @property
+    def num_kv_groups(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GemmaConfig:
+        model_type = d.get("model_type", "gemma")
+        if model_type != "gemma":
+            raise UnsupportedConfigError(
+                f"text_config.model_type={model_type!r} is not supported (only Gemma 1 PaliGemma; "
+                "PaliGemma 2's Gemma 2 decoder is not implemented)"
+            )
+        d = dict(d)
+        d.setdefault("hidden_act", d.get("hidden_activation") or "gelu_pytorch_tanh")
+        if d.get("head_dim") is None:
+            d.pop("head_dim", None)
+        for rope in (d.get("rope_scaling") or {}, d.get("rope_parameters") or {}):
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            if rope_type != "default":
+                raise UnsupportedConfigError(f"text_config rope_type={rope_type!r} is not supported")
+            if "rope_theta" in rope:
+                d["rope_theta"] = rope["rope_theta"]
+        return cls(**_known_fields(cls, d))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["rope_parameters"] = {"rope_type": "default", "rope_theta": d["rope_theta"]}
+        return {"model_type": "gemma", **d, "tie_word_embeddings": True}
+
+
+@dataclass
+class PaliGemmaConfig:
+    vision_config: SiglipVisionConfig | dict = field(default_factory=SiglipVisionConfig)
+    text_config: GemmaConfig | dict = field(default_factory=GemmaConfig)
+    image_token_index: int = 257152
+    projection_dim: int = 2048
+    ignore_index: int = -100
+
+    def __post_init__(self):
+        if isinstance(self.vision_config, dict):
+            self.vision_config = SiglipVisionConfig.from_dict(self.vision_config)
+        if isinstance(self.text_config, dict):
+            self.text_config = GemmaConfig.from_dict(self.text_config)
+        if self.projection_dim != self.text_config.hidden_size:
+            raise UnsupportedConfigError(
+                f"projection_dim={self.projection_dim} must equal text_config.hidden_size="
+                f"{self.text_config.hidden_size}: image features are placed in the text embedding stream"
+            )
+        if not 0 <= self.image_token_index < self.text_config.vocab_size:
+            raise UnsupportedConfigError(
+                f"image_token_index={self.image_token_index} is outside the text vocabulary "
+                f"(vocab_size={self.text_config.vocab_size})"
+            )
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_config.num_patches
+
+    @property
+    def image_token_id(self) -> int:
+        return self.image_token_index
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PaliGemmaConfig:
+        model_type = d.get("model_type", "paligemma")
+        if model_type != "paligemma":
+            raise UnsupportedConfigError(f"model_type={model_type!r} is not a PaliGemma config")
+        d = dict(d)
+        text = dict(d.get("text_config") or {})
+        # Top-level token ids and vocab apply to the decoder when its own config leaves them out.
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id", "vocab_size"):
+            if key in d and d[key] is not None:
+                text.setdefault(key, d[key])
+        d["text_config"] = text
+        d["vision_config"] = dict(d.get("vision_config") or {})
+        if "image_token_id" in d:
+            d.setdefault("image_token_index", d["image_token_id"])
+        d.setdefault("projection_dim", GemmaConfig.from_dict(text).hidden_size)
+        return cls(**_known_fields(cls, d))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> PaliGemmaConfig:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            raise MissingFileError(f"{path} is not a PaliGemma checkpoint directory: no config.json in it")
+        return cls.from_dict(json.loads(config_file.read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        text = self.text_config.to_dict()
+        text["num_image_tokens"] = self.num_image_tokens
+        vision = self.vision_config.to_dict()
+        vision["projection_dim"] = self.projection_dim
+        return {
+            "architectures": ["PaliGemmaForConditionalGeneration"],
+            "model_type": "paligemma",
+            "image_token_index": self.image_token_index,
+            "projection_dim": self.projection_dim,
+            "hidden_size": self.projection_dim,
+            "ignore_index": self.ignore_index,
+            "pad_token_id": self.text_config.pad_token_id,
+            "bos_token_id": self.text_config.bos_token_id,
+            "eos_token_id": self.text_config.eos_token_id,
+            "vocab_size": self.text_config.vocab_size,
+            "tie_word_embeddings": True,
+            "text_config": text,
+            "vision_config": vision,
+        }
+
+    def save_pretrained(self, path: str | Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -1,0 +1,201 @@
+"""Gemma (1) decoder: RMSNorm, rotary embeddings, multi-query attention with a KV cache, GeGLU MLP."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from paligemma.model.config import GemmaConfig
+from paligemma.model.kv_cache import KVCache
+
+
+class ModelOutput(dict):
+    """A dict whose keys read as attributes too: ``out["logits"]`` and ``out.logits``."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(name) from e
+
+
+def attention_mask_4d(
+    valid_kv: torch.Tensor, q_positions: torch.Tensor, prefix_kv: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boolean mask (B, 1, T, L), True where query t may attend to key l.
+
+    valid_kv: (B, L) 1 for real tokens, 0 for padding. q_positions: (T,) key index of each query.
+    prefix_kv: (B, L) True for tokens of the bidirectional prefix; None means purely causal.
+    The prefix is unmasked first and padding masked after, so a prefix never sees a pad.
+    """
+    kv_idx = torch.arange(valid_kv.shape[1], device=valid_kv.device)
+    allowed = (kv_idx[None, :] <= q_positions[:, None])[None]  # (1, T, L) causal
+    if prefix_kv is not None:
+        prefix_q = prefix_kv[:, q_positions]  # (B, T)
+        allowed = allowed | (prefix_q[:, :, None] & prefix_kv[:, None, :])
+    allowed = allowed & valid_kv[:, None, :].bool()
+    allowed = allowed | (kv_idx[None, :] == q_positions[:, None])  # a pad query sees itself: no empty rows
+    return allowed[:, None]
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy in float32; position t predicts labels[t + 1]."""
+    shifted = F.pad(labels, (0, 1), value=ignore_index)[:, 1:]
+    return F.cross_entropy(logits.float().flatten(0, 1), shifted.flatten(), ignore_index=ignore_index)
+
+
+class GemmaRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * (1.0 + self.weight.float())).type_as(x)
+
+
+class GemmaRotaryEmbedding(nn.Module):
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_ids (B, T) -> cos, sin (B, T, head_dim) in x's dtype."""
+        exponents = torch.arange(0, self.head_dim, 2, device=x.device).float() / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponents)
+        freqs = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, hd); cos, sin (B, T, hd)."""
+    cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
+
+
+class GemmaAttention(nn.Module):
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.num_kv_heads != self.num_heads,
+        )  # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class GemmaMLP(nn.Module):
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class GemmaDecoderLayer(nn.Module):
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = GemmaAttention(config)
+        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = GemmaMLP(config)
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GemmaModel(nn.Module):
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.layers = nn.ModuleList(GemmaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = GemmaRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings times sqrt(hidden_size), the factor rounded to the weights' dtype."""
+        weight = self.embed_tokens.weight
+        normalizer = torch.tensor(self.config.hidden_size**0.5, dtype=weight.dtype, device=weight.device)
+        return self.embed_tokens(input_ids) * normalizer
+
+    def make_kv_caches(self, batch_size: int, max_seq_len: int, dtype, device) -> list[KVCache]:
+        c = self.config
+        return [
+            KVCache(batch_size, max_seq_len, c.num_key_value_heads, c.head_dim, dtype, device)
+            for _ in self.layers
+        ]
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        mask: torch.Tensor,
+        kv_caches: list[KVCache] | None = None,
+    ) -> torch.Tensor:
+        """(B, T, D) embeddings -> (B, T, D) final-normed hidden states."""
+        x = inputs_embeds
+        cos, sin = self.rotary_emb(x, position_ids)
+        for i, layer in enumerate(self.layers):
+            cache = kv_caches[i] if kv_caches is not None else None
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, cache)
+        return self.norm(x)
+
+
+class GemmaForCausalLM(nn.Module):
+    """Text-only Gemma with a head tied to the input embeddings."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.config = config
+        self.model = GemmaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, attention_mask=None, labels=None) -> ModelOutput:
+        valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        mask = attention_mask_4d(valid, positions)
+        hidden = self.model(self.model.embed(input_ids), positions[None].expand_as(input_ids), mask)
+        logits = self.lm_head(hidden)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return ModelOutput(logits=logits, loss=loss)

@@ -1,0 +1,220 @@
+"""PaliGemma: SigLIP patches -> linear projector -> placed at the image tokens of a Gemma prefix-LM.
+
+Module paths mirror transformers' PaliGemmaForConditionalGeneration (``model.vision_tower``,
+``model.multi_modal_projector``, ``model.language_model``, ``lm_head``), so state dicts and PEFT
+adapters move between the two unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paligemma.model import generation, weights
+from paligemma.model.config import PaliGemmaConfig
+from paligemma.model.decode_state import DecodeState
+from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, attention_mask_4d, causal_lm_loss
+from paligemma.model.siglip import SiglipVisionModel
+
+
+def prefix_lm_inputs(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    token_type_ids: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(valid, prefix, position_ids), each (B, T), for the prefix-LM that PaliGemma is.
+
+    valid: the attention mask (all ones without one). prefix: the bidirectional tokens (image + prompt),
+    from ``token_type_ids == 0``, else every token before the first label (``labels == ignore_index``), else every
+    token; never a pad. position_ids: 1-indexed and contiguous within each row, so left padding shifts nothing.
+    """
+    valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    if token_type_ids is not None:
+        prefix = token_type_ids == 0
+    elif labels is not None:
+        prefix = labels == ignore_index
+    else:
+        prefix = torch.ones_like(input_ids, dtype=torch.bool)
+    positions = valid.long().cumsum(-1).clamp(min=1)
+    return valid, prefix & valid.bool(), positions
+
+
+class PaliGemmaMultiModalProjector(nn.Module):
+    def __init__(self, config: PaliGemmaConfig):
+        super().__init__()
+        self.linear = nn.Linear(config.vision_config.hidden_size, config.projection_dim)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear(image_features)
+
+
+class PaliGemmaModel(nn.Module):
+    """Vision tower, projector and decoder, without the LM head."""
+
+    def __init__(self, config: PaliGemmaConfig):
+        super().__init__()
+        self.config = config
+        self.vision_tower = SiglipVisionModel(config.vision_config)
+        self.multi_modal_projector = PaliGemmaMultiModalProjector(config)
+        self.language_model = GemmaModel(config.text_config)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_image_tokens, text hidden); projected, not scaled."""
+        return self.multi_modal_projector(self.vision_tower(pixel_values))
+
+    def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
+        """Scaled text embeddings with the image features written over the image tokens."""
+        embeds = self.language_model.embed(input_ids)  # (B, T, D)
+        image_mask = input_ids == self.config.image_token_index
+        n_tokens = int(image_mask.sum())
+        n_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_tokens != n_features:
+            n_images = 0 if image_features is None else image_features.shape[0]
+            raise ValueError(
+                f"input_ids hold {n_tokens} image tokens (id {self.config.image_token_index}) but "
+                f"{n_images} image(s) give {n_features} features; each prompt must start with "
+                f"{self.config.num_image_tokens} image tokens per image (PaliGemmaProcessor builds them)"
+            )
+        if image_features is None:
+            return embeds
+        return embeds.masked_scatter(image_mask[..., None], image_features.to(embeds.dtype))
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        kv_caches: list[KVCache] | None = None,
+    ) -> torch.Tensor:
+        """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns hidden states."""
+        start = kv_caches[0].size if kv_caches else 0
+        q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
+        mask = attention_mask_4d(attention_mask, q_positions, prefix_mask)
+        return self.language_model(inputs_embeds, position_ids, mask, kv_caches)
+
+
+class PaliGemmaForConditionalGeneration(nn.Module):
+    def __init__(self, config: PaliGemmaConfig):
+        super().__init__()
+        self.config = config
+        self.model = PaliGemmaModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.lm_head.weight = self.model.language_model.embed_tokens.weight
+
+    @property
+    def vision_tower(self) -> SiglipVisionModel:
+        return self.model.vision_tower
+
+    @property
+    def language_model(self) -> GemmaModel:
+        return self.model.language_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_logits: bool = True,
+    ) -> ModelOutput:
+        """Logits for every position and, given labels, the mean loss over labels != -100.
+
+        The prefix-LM inputs come from ``prefix_lm_inputs``. ``return_logits=False`` computes the head only
+        where the loss needs it (saves B*T*V memory).
+        """
+        valid, prefix, positions = prefix_lm_inputs(
+            input_ids, attention_mask, token_type_ids, labels, self.config.ignore_index
+        )
+        positions = positions if position_ids is None else position_ids
+        features = self.model.image_features(pixel_values) if pixel_values is not None else None
+        hidden = self.model(self.model.embed(input_ids, features), valid, prefix, positions)
+        logits = self.lm_head(hidden) if return_logits else None
+        loss = None
+        if labels is not None:
+            loss = self._loss(hidden, logits, labels)
+        return ModelOutput(logits=logits, loss=loss)
+
+    def _loss(self, hidden, logits, labels) -> torch.Tensor:
+        if logits is not None:
+            return causal_lm_loss(logits, labels, self.config.ignore_index)
+        targets = labels[:, 1:]
+        keep = targets != self.config.ignore_index
+        selected_logits = self.lm_head(hidden[:, :-1][keep]).float()  # (N, V)
+        return nn.functional.cross_entropy(selected_logits, targets[keep])
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+    ) -> tuple[torch.Tensor, DecodeState]:
+        """Run a left-padded prompt batch once: (B, V) next-token logits and the state for ``decode_step``,
+        with caches and masks allocated for ``max_new_tokens`` more tokens."""
+        valid, prefix, positions = prefix_lm_inputs(input_ids, attention_mask, token_type_ids)
+        if not bool(valid[:, -1].all()):
+            raise ValueError(
+                "generation needs left-padded prompts: use the processor with padding_side='left'"
+            )
+        (B, P), total = input_ids.shape, input_ids.shape[1] + max_new_tokens
+        state = DecodeState(
+            attention_mask=F.pad(valid, (0, max_new_tokens)),  # (B, P + max_new_tokens)
+            prefix_mask=F.pad(prefix, (0, max_new_tokens)),
+            last_position=positions[:, -1:],
+            caches=self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device),
+            length=P,
+        )
+        features = self.model.image_features(pixel_values) if pixel_values is not None else None
+        embeds = self.model.embed(input_ids, features)
+        hidden = self.model(embeds, valid, prefix, positions, state.caches)
+        return self.lm_head(hidden[:, -1]), state
+
+    @torch.inference_mode()
+    def decode_step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        """Feed (N,) tokens after what ``state`` holds; returns their (N, V) next-token logits."""
+        state.advance()
+        embeds = self.language_model.embed(tokens[:, None])  # (N, 1, D)
+        L = state.length
+        hidden = self.model(
+            embeds, state.attention_mask[:, :L], state.prefix_mask[:, :L], state.last_position, state.caches
+        )
+        return self.lm_head(hidden[:, -1])
+
+    def generate(self, input_ids, pixel_values=None, attention_mask=None, **options) -> torch.Tensor:
+        """New tokens only, (B, <= max_new_tokens); ``options`` are those of paligemma.model.generation.generate."""
+        return generation.generate(self, input_ids, pixel_values, attention_mask, **options)
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.model.language_model.gradient_checkpointing = True
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    ) -> PaliGemmaForConditionalGeneration:
+        """Load an HF-format checkpoint (local dir or hub id) in any layout transformers has written."""
+        return weights.load_pretrained(cls, path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 2**30) -> None:
+        """Write config.json + safetensors in the hub layout (transformers loads it unchanged)."""
+        weights.save_pretrained(self, path, max_shard_bytes=max_shard_bytes)

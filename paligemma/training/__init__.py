@@ -1,0 +1,1 @@
+"""Training: the LightningModule, exports, distributed helpers, callbacks, checkpoint I/O, config checks."""

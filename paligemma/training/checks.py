@@ -1,0 +1,73 @@
+"""Config checks of train.py and evaluate.py that run before any weights or data are read."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from paligemma.errors import ConfigError
+from paligemma.paths import is_hub_id, local_path
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def _check_source(key: str, value: str, what: str) -> None:
+    """A local path that exists (``~`` expanded, as loading does), or a hub id (owner/name) that loading will fetch."""
+    if is_hub_id(value):
+        return
+    local = local_path(value)
+    if not local.exists():
+        raise ConfigError(f"{key}: {value} does not exist and is not a hub id (expected {what})")
+    if key == "model.path" and not (local / "config.json").is_file():
+        raise ConfigError(f"{key}: {value} has no config.json (expected {what})")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Cheap checks of a train.py / evaluate.py config (no weights or data are read): required values, model,
+    data, checkpoint and adapter paths, dtype. Raises :class:`ConfigError` naming the key."""
+    own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # tests compose hydra's too
+    missing = sorted(OmegaConf.missing_keys(own))
+    if missing:
+        raise ConfigError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
+    _check_source("model.path", cfg.model.path, "a model dir with config.json and safetensors, or a hub id")
+    if cfg.data.path != "synthetic":
+        _check_source("data.path", cfg.data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
+    if cfg.model.dtype not in DTYPE_NAMES:
+        raise ConfigError(f"model.dtype: {cfg.model.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not local_path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path: {ckpt_path} is not a file (a Lightning checkpoint, e.g. last.ckpt)")
+    adapter = cfg.get("adapter")
+    if adapter is not None and not (local_path(adapter) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"adapter: {adapter} has no adapter_config.json (a PEFT adapter dir, e.g. <run>/adapter)"
+        )
+    _check_fsdp(cfg)
+
+
+USER_PATHS = ("model.path", "data.path", "ckpt_path", "adapter")
+
+
+def expand_user_paths(cfg: DictConfig) -> None:
+    """Write each local path of ``USER_PATHS`` with ``~`` expanded, so that everything after the checks (loading,
+    Lightning's resume, metrics.json) reads one meaning of it; hub ids and "synthetic" stay as they are."""
+    for key in USER_PATHS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and str(value).startswith("~"):
+            OmegaConf.update(cfg, key, str(local_path(value)))
+
+
+def _check_fsdp(cfg: DictConfig) -> None:
+    """FSDP flattens each unit's weights into one tensor (one dtype), and runs forward passes in lockstep."""
+    strategy = (cfg.get("trainer") or {}).get("strategy")
+    name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_")
+    if "fsdp" not in str(name).lower():
+        return
+    if cfg.model.dtype != "float32" and (cfg.get("lora") or cfg.get("adapter")):
+        raise ConfigError(
+            f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
+            "per decoder layer; set model.dtype=float32 (FSDP shards it; trainer.precision=bf16-mixed computes in bf16)"
+        )
+    if (cfg.get("eval") or {}).get("num_beams", 1) > 1:
+        raise ConfigError(
+            "eval.num_beams > 1 with trainer=fsdp: beam search stops early, unlike the other ranks"
+        )

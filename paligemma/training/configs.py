@@ -1,0 +1,31 @@
+"""The typed settings of each layer as Hydra structured configs: the schemas, and the defaults, of ``conf/``.
+
+``conf/config.yaml`` places ``optim_settings`` at ``optim`` and ``lora_settings`` at ``lora``; each file of
+``conf/data/`` starts from ``data_settings``. A YAML file then sets only what differs from these dataclasses,
+and a misspelt or mistyped override (``lora.rr=3``, ``optim.lr=abc``) fails naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hydra.core.config_store import ConfigStore
+
+from paligemma.data.settings import DataSettings
+from paligemma.model.lora import LoraSettings
+from paligemma.training.optim import OptimSettings
+
+
+@dataclass
+class DataModuleConfig(DataSettings):
+    """``DataSettings`` that ``hydra.utils.instantiate`` turns into the data module."""
+
+    _target_: str = "paligemma.data.datamodule.PaliGemmaDataModule"
+
+
+def register_configs() -> None:
+    """Store the schemas under the names conf/ refers to (the entry scripts call this before composing)."""
+    store = ConfigStore.instance()
+    store.store(name="optim_settings", node=OptimSettings)
+    store.store(name="lora_settings", node=LoraSettings)
+    store.store(name="data_settings", node=DataModuleConfig)

@@ -1,0 +1,199 @@
+"""LightningModule: frozen SigLIP, LoRA (peft) on the Gemma decoder, suffix-only loss, generation metrics.
+
+It holds the steps; the optimizer is built in ``optim``, metrics computed in ``scoring``, and the adapter and
+merged model written by ``export``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+
+from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.errors import ConfigError, NonFiniteError
+from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
+from paligemma.model.lora import LoraSettings, add_lora, load_adapter
+from paligemma.training.distributed import clean_name, gather_records
+from paligemma.training.optim import OptimSettings, build_optimizer
+from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
+
+log = logging.getLogger(__name__)
+
+
+class PaliGemmaLitModule(L.LightningModule):
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "float32",
+        train_vision: bool = False,
+        train_projector: bool = False,
+        gradient_checkpointing: bool = False,
+        lora: dict | None = None,
+        optim: dict | None = None,
+        max_new_tokens: int = 8,
+        num_beams: int = 1,
+        log_predictions: int = 16,
+        adapter: str | None = None,
+        task: str = "vqa",
+        processor: PaliGemmaProcessor | None = None,
+    ):
+        """``path``: the base model (local dir or hub id). ``lora`` and ``optim``: the fields of ``LoraSettings``
+        and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
+        decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``task`` ("vqa" or "caption") picks
+        the metrics; ``processor`` decodes generations (default: the base's)."""
+        super().__init__()
+        self.save_hyperparameters(ignore=["processor"])
+        self.strict_loading = False  # checkpoints hold the trainable parameters only
+        if task not in MONITORED_METRIC:
+            raise ConfigError(f"task must be one of {sorted(MONITORED_METRIC)}, got {task!r}")
+        if train_vision and lora is not None and adapter is None:
+            raise ConfigError(
+                "model.train_vision=true needs lora=null: a LoRA adapter would not hold the vision weights"
+            )
+        self.task = task
+        self.optim = OptimSettings(**(optim or {}))
+        self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
+        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
+        self.net.requires_grad_(False)
+        self.net.model.multi_modal_projector.requires_grad_(train_projector)
+        if adapter is not None:
+            peft_model = load_adapter(self.net, adapter, base=path)
+        elif lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
+            self.net.model.language_model.requires_grad_(True)
+            peft_model = None
+        else:
+            peft_model = add_lora(self.net, LoraSettings(**lora), train_projector=train_projector)
+        # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
+        self.__dict__["peft_model"] = peft_model
+        self.net.model.vision_tower.requires_grad_(train_vision)
+        if gradient_checkpointing:
+            self.net.gradient_checkpointing_enable()
+        # Names and shapes before any wrapping: FSDP renames parameters and shards them in place.
+        self.param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
+        self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
+        self.samples_seen = 0
+        self.fit_validated_at_step = None  # global step of the last validation inside trainer.fit
+        self.skipped_steps = 0  # non-finite ones, with optim.skip_nonfinite
+        self.records: list[dict] = []
+
+    @property
+    def sharded(self) -> bool:
+        """FSDP shards the parameters (trainer=fsdp): every forward pass is then a collective of all ranks."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return self._trainer is not None and isinstance(self._trainer.model, FullyShardedDataParallel)
+
+    def _any_rank(self, decision: bool) -> bool:
+        """True on every rank when it is on one: ranks must take the same branch around collectives."""
+        return (
+            self.trainer.strategy.reduce_boolean_decision(decision, all=False) if self._trainer else decision
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.hparams.train_vision:
+            self.net.model.vision_tower.eval()
+        return self
+
+    def training_step(self, batch, batch_idx):
+        if batch is None:  # every row of the batch was unreadable; the data module counted them
+            return None
+        loss = self.net(**batch, return_logits=False).loss
+        if self._any_rank(not torch.isfinite(loss)):
+            rank = f" on rank {self.global_rank}" if self.trainer.world_size > 1 else ""
+            return self._non_finite(f"loss ({loss.item()}{rank})")
+        batch_size = batch["input_ids"].shape[0]
+        self.samples_seen += batch_size
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        """Non-finite gradients with a finite loss (an overflow in the backward pass) would turn every weight NaN."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # float16's GradScaler skips those steps itself
+        norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
+        if self._any_rank(bool(norms) and not torch.isfinite(torch.stack(norms).sum())):  # FSDP: a shard each
+            self._non_finite("gradient")
+            for p in self.parameters():
+                p.grad = None  # the optimizer leaves parameters without a gradient as they are
+
+    def _non_finite(self, what: str) -> None:
+        """Stop with a clear message before the weights change, or skip the step (``optim.skip_nonfinite``)."""
+        where = f"non-finite {what} at step {self.global_step} (epoch {self.current_epoch})"
+        if not self.optim.skip_nonfinite:
+            raise NonFiniteError(
+                f"{where}; the weights are those before this step. "
+                "Lower optim.lr, or set optim.skip_nonfinite=true to skip such steps"
+            )
+        self.skipped_steps += 1
+        log.warning("skipping the optimizer step: %s", where)
+
+    def on_validation_epoch_start(self):
+        self.records = []
+
+    def validation_step(self, batch, batch_idx):
+        if batch is None:
+            return
+        loss = self.net(**batch["batch"], return_logits=False).loss
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["references"]), sync_dist=True)
+        new_tokens = self.net.generate(
+            **batch["prompt"],
+            max_new_tokens=self.hparams.max_new_tokens,
+            num_beams=self.hparams.num_beams,
+            fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
+        )
+        predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+        for i, prediction in enumerate(predictions):
+            self.records.append(
+                {
+                    "row_id": batch["row_ids"][i],
+                    "kind": batch["kinds"][i],
+                    "prompt": batch["prompts"][i],
+                    "prediction": prediction.strip(),
+                    "references": batch["references"][i],
+                    "image": batch["images"][i] if i < self.hparams.log_predictions else None,
+                }
+            )
+
+    def on_validation_epoch_end(self):
+        self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
+        if not self.records:
+            return
+        for name, value in score(self.records, self.task).items():
+            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.task], sync_dist=True)
+        log_predictions(self.loggers, self.records, self.hparams.log_predictions, self.global_step)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self.fit_validated_at_step = self.global_step
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return build_optimizer(params, self.optim, int(self.trainer.estimated_stepping_batches))
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """FSDP: the norm spans every rank's gradient shard, which only the root FSDP module's clip_grad_norm_
+        computes (Lightning refuses norm clipping under FSDP)."""
+        if self.sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_save_checkpoint(self, checkpoint):
+        state = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if clean_name(k) in self.trainable_names}
+
+    def on_load_checkpoint(self, checkpoint):
+        """A checkpoint of another base or LoRA shape is one line naming a tensor (loading is not strict)."""
+        shapes, saved = self.param_shapes, {clean_name(k): v for k, v in checkpoint["state_dict"].items()}
+        wrong = [
+            f"{k} is {tuple(v.shape)} there, {shapes.get(k, 'absent')} here"
+            for k, v in saved.items()
+            if shapes.get(k) != tuple(v.shape)
+        ]
+        wrong += [f"{k} is absent there" for k in sorted(self.trainable_names) if k not in saved]
+        if wrong:
+            raise ConfigError(
+                f"ckpt_path does not fit this model ({self.hparams.path}, lora={self.hparams.lora}): "
+                f"{wrong[0]} ({len(wrong)} tensors differ)"
+            )

@@ -1,0 +1,276 @@
+"""What the tests share: small configs and the transformers reference, data rows in hub schemas, Hydra
+composition as the entry scripts do it, the CLI runner, and a reader of offline W&B runs."""
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from PIL import Image
+from wandb.proto import wandb_internal_pb2
+
+from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.training.configs import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---- models ----
+
+# Small configs that differ where bugs hide: MQA / GQA / MHA, head_dim != hidden / heads, patch grids.
+SMALL_CONFIGS = {
+    "mqa": dict(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        text_config=dict(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=16),
+        image_token_index=380, projection_dim=64,
+    ),
+    "gqa": dict(
+        vision_config=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=1, num_attention_heads=3,
+                           image_size=16, patch_size=4),
+        text_config=dict(vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=500.0),
+        image_token_index=290, projection_dim=48,
+    ),
+    "mha": dict(
+        vision_config=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        text_config=dict(vocab_size=260, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, head_dim=16),
+        image_token_index=257, projection_dim=32,
+    ),
+}  # fmt: skip
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter random values, norm weights and biases included (a wrong `1 + w` shows)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            std = 0.5 if ("norm" in name or name.endswith("bias")) else 0.15
+            if "embed_tokens" in name:  # tied with the head: large values make a model that repeats its input
+                std = 0.03
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def hf_reference(config: PaliGemmaConfig, seed: int = 0):
+    """transformers' PaliGemma built from our config dict, randomised, in eval mode (eager attention)."""
+    import transformers
+
+    hf_config = transformers.PaliGemmaConfig.from_dict(config.to_dict())
+    hf_config._attn_implementation = "eager"
+    model = transformers.PaliGemmaForConditionalGeneration(hf_config).eval()
+    randomize_(model, seed)
+    return model
+
+
+def ours_from_hf(hf_model) -> PaliGemmaForConditionalGeneration:
+    config = PaliGemmaConfig.from_dict(hf_model.config.to_dict())
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    model.load_state_dict(hf_model.state_dict(), strict=True)
+    return model
+
+
+TINY_TEXTS = [
+    "caption en",
+    "answer en what color is the circle?",
+    "a red circle on the left and a blue square on the right",
+    "two shapes: a green triangle at the top and a yellow circle at the bottom",
+] * 20
+
+
+# ---- data ----
+
+
+def png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def noise(size=(40, 30), mode="RGB", seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+
+
+def vqav2_rows(n: int) -> dict:
+    answers = [["yes"] * 6 + ["no"] * 4, ["2", "3", "2", "two", "2", "2", "3", "2", "2", "4"], ["red"] * 10]
+    rows = [
+        {
+            "question_type": "what", "multiple_choice_answer": max(answers[i % 3], key=answers[i % 3].count),
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1} for j, a in enumerate(answers[i % 3])],
+            "image_id": 1000 + i // 2, "answer_type": ["yes/no", "number", "other"][i % 3],
+            "question_id": 1000 * (1000 + i // 2) + i % 2, "question": f"question number {i}?",
+            "image": {"bytes": png(noise(seed=i)), "path": None},
+        }
+        for i in range(n)
+    ]  # fmt: skip
+    return {key: [r[key] for r in rows] for key in rows[0]}
+
+
+VQAV2_FEATURES = datasets.Features(
+    {
+        "question_type": datasets.Value("string"),
+        "multiple_choice_answer": datasets.Value("string"),
+        "answers": [
+            {
+                "answer": datasets.Value("string"),
+                "answer_confidence": datasets.Value("string"),
+                "answer_id": datasets.Value("int64"),
+            }
+        ],
+        "image_id": datasets.Value("int64"),
+        "answer_type": datasets.Value("string"),
+        "question_id": datasets.Value("int64"),
+        "question": datasets.Value("string"),
+        "image": datasets.Image(),
+    }
+)
+
+
+COCO_FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "image_id": datasets.Value("int64"),
+        "text": datasets.Value("string"),
+        "captions": [datasets.Value("string")],
+        "split": datasets.Value("string"),
+    }
+)
+
+
+def awkward_and_bad_rows() -> datasets.DatasetDict:
+    palette = noise(mode="P")
+    palette.info["transparency"] = 0
+    images = {
+        "rgb": png(noise()),
+        "cmyk": png(noise(mode="CMYK"), "JPEG"),
+        "16-bit": png(Image.fromarray((np.arange(1200).reshape(30, 40) * 50).astype(np.uint16))),
+        "palette": png(palette),
+        "rgba": png(noise(mode="RGBA")),
+        "1x1": png(noise(size=(1, 1))),
+        "large": png(Image.new("RGB", (3000, 2000), (200, 30, 90))),
+        "corrupt": b"\x89PNG\r\n\x1a\n this is not a png",
+    }
+    rows = [(images[k], "what is it?", [k]) for k in images]  # the last one is bad: corrupt bytes
+    rows += [
+        (None, "what is it?", ["missing"]),
+        (images["rgb"], "what is it?", [" "]),
+        (images["rgb"], "", ["x"]),
+    ]
+    image = [None if b is None else {"bytes": b, "path": None} for b, _, _ in rows]
+    data = {"image": image, "question": [r[1] for r in rows], "answers": [r[2] for r in rows]}
+    features = datasets.Features(
+        image=datasets.Image(),
+        question=datasets.Value("string"),
+        answers=[datasets.Value("string")],
+    )
+    split = datasets.Dataset.from_dict(data, features=features)
+    return datasets.DatasetDict(train=split, validation=split.select([0, 7, 8]))
+
+
+# ---- Hydra and the entry scripts ----
+
+FAST = ["data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=3", "trainer.accelerator=cpu",
+        "trainer.log_every_n_steps=1", "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8",
+        "checkpoint.every_n_steps=2"]  # fmt: skip
+
+
+SYNTHETIC = ["data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32"]
+
+
+def compose_config(output_dir: Path, overrides: list[str], config_name: str = "config"):
+    """conf/<config_name>.yaml composed as the entry script would, writing to output_dir."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    register_configs()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def write_parquet(directory: Path, splits: dict[str, tuple[dict, datasets.Features]]) -> Path:
+    (directory / "data").mkdir(parents=True)
+    for split, (rows, features) in splits.items():
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(
+            directory / "data" / f"{split}.parquet"
+        )
+    return directory
+
+
+def coco_rows(n: int) -> dict:
+    captions = [[f"a cat number {i}", "a cat", "two cats on a mat", "a mat", "a photo"] for i in range(n)]
+    return {"image": [{"bytes": png(noise(seed=i)), "path": None} for i in range(n)], "image_id": list(range(n)),
+            "text": [c[0] for c in captions], "captions": captions, "split": ["x"] * n}  # fmt: skip
+
+
+def run_cli(script: str, overrides: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    command = [sys.executable, script, f"hydra.run.dir={tmp_path / 'run'}", "logger=none", *overrides]
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return result, time.perf_counter() - start
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, culprit: str) -> str:
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and culprit in last, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return last
+
+
+# ---- offline W&B runs: the .wandb file is a LevelDB-style log of protobuf records ----
+
+HEADER_BYTES, BLOCK_BYTES = 7, 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def _chunks(data: bytes):
+    pos = HEADER_BYTES
+    while pos + 7 <= len(data):
+        if BLOCK_BYTES - (pos - HEADER_BYTES) % BLOCK_BYTES < 7:  # block trailer: skip to the next block
+            pos += BLOCK_BYTES - (pos - HEADER_BYTES) % BLOCK_BYTES
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        yield kind, data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+
+
+def records(run_dir: Path) -> list:
+    (path,) = Path(run_dir).glob("wandb/offline-run-*/run-*.wandb")
+    out, pending = [], b""
+    for kind, chunk in _chunks(path.read_bytes()):
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk)
+            out.append(record)
+            pending = b""
+        elif kind in (FIRST, MIDDLE):
+            pending += chunk
+    return out
+
+
+def history(run_dir: Path) -> list[dict]:
+    """Every logged row as {metric name: value}."""
+    rows = [r.history for r in records(run_dir) if r.WhichOneof("record_type") == "history"]
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in h.item} for h in rows
+    ]
+
+
+def run_group(run_dir: Path) -> str:
+    (run,) = [r.run for r in records(run_dir) if r.WhichOneof("record_type") == "run"]
+    return run.run_group

@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+import pytest
+import transformers
+
+from paligemma.errors import UnsupportedConfigError
+from paligemma.model.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def test_hub_config_fills_omitted_fields_with_paligemma_defaults():
+    config = PaliGemmaConfig.from_dict(json.loads((FIXTURES / "paligemma-3b-pt-448.config.json").read_text()))
+    vision, text = config.vision_config, config.text_config
+    assert (vision.image_size, vision.patch_size, config.num_image_tokens) == (448, 14, 1024)
+    assert (vision.hidden_act, vision.layer_norm_eps) == ("gelu_pytorch_tanh", 1e-6)
+    assert (text.head_dim, text.rope_theta, text.rms_norm_eps) == (256, 10000.0, 1e-6)
+    assert text.vocab_size == 257216
+    assert (text.num_key_value_heads, config.image_token_index, config.projection_dim) == (1, 257152, 2048)
+
+
+def test_transformers5_config_round_trips():
+    hf = transformers.PaliGemmaConfig(
+        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                           patch_size=14, image_size=224, vision_use_head=False),
+        text_config=dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18, num_attention_heads=8,
+                         num_key_value_heads=1, head_dim=256, vocab_size=257216),
+        image_token_index=257152, projection_dim=2048,
+    )  # fmt: skip
+    ours = PaliGemmaConfig.from_dict(hf.to_dict())
+    assert ours == PaliGemmaConfig()
+    assert PaliGemmaConfig.from_dict(ours.to_dict()) == ours
+    back = transformers.PaliGemmaConfig.from_dict(ours.to_dict())
+    assert back.text_config.head_dim == 256 and back.vision_config.vision_use_head is False
+    assert back.image_token_index == 257152 and back.text_config.num_image_tokens == 256
+
+
+def test_constructor_takes_dicts_or_objects():
+    vision = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1)
+    a = PaliGemmaConfig(vision_config=vision, text_config=GemmaConfig(hidden_size=64, vocab_size=500),
+                        image_token_index=499, projection_dim=64)  # fmt: skip
+    b = PaliGemmaConfig(vision_config=SiglipVisionConfig(**vision), text_config={"hidden_size": 64, "vocab_size": 500},
+                        image_token_index=499, projection_dim=64)  # fmt: skip
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "change, culprit",
+    [
+        ({"model_type": "llava"}, "model_type='llava'"),
+        ({"text_config": {"model_type": "gemma2"}}, "gemma2"),
+        ({"text_config": {"hidden_act": "relu"}}, "hidden_act='relu'"),
+        ({"vision_config": {"image_size": 225}}, "image_size=225"),
+        ({"text_config": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}}, "rope_type='linear'"),
+        ({"projection_dim": 1024}, "projection_dim=1024"),
+        ({"image_token_index": 300000}, "image_token_index=300000"),
+    ],
+)
+def test_unsupported_configs_name_the_culprit(change, culprit):
+    d = PaliGemmaConfig().to_dict()
+    for key, value in change.items():
+        d[key] = {**d[key], **value} if isinstance(value, dict) else value
+    with pytest.raises(UnsupportedConfigError) as err:
+        PaliGemmaConfig.from_dict(d)
+    assert culprit in str(err.value)
+
+
+def test_from_pretrained_names_a_dir_without_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        PaliGemmaConfig.from_pretrained(tmp_path)

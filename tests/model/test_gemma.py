@@ -1,0 +1,70 @@
+import torch
+import transformers
+
+from paligemma.model.config import GemmaConfig
+from paligemma.model.gemma import GemmaForCausalLM, GemmaRMSNorm, attention_mask_4d
+from paligemma.model.kv_cache import KVCache
+from tests.helpers import randomize_
+
+TEXT = dict(vocab_size=200, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=24, rope_theta=1000.0)  # fmt: skip
+
+
+def test_causal_lm_matches_transformers():
+    config = GemmaConfig(**TEXT)
+    hf_config = transformers.GemmaConfig.from_dict(config.to_dict())
+    hf_config._attn_implementation = "eager"
+    hf = transformers.GemmaForCausalLM(hf_config).eval()
+    randomize_(hf)
+    ours = GemmaForCausalLM(config).eval()
+    ours.load_state_dict(hf.state_dict())
+    ids = torch.randint(4, 200, (2, 9))
+    mask = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, labels=labels)
+        out = ours(ids, attention_mask=mask, labels=labels)
+    assert (ref.logits - out.logits)[mask.bool()].abs().max() < 1e-4
+    assert abs(ref.loss.item() - out.loss.item()) < 1e-5
+
+
+def test_rms_norm_is_one_plus_weight_in_float32():
+    norm = GemmaRMSNorm(4, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.0, 1.0, -0.5, 2.0]))
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    rms = (x.pow(2).mean() + 1e-6).rsqrt()
+    torch.testing.assert_close(norm(x), x * rms * torch.tensor([1.0, 2.0, 0.5, 3.0]))
+    assert norm(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_mask_unmasks_prefix_then_masks_padding():
+    valid = torch.tensor([[1, 1, 1, 1, 0]])
+    prefix = torch.tensor([[True, True, False, False, True]])  # a pad marked as prefix must stay hidden
+    mask = attention_mask_4d(valid, torch.arange(5), prefix)[0, 0].int()
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0],
+            [1, 1, 1, 1, 1],  # the pad query sees the past and itself (never an empty row)
+        ]
+    )
+    assert torch.equal(mask, expected)
+
+
+def test_kv_cache_appends_and_refuses_overflow():
+    cache = KVCache(batch_size=2, max_seq_len=4, num_kv_heads=1, head_dim=3, dtype=torch.float32)
+    k1, v1 = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
+    k, v = cache.update(k1, v1)
+    assert k.shape == (2, 1, 3, 3) and torch.equal(v, v1)
+    k2 = torch.randn(2, 1, 1, 3)
+    k, _ = cache.update(k2, k2)
+    assert torch.equal(k, torch.cat([k1, k2], 2)) and cache.size == 4
+    try:
+        cache.update(k2, k2)
+    except ValueError as e:
+        assert "overflow" in str(e)
+    else:
+        raise AssertionError("overflow not detected")

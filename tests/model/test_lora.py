@@ -1,0 +1,59 @@
+import peft
+import pytest
+import torch
+from torch import nn
+
+from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.model.lora import DECODER_LINEAR_LAYERS, LoraDropout, LoraSettings, add_lora, lora_config
+
+
+def test_lora_on_3b_config_adapts_the_decoder_only():
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(PaliGemmaConfig())
+    model.requires_grad_(False)
+    model = peft.get_peft_model(model, lora_config(LoraSettings(r=8, alpha=16, dropout=0.05)))
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == 9_805_824
+    assert not any("vision_tower" in name or "projector" in name for name in trainable)
+    assert all(".language_model.layers." in name and "lora_" in name for name in trainable)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_lora_dropout_drops_each_element_with_probability_p_and_scales_the_rest(p):
+    torch.manual_seed(0)
+    x = torch.rand(4, 251, 1000) + 0.5  # no zeros of its own; 1,004,000 elements, not a multiple of 8
+    x.requires_grad_(True)
+    y = LoraDropout(p).train()(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept] * (1 / (1 - p)))
+    for lane in range(4):  # each int16 of a 64-bit draw is uniform: rate within 5 standard deviations
+        rate = 1 - kept.flatten()[lane::4].float().mean().item()
+        assert abs(rate - p) < 5 * (p * (1 - p) / (x.numel() / 4)) ** 0.5
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, kept * (1 / (1 - p)))
+
+
+def test_lora_dropout_is_seeded_and_matches_nn_dropout_in_eval_mode_and_at_p_0_and_1():
+    x = torch.randn(3, 7, 16)
+    masks = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        masks.append(LoraDropout(0.5).train()(x) != 0)
+    assert torch.equal(*masks) and not masks[0].all()
+    assert torch.equal(LoraDropout(0.5).eval()(x), x)
+    assert torch.equal(LoraDropout(1.0).train()(x), torch.zeros_like(x))
+    assert torch.equal(LoraDropout(0.0).train()(x), x)
+
+
+def test_add_lora_uses_lora_dropout_in_every_adapted_layer(tiny_checkpoint):
+    model = add_lora(
+        PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint), LoraSettings(dropout=0.1)
+    )
+    dropouts = [m for name, m in model.named_modules() if ".lora_dropout." in name]
+    n_layers = model.base_model.model.config.text_config.num_hidden_layers
+    assert len(dropouts) == n_layers * len(DECODER_LINEAR_LAYERS)
+    assert all(type(d) is LoraDropout and d.p == 0.1 for d in dropouts)
+    without = add_lora(
+        PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint), LoraSettings(dropout=0.0)
+    )
+    assert not any(isinstance(m, nn.Dropout) for m in without.modules())

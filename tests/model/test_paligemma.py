@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.tiny import random_batch
+from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
+
+
+def non_pad_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    return (a - b)[mask.bool()].abs().max().item()
+
+
+def test_forward_matches_transformers(small_config):
+    hf = hf_reference(small_config)
+    ours = ours_from_hf(hf)
+    batch = random_batch(small_config, prefix_lens=[3, 7, 5, 1], suffix_lens=[4, 0, 2, 6])
+    with torch.no_grad():
+        ref, out = hf(**batch), ours(**batch)
+    assert non_pad_diff(ref.logits, out.logits, batch["attention_mask"]) < 1e-4
+    assert abs(ref.loss.item() - out["loss"].item()) < 1e-5
+
+
+def test_loss_without_full_logits_is_the_same(small_config):
+    model = ours_from_hf(hf_reference(small_config))
+    batch = random_batch(small_config, prefix_lens=[2, 6], suffix_lens=[5, 3])
+    with torch.no_grad():
+        full = model(**batch).loss
+        lean = model(**batch, return_logits=False)
+    assert lean.logits is None
+    torch.testing.assert_close(lean.loss, full, rtol=0, atol=1e-6)
+
+
+def test_no_token_type_ids_means_prompt_is_prefix(small_config):
+    """Without token_type_ids the whole prompt attends bidirectionally, as PaliGemma is used."""
+    hf = hf_reference(small_config)
+    ours = ours_from_hf(hf)
+    batch = random_batch(small_config, prefix_lens=[4, 6], suffix_lens=[0, 0])
+    del batch["labels"]
+    with torch.no_grad():
+        ref = hf(**batch).logits  # token_type_ids all 0: everything is prefix
+        del batch["token_type_ids"]
+        out = ours(**batch).logits
+    assert non_pad_diff(ref, out, batch["attention_mask"]) < 1e-4
+
+
+def test_prefix_is_bidirectional_and_suffix_causal():
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    model = ours_from_hf(hf_reference(config))
+    batch = random_batch(config, prefix_lens=[5], suffix_lens=[4])
+    n_prompt = int((batch["token_type_ids"][0] == 0).sum())
+    changed = dict(batch, input_ids=batch["input_ids"].clone())
+    changed["input_ids"][0, n_prompt - 2] += 1  # a prefix token: every position sees it
+    suffixed = dict(batch, input_ids=batch["input_ids"].clone())
+    suffixed["input_ids"][0, -2] += 1  # a suffix token: only itself and later positions see it
+    with torch.no_grad():
+        base, after_prefix, after_suffix = (model(**b).logits for b in (batch, changed, suffixed))
+    assert (base[0, 0] - after_prefix[0, 0]).abs().max() > 1e-4
+    torch.testing.assert_close(base[0, :-2], after_suffix[0, :-2], rtol=0, atol=0)
+    assert (base[0, -2:] - after_suffix[0, -2:]).abs().max() > 1e-4
+
+
+def test_padding_does_not_leak():
+    """A row's logits do not depend on how much padding follows it."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["gqa"])
+    model = ours_from_hf(hf_reference(config))
+    padded = random_batch(config, prefix_lens=[3, 9], suffix_lens=[2, 6])
+    n = int(padded["attention_mask"][0].sum())
+    short = {k: v[:1, :n] if v.ndim == 2 else v[:1] for k, v in padded.items()}
+    with torch.no_grad():
+        alone = model(**short).logits[0]
+        in_batch = model(**padded).logits[0, :n]
+    torch.testing.assert_close(alone, in_batch, rtol=0, atol=1e-5)
+
+
+def test_bf16_close_to_fp32():
+    """bf16 weights and activations stay within 0.05 of fp32 logits (max |logit| ~1) on the tiny config."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    model = ours_from_hf(hf_reference(config))
+    batch = random_batch(config, prefix_lens=[3, 7], suffix_lens=[4, 2])
+    with torch.no_grad():
+        fp32 = model(**batch)
+        bf16 = model.to(torch.bfloat16)(**batch)
+    assert bf16.logits.dtype == torch.bfloat16
+    assert non_pad_diff(fp32.logits, bf16.logits.float(), batch["attention_mask"]) < 0.05
+    assert abs(fp32.loss.item() - bf16.loss.item()) < 0.02
+
+
+def test_bf16_matches_transformers_bf16():
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    hf = hf_reference(config)
+    ours = ours_from_hf(hf).to(torch.bfloat16)
+    hf = hf.to(torch.bfloat16)
+    batch = random_batch(config, prefix_lens=[3, 7], suffix_lens=[4, 2])
+    with torch.no_grad():
+        ref, out = hf(**batch), ours(**batch)
+    assert non_pad_diff(ref.logits.float(), out.logits.float(), batch["attention_mask"]) < 0.03
+
+
+def test_image_token_count_mismatch_is_a_clear_error():
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    model = PaliGemmaForConditionalGeneration(config)
+    batch = random_batch(config, prefix_lens=[3, 4], suffix_lens=[1, 1])
+    batch["pixel_values"] = batch["pixel_values"][:1]
+    with pytest.raises(ValueError, match=r"32 image tokens .* 1 image\(s\) give 16 features"):
+        model(**batch)
+    batch.pop("pixel_values")
+    with pytest.raises(ValueError, match="image tokens"):
+        model(**batch)
+
+
+def test_paligemma_3b_parameter_count_on_meta():
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(PaliGemmaConfig())
+    assert sum(p.numel() for p in model.parameters()) == 2_923_466_480
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+    assert model.config.num_image_tokens == 256

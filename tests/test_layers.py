@@ -1,0 +1,71 @@
+"""The package's layers: model <- data <- training, read from the imports of every file."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "paligemma"
+# what each layer may not import (top-level module names or paligemma subpackages)
+FORBIDDEN = {
+    "model": {"lightning", "pytorch_lightning", "hydra", "omegaconf", "datasets", "wandb", "transformers",
+              "paligemma.data", "paligemma.training", "paligemma.metrics"},
+    "data": {"hydra", "omegaconf", "wandb", "paligemma.training"},
+    "training": set(),
+}  # fmt: skip
+LEAVES = ["errors.py", "metrics.py"]  # import nothing of the project: every layer may use them
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of the file (function-level imports count too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def violations(path: Path, forbidden: set[str]) -> list[str]:
+    return sorted(
+        name
+        for name in imported_modules(path)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    )
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_a_layer_imports_nothing_above_it(layer):
+    files = sorted((PACKAGE / layer).glob("*.py"))
+    assert files
+    found = {str(f.relative_to(PACKAGE)): violations(f, FORBIDDEN[layer]) for f in files}
+    assert {f: v for f, v in found.items() if v} == {}
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_leaf_modules_import_nothing_of_the_project(leaf):
+    assert [n for n in imported_modules(PACKAGE / leaf) if n.startswith("paligemma")] == []
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from paligemma.training.module import X\n    import lightning as L\n")
+    assert violations(bad, FORBIDDEN["model"]) == [
+        "lightning",
+        "paligemma.training.module",
+        "paligemma.training.module.X",
+    ]
+
+
+def test_the_model_layer_loads_without_the_training_stack():
+    code = (
+        "import sys, paligemma.model, paligemma.model.generation, paligemma.model.lora;"
+        "print(sorted(m for m in ('lightning', 'hydra', 'omegaconf', 'datasets', 'wandb', 'paligemma.data',"
+        " 'paligemma.training') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,46 @@
+"""Adapters and checkpoints written before the package was split into layers still load and resume
+(tests/fixtures/made_before_layers/README.md says how they were made)."""
+
+from pathlib import Path
+
+import peft
+import torch
+from safetensors.torch import load_file
+
+import train
+from paligemma import PaliGemmaForConditionalGeneration
+from paligemma.training.module import PaliGemmaLitModule
+from tests.helpers import compose_config
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "made_before_layers"
+RUN = ["logger=none", "data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=4", "trainer.accelerator=cpu",
+       "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8", "checkpoint.every_n_steps=2",
+       "data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32",
+       "zero_shot=false"]  # fmt: skip
+
+
+def test_resuming_an_old_checkpoint_ends_with_the_old_runs_adapter(tmp_path):
+    overrides = [f"model.path={FIXTURE / 'base'}", *RUN, f"ckpt_path={FIXTURE / 'last.ckpt'}"]
+    train.train(compose_config(tmp_path, overrides))
+    ours = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    expected = load_file(FIXTURE / "adapter" / "adapter_model.safetensors")
+    assert ours.keys() == expected.keys()
+    assert max((ours[k] - expected[k]).abs().max().item() for k in expected) == 0.0
+
+
+def test_an_old_adapter_loads_on_the_base_as_peft_loads_it():
+    module = PaliGemmaLitModule(path=str(FIXTURE / "base"), adapter=str(FIXTURE / "adapter"))
+    reference = peft.PeftModel.from_pretrained(
+        PaliGemmaForConditionalGeneration.from_pretrained(FIXTURE / "base"), str(FIXTURE / "adapter")
+    )
+    batch = module.processor(text=["answer en how many?"], images=[_picture()], suffix=["2"])
+    with torch.no_grad():
+        assert torch.equal(module.net(**batch).logits, reference(**batch).logits)
+    lora_b = [p for n, p in module.net.named_parameters() if "lora_B" in n]
+    assert lora_b and all(not p.requires_grad for p in lora_b) and any(p.abs().sum() > 0 for p in lora_b)
+
+
+def _picture():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (200, 40, 40))
