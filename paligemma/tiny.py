@@ -4,7 +4,7 @@
 
 writes a randomly initialised HF-format PaliGemma with a byte-fallback tokenizer trained on the
 synthetic shapes texts; ``python train.py experiment=pretrain_tiny`` then trains every parameter on
-the synthetic captions.
+the synthetic captions. ``random_batch`` makes prefix-LM batches of any config, for tests and benchmarks.
 """
 
 from __future__ import annotations
