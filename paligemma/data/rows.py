@@ -92,9 +92,10 @@ class Rows(Dataset):
         refs = references(item[s.target_column])
         if not refs:
             raise ValueError(f"missing or empty target in column {s.target_column!r}")
-        if s.max_length is not None and self.processor.prompt_length(prompt) + 1 > s.max_length:  # + <eos>
+        if s.max_length is not None:
             n_prompt = self.processor.prompt_length(prompt)
-            raise ValueError(f"prompt of {n_prompt} tokens leaves no room in max_length={s.max_length}")
+            if n_prompt + 1 > s.max_length:  # no room left for the target's <eos>
+                raise ValueError(f"prompt of {n_prompt} tokens leaves no room in max_length={s.max_length}")
         if self.train:
             target = refs[random.Random(f"{s.seed}:{epoch}:{row}").randrange(len(refs))]
         else:
