@@ -48,6 +48,16 @@ SMALL_CONFIGS = {
                          num_attention_heads=2, num_key_value_heads=2, head_dim=16),
         image_token_index=257, projection_dim=32,
     ),
+    # PaliGemma 2: a window (5) shorter than prompts and generations, caps that bite, scale != head_dim.
+    "gemma2": dict(
+        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=8),
+        text_config=dict(model_type="gemma2", vocab_size=320, hidden_size=48, intermediate_size=80,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         query_pre_attn_scalar=24, attn_logit_softcapping=4.0, final_logit_softcapping=3.0,
+                         sliding_window=5, rope_theta=800.0),
+        image_token_index=310, projection_dim=48, eos_token_id=[1, 7],
+    ),
 }  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """Model configuration: one dataclass per tower, read from and written to HF ``config.json``.
 
 Hub files written by transformers 4.4x leave many fields to their class defaults; the defaults
-below are PaliGemma-3B's, so those files read correctly (see DESIGN §4.7).
+below are PaliGemma-3B's, so those files read correctly (see DESIGN §4.7). One ``GemmaConfig``
+describes both decoders: ``model_type`` "gemma2" (PaliGemma 2) turns on the four norms per layer,
+soft-capping and sliding-window attention, with Gemma 2's defaults for the fields a file leaves out.
 """
 
 from __future__ import annotations
@@ -74,8 +76,24 @@ class SiglipVisionConfig:
         return {"model_type": "siglip_vision_model", **asdict(self), "vision_use_head": False}
 
 
+# Fields a PaliGemma 2 text config may leave out: transformers' Gemma2Config defaults (PaliGemma 2 3B).
+GEMMA2_DEFAULTS = {
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "query_pre_attn_scalar": 256,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+    "sliding_window": 4096,
+}
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
 @dataclass
 class GemmaConfig:
+    model_type: str = "gemma"  # "gemma2": PaliGemma 2's decoder
     vocab_size: int = 257216
     hidden_size: int = 2048
     intermediate_size: int = 16384
@@ -90,29 +108,68 @@ class GemmaConfig:
     attention_dropout: float = 0.0
     pad_token_id: int = 0
     bos_token_id: int = 2
-    eos_token_id: int = 1
+    eos_token_id: int | list[int] = 1  # generation stops at any of a list
+    # Gemma 2 only (None for Gemma 1): attention scale, tanh soft-caps, window of the sliding layers.
+    query_pre_attn_scalar: float | None = None  # scores scaled by its -1/2 power; None: head_dim
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None  # per layer; Gemma 2 default: even layers slide
 
     def __post_init__(self):
         _check_activation(self.hidden_act, "text_config")
+        if self.model_type not in ("gemma", "gemma2"):
+            raise UnsupportedConfigError(
+                f"text_config.model_type={self.model_type!r} is not supported: PaliGemma's decoders are "
+                "'gemma' (PaliGemma 1) and 'gemma2' (PaliGemma 2)"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedConfigError(
                 f"text_config.num_attention_heads={self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
+        if self.layer_types is None:
+            slides = self.model_type == "gemma2" and self.sliding_window is not None
+            self.layer_types = [LAYER_TYPES[slides and i % 2 == 0] for i in range(self.num_hidden_layers)]
+        self.layer_types = list(self.layer_types)
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if len(self.layer_types) != self.num_hidden_layers or unknown:
+            raise UnsupportedConfigError(
+                f"text_config.layer_types must name one of {LAYER_TYPES} for each of the "
+                f"{self.num_hidden_layers} layers; got {self.layer_types}"
+            )
+        if "sliding_attention" in self.layer_types and not self.sliding_window:
+            raise UnsupportedConfigError("text_config.layer_types has sliding layers but no sliding_window")
 
     @property
     def num_kv_groups(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
 
+    @property
+    def sandwich_norms(self) -> bool:
+        """Gemma 2's layer: norms after attention and around the MLP too, not only before each."""
+        return self.model_type == "gemma2"
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        ids = self.eos_token_id
+        return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GemmaConfig:
-        model_type = d.get("model_type", "gemma")
-        if model_type != "gemma":
-            raise UnsupportedConfigError(
-                f"text_config.model_type={model_type!r} is not supported (only Gemma 1 PaliGemma; "
-                "PaliGemma 2's Gemma 2 decoder is not implemented)"
-            )
         d = dict(d)
+        model_type = d.setdefault("model_type", "gemma")
+        if model_type == "gemma2":
+            d = {**GEMMA2_DEFAULTS, **d}
+        if d.get("use_bidirectional_attention") is False:
+            raise UnsupportedConfigError(
+                "text_config.use_bidirectional_attention=false is not supported: PaliGemma's image + prompt "
+                "prefix attends bidirectionally"
+            )
         d.setdefault("hidden_act", d.get("hidden_activation") or "gelu_pytorch_tanh")
         if d.get("head_dim") is None:
             d.pop("head_dim", None)
@@ -127,7 +184,11 @@ class GemmaConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rope_parameters"] = {"rope_type": "default", "rope_theta": d["rope_theta"]}
-        return {"model_type": "gemma", **d, "tie_word_embeddings": True}
+        if self.model_type == "gemma":
+            for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+                del d[name]
+            del d["sliding_window"], d["layer_types"]
+        return {**d, "hidden_activation": self.hidden_act, "tie_word_embeddings": True}
 
 
 @dataclass

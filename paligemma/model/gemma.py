@@ -1,4 +1,8 @@
-"""Gemma (1) decoder: RMSNorm, rotary embeddings, multi-query attention with a KV cache, GeGLU MLP."""
+"""Gemma decoder, 1 and 2 by config: RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
+GeGLU MLP. Gemma 2 (PaliGemma 2) adds norms after attention and around the MLP, tanh soft-capping of
+attention scores and logits, and a sliding window on alternate layers."""
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,22 +24,48 @@ class ModelOutput(dict):
 
 
 def attention_mask_4d(
-    valid_kv: torch.Tensor, q_positions: torch.Tensor, prefix_kv: torch.Tensor | None = None
+    valid_kv: torch.Tensor,
+    q_positions: torch.Tensor,
+    prefix_kv: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B, 1, T, L), True where query t may attend to key l.
 
     valid_kv: (B, L) 1 for real tokens, 0 for padding. q_positions: (T,) key index of each query.
     prefix_kv: (B, L) True for tokens of the bidirectional prefix; None means purely causal.
-    The prefix is unmasked first and padding masked after, so a prefix never sees a pad.
+    window: a sliding window over the causal part (t - window < l <= t, counted in slots as transformers
+    does); the prefix stays whole. The prefix is unmasked first and padding masked after, so a prefix
+    never sees a pad.
     """
     kv_idx = torch.arange(valid_kv.shape[1], device=valid_kv.device)
-    allowed = (kv_idx[None, :] <= q_positions[:, None])[None]  # (1, T, L) causal
+    causal = kv_idx[None, :] <= q_positions[:, None]  # (T, L)
+    if window is not None:
+        causal = causal & (kv_idx[None, :] > q_positions[:, None] - window)
+    allowed = causal[None]  # (1, T, L)
     if prefix_kv is not None:
         prefix_q = prefix_kv[:, q_positions]  # (B, T)
         allowed = allowed | (prefix_q[:, :, None] & prefix_kv[:, None, :])
     allowed = allowed & valid_kv[:, None, :].bool()
     allowed = allowed | (kv_idx[None, :] == q_positions[:, None])  # a pad query sees itself: no empty rows
     return allowed[:, None]
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Gemma 2's tanh soft-capping into (-cap, cap), in x's dtype; cap None leaves x as it is."""
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+def softcapped_attention(q, k, v, mask, scale: float, cap: float, dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention with soft-capped scores, as transformers' eager Gemma 2 computes it (SDPA cannot cap).
+
+    q (B, H, T, hd); k, v (B, n_kv, L, hd); mask (B, 1, T, L) boolean. Returns (B, H, T, hd).
+    """
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
+    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, cap)  # (B, H, T, L)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = F.dropout(scores.softmax(-1, dtype=torch.float32).to(q.dtype), dropout_p)
+    return torch.matmul(probs, v)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -83,18 +113,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class GemmaAttention(nn.Module):
-    def __init__(self, config: GemmaConfig):
+    def __init__(self, config: GemmaConfig, layer_type: str = "full_attention"):
         super().__init__()
+        self.layer_type = layer_type  # which of the decoder's masks this layer reads
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.scale = config.attention_scale
+        self.softcap = config.attn_logit_softcapping
         self.dropout = config.attention_dropout
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
@@ -102,14 +135,19 @@ class GemmaAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )  # (B, H, T, hd)
+        mask, dropout = masks[self.layer_type], self.dropout if self.training else 0.0
+        if self.softcap is None:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                scale=self.scale,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )  # (B, H, T, hd)
+        else:
+            y = softcapped_attention(q, k, v, mask, self.scale, self.softcap, dropout)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -125,16 +163,29 @@ class GemmaMLP(nn.Module):
 
 
 class GemmaDecoderLayer(nn.Module):
-    def __init__(self, config: GemmaConfig):
-        super().__init__()
-        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.self_attn = GemmaAttention(config)
-        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp = GemmaMLP(config)
+    """Pre-norm residual block. In Gemma 1, post_attention_layernorm is the MLP's input norm; Gemma 2
+    (``config.sandwich_norms``) norms the attention output with it, and the MLP's input and output with
+    pre_ and post_feedforward_layernorm (transformers' names, so state dicts match)."""
 
-    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __init__(self, config: GemmaConfig, layer_type: str = "full_attention"):
+        super().__init__()
+        norm = partial(GemmaRMSNorm, config.hidden_size, eps=config.rms_norm_eps)
+        self.sandwich_norms = config.sandwich_norms
+        self.input_layernorm = norm()
+        self.self_attn = GemmaAttention(config, layer_type)
+        self.post_attention_layernorm = norm()
+        self.mlp = GemmaMLP(config)
+        if self.sandwich_norms:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
+
+    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None) -> torch.Tensor:
+        attention = self.self_attn(self.input_layernorm(x), cos, sin, masks, kv_cache)
+        if not self.sandwich_norms:
+            x = x + attention
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(attention)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
 class GemmaModel(nn.Module):
@@ -144,7 +195,9 @@ class GemmaModel(nn.Module):
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
-        self.layers = nn.ModuleList(GemmaDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            GemmaDecoderLayer(config, layer_type) for layer_type in config.layer_types
+        )
         self.norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = GemmaRotaryEmbedding(config)
         self.gradient_checkpointing = False
@@ -154,6 +207,16 @@ class GemmaModel(nn.Module):
         weight = self.embed_tokens.weight
         normalizer = torch.tensor(self.config.hidden_size**0.5, dtype=weight.dtype, device=weight.device)
         return self.embed_tokens(input_ids) * normalizer
+
+    def attention_masks(
+        self, valid_kv: torch.Tensor, q_positions: torch.Tensor, prefix_kv: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The (B, 1, T, L) masks of ``attention_mask_4d``, one per layer type the decoder has."""
+        windows = {"full_attention": None, "sliding_attention": self.config.sliding_window}
+        return {
+            layer_type: attention_mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
+            for layer_type in set(self.config.layer_types)
+        }
 
     def make_kv_caches(self, batch_size: int, max_seq_len: int, dtype, device) -> list[KVCache]:
         c = self.config
@@ -166,23 +229,23 @@ class GemmaModel(nn.Module):
         self,
         inputs_embeds: torch.Tensor,
         position_ids: torch.Tensor,
-        mask: torch.Tensor,
+        masks: dict[str, torch.Tensor],
         kv_caches: list[KVCache] | None = None,
     ) -> torch.Tensor:
-        """(B, T, D) embeddings -> (B, T, D) final-normed hidden states."""
+        """(B, T, D) embeddings -> (B, T, D) final-normed hidden states; ``masks`` from ``attention_masks``."""
         x = inputs_embeds
         cos, sin = self.rotary_emb(x, position_ids)
         for i, layer in enumerate(self.layers):
             cache = kv_caches[i] if kv_caches is not None else None
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, mask, cache, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, masks, cache, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, cache)
+                x = layer(x, cos, sin, masks, cache)
         return self.norm(x)
 
 
 class GemmaForCausalLM(nn.Module):
-    """Text-only Gemma with a head tied to the input embeddings."""
+    """Text-only causal Gemma (1 or 2) with a head tied to the input embeddings."""
 
     def __init__(self, config: GemmaConfig):
         super().__init__()
@@ -194,8 +257,8 @@ class GemmaForCausalLM(nn.Module):
     def forward(self, input_ids, attention_mask=None, labels=None) -> ModelOutput:
         valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        mask = attention_mask_4d(valid, positions)
-        hidden = self.model(self.model.embed(input_ids), positions[None].expand_as(input_ids), mask)
-        logits = self.lm_head(hidden)
+        masks = self.model.attention_masks(valid, positions)
+        hidden = self.model(self.model.embed(input_ids), positions[None].expand_as(input_ids), masks)
+        logits = softcap(self.lm_head(hidden), self.config.final_logit_softcapping)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return ModelOutput(logits=logits, loss=loss)

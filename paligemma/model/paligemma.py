@@ -16,7 +16,7 @@ from torch import nn
 from paligemma.model import generation, weights
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.decode_state import DecodeState
-from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, attention_mask_4d, causal_lm_loss
+from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, causal_lm_loss, softcap
 from paligemma.model.siglip import SiglipVisionModel
 
 
@@ -95,8 +95,8 @@ class PaliGemmaModel(nn.Module):
         """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns hidden states."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-        mask = attention_mask_4d(attention_mask, q_positions, prefix_mask)
-        return self.language_model(inputs_embeds, position_ids, mask, kv_caches)
+        masks = self.language_model.attention_masks(attention_mask, q_positions, prefix_mask)
+        return self.language_model(inputs_embeds, position_ids, masks, kv_caches)
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
@@ -109,6 +109,10 @@ class PaliGemmaForConditionalGeneration(nn.Module):
 
     def tie_weights(self) -> None:
         self.lm_head.weight = self.model.language_model.embed_tokens.weight
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The tied LM head, soft-capped where the decoder's config says so (PaliGemma 2: 30; null: off)."""
+        return softcap(self.lm_head(hidden), self.config.text_config.final_logit_softcapping)
 
     @property
     def vision_tower(self) -> SiglipVisionModel:
@@ -147,7 +151,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         positions = positions if position_ids is None else position_ids
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         hidden = self.model(self.model.embed(input_ids, features), valid, prefix, positions)
-        logits = self.lm_head(hidden) if return_logits else None
+        logits = self.lm_logits(hidden) if return_logits else None
         loss = None
         if labels is not None:
             loss = self._loss(hidden, logits, labels)
@@ -158,7 +162,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
             return causal_lm_loss(logits, labels, self.config.ignore_index)
         targets = labels[:, 1:]
         keep = targets != self.config.ignore_index
-        selected_logits = self.lm_head(hidden[:, :-1][keep]).float()  # (N, V)
+        selected_logits = self.lm_logits(hidden[:, :-1][keep]).float()  # (N, V)
         return nn.functional.cross_entropy(selected_logits, targets[keep])
 
     @torch.inference_mode()
@@ -188,7 +192,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         embeds = self.model.embed(input_ids, features)
         hidden = self.model(embeds, valid, prefix, positions, state.caches)
-        return self.lm_head(hidden[:, -1]), state
+        return self.lm_logits(hidden[:, -1]), state
 
     @torch.inference_mode()
     def decode_step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
@@ -199,7 +203,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         hidden = self.model(
             embeds, state.attention_mask[:, :L], state.prefix_mask[:, :L], state.last_position, state.caches
         )
-        return self.lm_head(hidden[:, -1])
+        return self.lm_logits(hidden[:, -1])
 
     def generate(self, input_ids, pixel_values=None, attention_mask=None, **options) -> torch.Tensor:
         """New tokens only, (B, <= max_new_tokens); ``options`` are those of paligemma.model.generation.generate."""

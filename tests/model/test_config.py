@@ -20,6 +20,31 @@ def test_hub_config_fills_omitted_fields_with_paligemma_defaults():
     assert (text.num_key_value_heads, config.image_token_index, config.projection_dim) == (1, 257152, 2048)
 
 
+def test_paligemma2_hub_config_reads_as_transformers_reads_it():
+    """A hub-style PaliGemma 2 file: Gemma 2 fields left to defaults, a stale top-level hidden_size, eos a list."""
+    d = json.loads((FIXTURES / "paligemma2-3b-pt-224.config.json").read_text())
+    ours, ref = (
+        PaliGemmaConfig.from_dict(d).text_config,
+        transformers.PaliGemmaConfig.from_dict(d).text_config,
+    )
+    names = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "head_dim", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+             "sliding_window", "layer_types", "rms_norm_eps", "vocab_size", "pad_token_id", "bos_token_id"]  # fmt: skip
+    assert {n: getattr(ours, n) for n in names} == {n: getattr(ref, n) for n in names}
+    assert ours.rope_theta == ref.rope_parameters["rope_theta"] == 10000.0
+    assert ours.model_type == "gemma2" and ours.stop_token_ids == [1, 107]
+    assert PaliGemmaConfig.from_dict(d).projection_dim == 2304
+
+
+def test_paligemma2_config_round_trips_through_transformers():
+    d = json.loads((FIXTURES / "paligemma2-3b-pt-224.config.json").read_text())
+    ours = PaliGemmaConfig.from_dict(d)
+    ours.text_config.final_logit_softcapping = None  # switched off, as big_vision fine-tunes
+    back = transformers.PaliGemmaConfig.from_dict(ours.to_dict())
+    assert back.text_config.model_type == "gemma2" and back.text_config.final_logit_softcapping is None
+    assert PaliGemmaConfig.from_dict(back.to_dict()) == PaliGemmaConfig.from_dict(ours.to_dict()) == ours
+
+
 def test_transformers5_config_round_trips():
     hf = transformers.PaliGemmaConfig(
         vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
@@ -49,7 +74,9 @@ def test_constructor_takes_dicts_or_objects():
     "change, culprit",
     [
         ({"model_type": "llava"}, "model_type='llava'"),
-        ({"text_config": {"model_type": "gemma2"}}, "gemma2"),
+        ({"text_config": {"model_type": "gemma3"}}, "gemma3"),
+        ({"text_config": {"model_type": "gemma2", "use_bidirectional_attention": False}}, "bidirectional"),
+        ({"text_config": {"model_type": "gemma2", "layer_types": ["sliding_attention"]}}, "layer_types"),
         ({"text_config": {"hidden_act": "relu"}}, "hidden_act='relu'"),
         ({"vision_config": {"image_size": 225}}, "image_size=225"),
         ({"text_config": {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}}, "rope_type='linear'"),

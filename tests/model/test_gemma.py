@@ -1,3 +1,4 @@
+import pytest
 import torch
 import transformers
 
@@ -8,13 +9,19 @@ from tests.helpers import randomize_
 
 TEXT = dict(vocab_size=200, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=24, rope_theta=1000.0)  # fmt: skip
+GEMMA2 = dict(TEXT, model_type="gemma2", num_hidden_layers=3, query_pre_attn_scalar=32, sliding_window=3,
+              attn_logit_softcapping=5.0, final_logit_softcapping=4.0)  # fmt: skip
+REFERENCE_CLASSES = {"gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+                     "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM)}  # fmt: skip
 
 
-def test_causal_lm_matches_transformers():
-    config = GemmaConfig(**TEXT)
-    hf_config = transformers.GemmaConfig.from_dict(config.to_dict())
+@pytest.mark.parametrize("text", [TEXT, GEMMA2], ids=["gemma", "gemma2"])
+def test_causal_lm_matches_transformers(text):
+    config = GemmaConfig.from_dict(text)
+    config_class, model_class = REFERENCE_CLASSES[config.model_type]
+    hf_config = config_class.from_dict(config.to_dict())
     hf_config._attn_implementation = "eager"
-    hf = transformers.GemmaForCausalLM(hf_config).eval()
+    hf = model_class(hf_config).eval()
     randomize_(hf)
     ours = GemmaForCausalLM(config).eval()
     ours.load_state_dict(hf.state_dict())
@@ -49,6 +56,24 @@ def test_mask_unmasks_prefix_then_masks_padding():
             [1, 1, 1, 0, 0],
             [1, 1, 1, 1, 0],
             [1, 1, 1, 1, 1],  # the pad query sees the past and itself (never an empty row)
+        ]
+    )
+    assert torch.equal(mask, expected)
+
+
+def test_sliding_window_limits_the_causal_part_only():
+    valid = torch.tensor([[0, 1, 1, 1, 1, 1, 1]])
+    prefix = torch.tensor([[False, True, True, True, True, False, False]])
+    mask = attention_mask_4d(valid, torch.arange(7), prefix, window=2)[0, 0].int()
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0, 0],  # a pad query sees itself
+            [0, 1, 1, 1, 1, 0, 0],  # the prefix sees all of itself, beyond the window
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0],  # suffix: the window's two newest slots
+            [0, 0, 0, 0, 0, 1, 1],
         ]
     )
     assert torch.equal(mask, expected)

@@ -72,9 +72,10 @@ def test_padding_does_not_leak():
     torch.testing.assert_close(alone, in_batch, rtol=0, atol=1e-5)
 
 
-def test_bf16_close_to_fp32():
+@pytest.mark.parametrize("name", ["mqa", "gemma2"])
+def test_bf16_close_to_fp32(name):
     """bf16 weights and activations stay within 0.05 of fp32 logits (max |logit| ~1) on the tiny config."""
-    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS[name])
     model = ours_from_hf(hf_reference(config))
     batch = random_batch(config, prefix_lens=[3, 7], suffix_lens=[4, 2])
     with torch.no_grad():
@@ -85,8 +86,9 @@ def test_bf16_close_to_fp32():
     assert abs(fp32.loss.item() - bf16.loss.item()) < 0.02
 
 
-def test_bf16_matches_transformers_bf16():
-    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+@pytest.mark.parametrize("name", ["mqa", "gemma2"])
+def test_bf16_matches_transformers_bf16(name):
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS[name])
     hf = hf_reference(config)
     ours = ours_from_hf(hf).to(torch.bfloat16)
     hf = hf.to(torch.bfloat16)

@@ -13,9 +13,9 @@ from paligemma.tiny import random_batch
 from tests.helpers import SMALL_CONFIGS, hf_reference
 
 
-@pytest.fixture(scope="module")
-def reference():
-    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+@pytest.fixture(scope="module", params=["mqa", "gemma2"])
+def reference(request):
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS[request.param])
     hf = hf_reference(config)
     batch = random_batch(config, prefix_lens=[3, 6], suffix_lens=[4, 2])
     with torch.no_grad():
@@ -119,7 +119,8 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(tmp_path, reference):
     message = str(err.value)
     assert "missing (2): model.language_model.layers.1.mlp.up_proj.weight" in message  # + the mis-shaped one
     assert "unexpected (1): language_model.model.layers.0.self_attn.rotary.weight" in message
-    assert "mis-shaped (1): multi_modal_projector.linear.bias: checkpoint (7,), model (64,)" in message
+    width = config.projection_dim
+    assert f"mis-shaped (1): multi_modal_projector.linear.bias: checkpoint (7,), model ({width},)" in message
 
 
 def test_directories_that_are_not_checkpoints(tmp_path, reference):

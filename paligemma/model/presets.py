@@ -1,0 +1,38 @@
+"""The hub checkpoints' configs, to build a model of real size without downloading one (meta-device
+counts, memory and speed benchmarks): ``PaliGemmaConfig.from_dict(hub_config("paligemma2-3b-pt-224"))``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# SigLIP So400m/14, the vision tower of every PaliGemma 1 and 2 checkpoint.
+SO400M = dict(
+    hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14
+)
+# Decoders by size; Gemma 2 fields left out take GEMMA2_DEFAULTS (soft-caps 50 / 30, window 4096).
+DECODERS = {
+    "paligemma-3b": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
+                         num_attention_heads=8, num_key_value_heads=1, head_dim=256),
+    "paligemma2-3b": dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                          num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256),
+    "paligemma2-10b": dict(model_type="gemma2", hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                           num_attention_heads=16, num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256),
+    "paligemma2-28b": dict(model_type="gemma2", hidden_size=4608, intermediate_size=36864, num_hidden_layers=46,
+                           num_attention_heads=32, num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=144),
+}  # fmt: skip
+
+
+def hub_config(name: str) -> dict[str, Any]:
+    """The config dict of a hub checkpoint named like ``paligemma2-10b-pt-448`` or ``paligemma-3b-mix-224``
+    (pt and mix checkpoints share their architecture)."""
+    family, _, resolution = name.rpartition("-")
+    decoder = family.removesuffix("-pt").removesuffix("-mix")
+    if decoder not in DECODERS or not resolution.isdigit():
+        raise KeyError(f"{name!r} is not a known PaliGemma checkpoint; decoders: {sorted(DECODERS)}")
+    text = dict(DECODERS[decoder], vocab_size=257216)
+    return dict(
+        vision_config=dict(SO400M, image_size=int(resolution)),
+        text_config=text,
+        image_token_index=257152,
+        projection_dim=text["hidden_size"],
+    )
