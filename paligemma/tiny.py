@@ -1,8 +1,8 @@
 """Tiny PaliGemma checkpoints built from scratch: the starting point of the embedded default model.
 
-    python -m paligemma.tiny --out checkpoints/tiny-random
+    python -m paligemma.tiny --out checkpoints/tiny-random [--decoder gemma2]
 
-writes a randomly initialised HF-format PaliGemma with a byte-fallback tokenizer trained on the
+writes a randomly initialised HF-format PaliGemma (``--decoder gemma2``: a PaliGemma 2) with a byte-fallback tokenizer trained on the
 synthetic shapes texts; ``python train.py experiment=pretrain_tiny`` then trains every parameter on
 the synthetic captions. ``random_batch`` makes prefix-LM batches of any config, for tests and benchmarks.
 """
@@ -25,6 +25,11 @@ TINY_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, 
                    image_size=64, patch_size=8)  # fmt: skip
 TINY_TEXT = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=1, head_dim=48)  # fmt: skip
+# PaliGemma 2's decoder at the same size: grouped KV heads, soft-caps 50 / 30 (Gemma 2's defaults) and a
+# window of 32 slots, shorter than the 64 image tokens, on even layers.
+TINY_TEXT_GEMMA2 = dict(TINY_TEXT, model_type="gemma2", num_key_value_heads=2, query_pre_attn_scalar=48,
+                        sliding_window=32)  # fmt: skip
+TINY_TEXTS_BY_DECODER = {"gemma": TINY_TEXT, "gemma2": TINY_TEXT_GEMMA2}
 
 
 def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
@@ -92,7 +97,7 @@ def random_batch(config: PaliGemmaConfig, prefix_lens, suffix_lens, seed: int = 
         prefix = torch.randint(5, config.image_token_index, (p_len,), generator=gen).tolist()
         suffix = torch.randint(5, config.image_token_index, (s_len,), generator=gen).tolist()
         prompt = [config.image_token_index] * n_img + [text.bos_token_id] + prefix + [4]
-        target = suffix + [text.eos_token_id] if s_len else []
+        target = suffix + text.stop_token_ids[:1] if s_len else []
         rows.append((prompt, target))
     width = max(len(p) + len(t) for p, t in rows)
     ids, mask, types, labels = [], [], [], []
@@ -130,10 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True)
     parser.add_argument("--vocab-size", type=int, default=512)
+    parser.add_argument("--decoder", choices=sorted(TINY_TEXTS_BY_DECODER), default="gemma",
+                        help="gemma: PaliGemma 1; gemma2: PaliGemma 2")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     texts = synthetic_texts(make_shapes_dataset(num_train=2000, num_val=0, seed=args.seed))
-    path = create_tiny_checkpoint(args.out, texts, vocab_size=args.vocab_size, seed=args.seed)
+    text = TINY_TEXTS_BY_DECODER[args.decoder]
+    path = create_tiny_checkpoint(args.out, texts, vocab_size=args.vocab_size, text=text, seed=args.seed)
     print(f"wrote {path}")
 
 

@@ -33,6 +33,20 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma2_checkpoint(tmp_path_factory):
+    """A random tiny PaliGemma 2: Gemma 2 decoder whose sliding window (6) is shorter than its prompts."""
+    from paligemma.tiny import create_tiny_checkpoint
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)  # fmt: skip
+    text = dict(model_type="gemma2", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                sliding_window=6)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-gemma2-checkpoint")
+    return create_tiny_checkpoint(path, TINY_TEXTS, vocab_size=400, vision=vision, text=text)
+
+
+@pytest.fixture(scope="session")
 def other_tiny_checkpoint(tmp_path_factory):
     """A second random tiny PaliGemma of other sizes: adapters of tiny_checkpoint do not fit it."""
     from paligemma.tiny import create_tiny_checkpoint

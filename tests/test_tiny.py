@@ -1,9 +1,15 @@
+import subprocess
+import sys
+
 import pytest
+import torch
+import transformers
 from torch import nn
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.model.gemma import GemmaRMSNorm
-from paligemma.tiny import TINY_TEXT, TINY_VISION, init_weights_
+from paligemma.tiny import TINY_TEXT, TINY_VISION, init_weights_, random_batch
+from tests.helpers import ROOT
 
 
 def test_init_weights_sets_each_module_type_by_its_rule():
@@ -29,3 +35,21 @@ def test_init_weights_sets_each_module_type_by_its_rule():
 def test_init_weights_refuses_a_module_it_has_no_rule_for():
     with pytest.raises(TypeError, match="BatchNorm1d"):
         init_weights_(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+
+
+def test_cli_writes_a_tiny_paligemma2_that_transformers_loads_with_equal_logits(tmp_path):
+    out = tmp_path / "tiny2"
+    args = ["--out", str(out), "--decoder", "gemma2", "--vocab-size", "300"]
+    subprocess.run([sys.executable, "-m", "paligemma.tiny", *args], check=True, cwd=ROOT, capture_output=True)
+    ours = PaliGemmaForConditionalGeneration.from_pretrained(out).eval()
+    text = ours.config.text_config
+    assert text.model_type == "gemma2" and text.sliding_window < ours.config.num_image_tokens
+    assert (text.attn_logit_softcapping, text.final_logit_softcapping) == (50.0, 30.0)
+    assert len([m for m in ours.modules() if isinstance(m, GemmaRMSNorm)]) == 4 * text.num_hidden_layers + 1
+    reference = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+        out, attn_implementation="eager"
+    )
+    batch = random_batch(ours.config, prefix_lens=[3, 5], suffix_lens=[2, 1])
+    with torch.no_grad():
+        diff = (reference.eval()(**batch).logits - ours(**batch).logits)[batch["attention_mask"].bool()]
+    assert diff.abs().max() < 1e-4
