@@ -13,9 +13,11 @@ import peft
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
 import train
 from paligemma.errors import NonFiniteError
+from paligemma.tiny import random_batch
 from paligemma.training.module import PaliGemmaLitModule
 from tests.helpers import (
     COCO_FEATURES,
@@ -185,7 +187,17 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_checkpoint):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
-def test_adapter_loads_onto_transformers_paligemma_with_equal_logits(tmp_path, tiny_checkpoint):
+@pytest.fixture(params=["paligemma", "paligemma2"])
+def tiny_checkpoint_of_each_family(request):
+    return request.getfixturevalue(
+        {"paligemma": "tiny_checkpoint", "paligemma2": "tiny_gemma2_checkpoint"}[request.param]
+    )
+
+
+def test_adapter_loads_onto_transformers_paligemma_with_equal_logits(
+    tmp_path, tiny_checkpoint_of_each_family
+):
+    tiny_checkpoint = tiny_checkpoint_of_each_family
     cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", "logger=none", "zero_shot=false",
                                     *FAST, *SYNTHETIC, "optim.lr=5e-2", "optim.warmup_ratio=0"])  # fmt: skip
     train.train(cfg)
@@ -206,7 +218,8 @@ def test_adapter_loads_onto_transformers_paligemma_with_equal_logits(tmp_path, t
     assert (plain.logits - out.logits)[mask].abs().max() > 1e-3  # the adapter does something
 
 
-def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint):
+def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint_of_each_family):
+    tiny_checkpoint = tiny_checkpoint_of_each_family
     hf = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
         tiny_checkpoint, attn_implementation="eager"
     )
@@ -219,6 +232,32 @@ def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint)
     text = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "token_type_ids": torch.tensor([[0, 0, 1, 1]])}
     with torch.no_grad():
         assert (hf(**text).logits - ours(**text).logits).abs().max() < 1e-4
+
+
+def test_paligemma2_trains_resumes_and_exports_a_merged_model_transformers_reads(
+    tmp_path, tiny_gemma2_checkpoint
+):
+    """Everything PaliGemma 1 has, on a Gemma 2 decoder: LoRA with gradient checkpointing, validation
+    generation, resume to the same adapter, and a merged export equal to base + adapter in transformers."""
+    overrides = [f"model.path={tiny_gemma2_checkpoint}", "logger=csv", *FAST, *SYNTHETIC,
+                 "model.gradient_checkpointing=true", "export.merged=true", "callbacks.model_checkpoint.save_top_k=-1"]  # fmt: skip
+    results = train.train(compose_config(tmp_path / "run", overrides))
+    assert math.isfinite(results["val/vqa_accuracy"]) and results["val/loss"] > 0
+    resumed = tmp_path / "resumed"
+    train.train(compose_config(resumed, [*overrides, f"ckpt_path={tmp_path / 'run/checkpoints/step2.ckpt'}"]))
+    for name, tensor in load_file(tmp_path / "run/adapter/adapter_model.safetensors").items():
+        assert torch.equal(load_file(resumed / "adapter/adapter_model.safetensors")[name], tensor), name
+
+    merged = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+        tmp_path / "run/model", attn_implementation="eager"
+    ).eval()
+    assert merged.config.text_config.model_type == "gemma2"
+    base = PaliGemmaLitModule(path=str(tiny_gemma2_checkpoint), lora=None).net
+    ours = peft.PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
+    batch = random_batch(ours.config, prefix_lens=[3, 6], suffix_lens=[2, 4])
+    with torch.no_grad():
+        diff = (merged(**batch).logits - ours(**batch).logits)[batch["attention_mask"].bool()]
+    assert diff.abs().max() < 1e-4
 
 
 def test_multirun_sweep_runs_two_jobs_in_one_wandb_group(tmp_path, tiny_checkpoint):

@@ -30,6 +30,7 @@ class PaliGemmaLitModule(L.LightningModule):
         train_vision: bool = False,
         train_projector: bool = False,
         gradient_checkpointing: bool = False,
+        final_logit_softcap: bool = True,
         lora: dict | None = None,
         optim: dict | None = None,
         max_new_tokens: int = 8,
@@ -42,7 +43,8 @@ class PaliGemmaLitModule(L.LightningModule):
         """``path``: the base model (local dir or hub id). ``lora`` and ``optim``: the fields of ``LoraSettings``
         and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
         decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``task`` ("vqa" or "caption") picks
-        the metrics; ``processor`` decodes generations (default: the base's)."""
+        the metrics; ``processor`` decodes generations (default: the base's). ``final_logit_softcap=False``
+        turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so); exports then say so."""
         super().__init__()
         self.save_hyperparameters(ignore=["processor"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
@@ -56,6 +58,8 @@ class PaliGemmaLitModule(L.LightningModule):
         self.optim = OptimSettings(**(optim or {}))
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
         self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
+        if not final_logit_softcap:
+            self.net.config.text_config.final_logit_softcapping = None
         self.net.requires_grad_(False)
         self.net.model.multi_modal_projector.requires_grad_(train_projector)
         if adapter is not None:
