@@ -100,9 +100,12 @@ def beam_stop_id(model, batch, num_beams, row=1, max_new_tokens=10, exclude=()):
     raise AssertionError("no token of the free run ends the search early")
 
 
-@pytest.mark.parametrize("num_beams", [2, 3])
-@pytest.mark.parametrize("prefix_lens", [[6], [3, 7, 5]], ids=["single", "left-padded-batch"])
-@pytest.mark.parametrize("stops", [False, True], ids=["no-eos", "eos"])
+# Each config runs two opposite corners of (prompts, beams, eos); the mqa config also runs the other two below.
+BEAM_CASES = [([6], 2, False), ([3, 7, 5], 3, True)]
+BEAM_IDS = ["single-2-no-eos", "left-padded-batch-3-eos"]
+
+
+@pytest.mark.parametrize(("prefix_lens", "num_beams", "stops"), BEAM_CASES, ids=BEAM_IDS)
 def test_beam_search_matches_transformers(small_config, prefix_lens, num_beams, stops):
     hf = hf_reference(small_config)
     ours = ours_from_hf(hf)
@@ -118,6 +121,14 @@ def test_beam_search_matches_transformers(small_config, prefix_lens, num_beams, 
     if stops:  # the row ends early at the eos, padded after it
         stop_at = int((got[row] == eos).nonzero()[0])
         assert stop_at < 9 and (got[row, stop_at + 1 :] == 7).all()
+
+
+@pytest.mark.parametrize(("prefix_lens", "num_beams", "stops"), [([6], 3, True), ([3, 7, 5], 2, False)],
+                         ids=["single-3-eos", "left-padded-batch-2-no-eos"])  # fmt: skip
+def test_beam_search_matches_transformers_in_the_other_corners(prefix_lens, num_beams, stops):
+    test_beam_search_matches_transformers(
+        PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"]), prefix_lens, num_beams, stops
+    )
 
 
 @pytest.fixture(scope="module")
