@@ -51,6 +51,17 @@ def test_all_rows_finished_ends_early():
     assert ours.generate(**batch, max_new_tokens=10, eos_token_id=[first, 3]).shape == (1, 1)
 
 
+def test_a_config_eos_list_stops_at_any_of_its_ids():
+    """PaliGemma 2 configs list eos_token_id as [1, 107]: generation stops at whichever comes first."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["gemma2"])
+    model = ours_from_hf(hf_reference(config))
+    batch = prompt_batch(config, [4])
+    free_run = model.generate(**batch, max_new_tokens=8, eos_token_id=[])[0].tolist()
+    model.config.text_config.eos_token_id = [1, free_run[2]]
+    end = min(free_run.index(t) for t in (1, free_run[2]) if t in free_run) + 1
+    assert model.generate(**batch, max_new_tokens=8)[0].tolist() == free_run[:end]
+
+
 def test_cached_generation_equals_full_recompute():
     """Each greedy token equals the argmax of a full forward over prompt + tokens so far."""
     config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["gqa"])
