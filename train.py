@@ -7,10 +7,13 @@ python train.py ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt  # resume
 
 A bad config, bad data under data.on_bad_sample=raise or a non-finite loss exits with status 1 and one line,
 ``error: <message>``; config checks run before the training stack is even imported.
+SIGTERM, SIGUSR1 or SIGINT (``preemption.signals``) writes last.ckpt for the current step and exits with status 75,
+printing the command that resumes the run.
 """
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,14 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.errors import ConfigError, NonFiniteError, find_run_error, one_line  # noqa: E402
+from paligemma.errors import (  # noqa: E402
+    PREEMPTED_EXIT_STATUS,
+    ConfigError,
+    NonFiniteError,
+    Preempted,
+    find_run_error,
+    one_line,
+)
 from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
@@ -152,6 +162,12 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
+def resume_command(checkpoint: Path) -> str:
+    """This run's command line, resuming from ``checkpoint``."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
+    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={checkpoint.resolve()}"])
+
+
 def print_summary(results: dict, monitor: str) -> None:
     name = monitor.removeprefix("val/")
     print(
@@ -170,6 +186,12 @@ def main(cfg: DictConfig) -> float | None:
     group_sweep_in_wandb(cfg)
     try:
         results = train(cfg)
+    except Preempted as stop:
+        if stop.rank == 0:
+            print(f"{stop}; resume with: {resume_command(stop.path)}", file=sys.stderr)
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish(exit_code=PREEMPTED_EXIT_STATUS)
+        sys.exit(PREEMPTED_EXIT_STATUS)
     except Exception as error:
         if (known := find_run_error(error)) is None:
             raise
