@@ -5,8 +5,8 @@ python train.py data=vqav2 model=paligemma-3b-pt-224 trainer=gpu
 python train.py -m lora.r=4,8 optim.lr=1e-4,3e-4  # a sweep, one W&B group
 python train.py ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt  # resume a killed run, mid-epoch too
 
-A bad config, bad data under data.on_bad_sample=raise or a non-finite loss exits with status 1 and one line,
-``error: <message>``; config checks run before the training stack is even imported.
+A bad config, bad data under data.on_bad_sample=raise, a non-finite loss or a rank that died or hung exits with
+status 1 and one line, ``error: <message>``; config checks run before the training stack is even imported.
 SIGTERM, SIGUSR1 or SIGINT (``preemption.signals``) writes last.ckpt for the current step and exits with status 75,
 printing the command that resumes the run.
 """
@@ -87,15 +87,11 @@ def train(cfg: DictConfig) -> dict:
     expand_user_paths(cfg)
     import lightning as L  # the training stack loads after the checks: a bad config fails in seconds
     from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import WandbLogger
 
-    from paligemma.training.distributed import union_over_ranks
-    from paligemma.training.export import save_adapter, save_model
+    from paligemma.training.faults import lost_ranks_fail_the_job
     from paligemma.training.module import PaliGemmaLitModule
-    from paligemma.training.scoring import MONITORED_METRIC
 
     L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")  # missing splits or columns fail here, before the model loads
@@ -114,7 +110,18 @@ def train(cfg: DictConfig) -> dict:
     check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    with lost_ranks_fail_the_job(trainer):
+        return fit_and_save(cfg, trainer, module, datamodule, loggers)
 
+
+def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) -> dict:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from paligemma.training.distributed import union_over_ranks
+    from paligemma.training.export import save_adapter, save_model
+    from paligemma.training.scoring import MONITORED_METRIC
+
+    out_dir = Path(cfg.paths.output_dir)
     results = {}
     if cfg.zero_shot and cfg.ckpt_path is None:
         zero_shot = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
