@@ -6,8 +6,9 @@ Two ways of noticing, both ending in :func:`fail_job` (one ``error: ...`` line, 
   command line for them), notices within a second that one of them died. It replaces Lightning's observer, which
   SIGKILLs everything without a word, and also took a rank that stops on preemption for a crash.
 - A collective that fails (a peer's connection lost, or no answer within ``trainer.strategy.timeout``) raises on
-  the ranks still alive; train.py calls :func:`fail_collective`, which finds the ranks that stopped answering by
-  a roll call over the process group's store: every rank left alive checks in, those that do not are named.
+  the ranks still alive; inside :func:`lost_ranks_fail_the_job` (train.py), :func:`fail_collective` finds the
+  ranks that stopped answering by a roll call over the process group's store: every rank left alive checks in,
+  those that do not are named.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import NoReturn
 
 import torch.distributed as dist
 
 from paligemma.errors import PREEMPTED_EXIT_STATUS
 
 ROLL_CALL_SECONDS = 5.0  # how long the ranks left alive take to check in after a collective failed
-_report_lock = threading.Lock()  # one line per process, whichever thread notices first
+_report_lock = threading.Lock()  # one line per process, whichever of its threads notices first
 
 
-def fail_job(message: str, children: list[subprocess.Popen] = (), speak: bool = True) -> None:
+def fail_job(message: str, children: Sequence[subprocess.Popen] = (), speak: bool = True) -> NoReturn:
     """Print ``error: <message>`` (when ``speak``), kill the ranks this process started, exit with status 1 at once:
     the main thread may sit in a collective that would otherwise wait for the timeout."""
     with _report_lock:
@@ -77,17 +79,26 @@ def is_collective_failure(error: BaseException) -> bool:
 
 
 def roll_call(seconds: float = ROLL_CALL_SECONDS) -> list[int]:
-    """The ranks that do not check in within ``seconds``, after this one did; raises when the store (hosted by
-    rank 0's process) cannot be reached."""
+    """The ranks that do not check in within ``seconds``, after this one did. Rank 0, whose process hosts the
+    store, then waits for the others to be done with theirs before it goes. Raises when the store cannot be
+    reached."""
     store, rank, world = dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size()
     store.set_timeout(timedelta(seconds=seconds))
-    key = "paligemma/alive/{}".format
-    store.set(key(rank), "1")
+    store.set(f"paligemma/alive/{rank}", "1")
+    missing = _absent(store, "paligemma/alive", range(world), seconds)
+    store.set(f"paligemma/done/{rank}", "1")
+    if rank == 0:
+        _absent(store, "paligemma/done", [r for r in range(world) if r not in missing], seconds)
+    return missing
+
+
+def _absent(store, prefix: str, ranks, seconds: float) -> list[int]:
+    """The ranks whose key under ``prefix`` is still not in ``store`` after ``seconds`` (or none, sooner)."""
     deadline = time.monotonic() + seconds
     while True:
-        missing = [r for r in range(world) if not store.check([key(r)])]
-        if not missing or time.monotonic() > deadline:
-            return missing
+        absent = [r for r in ranks if not store.check([f"{prefix}/{r}"])]
+        if not absent or time.monotonic() > deadline:
+            return absent
         time.sleep(0.1)
 
 
@@ -103,7 +114,7 @@ def lost_ranks_fail_the_job(trainer) -> Iterator[None]:
         raise
 
 
-def fail_collective(children: list[subprocess.Popen]) -> None:
+def fail_collective(children: Sequence[subprocess.Popen]) -> NoReturn:
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         missing = roll_call()
@@ -112,6 +123,6 @@ def fail_collective(children: list[subprocess.Popen]) -> None:
     if not missing:
         fail_job("every rank is alive, but a collective failed: the ranks ran out of step", children)
     lowest_alive = min(set(range(world)) - set(missing))
-    names = ", ".join(map(str, missing))
-    message = f"rank {names} stopped answering (died, or hung past trainer.strategy.timeout); the job stops"
+    names = f"rank {missing[0]}" if len(missing) == 1 else f"ranks {', '.join(map(str, missing))}"
+    message = f"{names} stopped answering (died, or hung past trainer.strategy.timeout); the job stops"
     fail_job(message, children, speak=rank == lowest_alive)

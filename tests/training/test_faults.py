@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import rank_1_pid, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 # trainer.strategy.timeout: how long a collective waits for a rank. It bounds the ranks' rendezvous at start too,
 # which rank 1 reaches only once it has loaded everything: on a busy 2-core machine, well after 20 s.
@@ -27,17 +29,6 @@ def start_ddp_run(tiny_checkpoint: Path, run: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def rank_1_once_training(process: subprocess.Popen, run: Path) -> int:
-    """The pid of rank 1 (the process rank 0 started by re-running train.py), once step 2 is checkpointed."""
-    start = time.perf_counter()
-    while not (run / "checkpoints" / "last.ckpt").exists():
-        assert process.poll() is None and time.perf_counter() - start < 240, process.stderr.read()[-3000:]
-        time.sleep(0.05)
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
-    (rank_1,) = [int(pid) for pid in children if "train.py" in Path(f"/proc/{pid}/cmdline").read_text()]
-    return rank_1
-
-
 def stopped_with_one_line(process: subprocess.Popen, since: float) -> tuple[str, float]:
     stderr = process.communicate(timeout=120)[1]
     seconds = time.perf_counter() - since
@@ -49,7 +40,8 @@ def stopped_with_one_line(process: subprocess.Popen, since: float) -> tuple[str,
 @pytest.mark.slow
 def test_a_killed_rank_fails_the_job_at_once_naming_it(tmp_path, tiny_checkpoint):
     process = start_ddp_run(tiny_checkpoint, tmp_path / "run")
-    rank_1 = rank_1_once_training(process, tmp_path / "run")
+    wait_for(tmp_path / "run" / "checkpoints" / "last.ckpt", process)  # step 2 is saved: training runs
+    rank_1 = rank_1_pid(process)
     os.kill(rank_1, signal.SIGKILL)
     line, seconds = stopped_with_one_line(process, time.perf_counter())
     assert line == f"error: rank 1 (pid {rank_1}) was killed by SIGKILL; the job stops"
