@@ -199,7 +199,7 @@ class PaliGemmaLitModule(L.LightningModule):
             torch.tensor(self.val_loss_sum, device=self.device), self.val_tokens
         )
         if tokens:
-            self.log("val/loss", loss_sum / tokens, prog_bar=True)
+            self.log("val/loss", loss_sum / tokens, prog_bar=True, sync_dist=True)  # equal on every rank
         self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
         if not self.records:
             return
