@@ -48,8 +48,7 @@ def fit(module: L.LightningModule, checkpoints: Path, accumulate: int = 1, max_s
     return trainer
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
-@pytest.mark.parametrize("accumulate", [1, 3])
+@pytest.mark.parametrize("signum, accumulate", [(signal.SIGTERM, 1), (signal.SIGUSR1, 3), (signal.SIGINT, 2)])
 def test_a_signal_stops_after_the_current_step_with_last_ckpt_for_it(tmp_path, signum, accumulate):
     with pytest.raises(Preempted) as stop:
         fit(Steps(signal_at=2, signum=signum), tmp_path, accumulate)
