@@ -93,5 +93,5 @@ class Preemption(L.Callback):
         received = torch.tensor(self.flag.received or 0, device=trainer.strategy.root_device)
         signum = int(trainer.strategy.reduce(received, reduce_op="max"))  # 0: none on any rank
         if signum:
-            trainer.save_checkpoint(self.path)  # every rank takes part (FSDP gathers); rank 0 writes
+            trainer.save_checkpoint(self.path, weights_only=False)  # every rank takes part; rank 0 writes
             raise Preempted(signal.Signals(signum).name, trainer.global_step, self.path, trainer.global_rank)
