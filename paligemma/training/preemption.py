@@ -17,6 +17,7 @@ at teardown; ours go in at ``on_train_start``, replacing them, and come out at t
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -49,8 +50,10 @@ class SignalFlag:
         self._previous: dict[signal.Signals, object] = {}
 
     def install(self) -> None:
+        """Only Python's main thread may set handlers: elsewhere (a trainer run in a thread) nothing changes."""
         self.received = None
-        self._previous = {s: signal.signal(s, self._record) for s in self.signals}
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._record) for s in self.signals}
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
