@@ -90,6 +90,7 @@ def train(cfg: DictConfig) -> dict:
 
     from paligemma.training.faults import lost_ranks_fail_the_job
     from paligemma.training.module import PaliGemmaLitModule
+    from paligemma.training.preemption import sigterm_outside_training_is_preemption
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -110,7 +111,7 @@ def train(cfg: DictConfig) -> dict:
     check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    with lost_ranks_fail_the_job(trainer):
+    with lost_ranks_fail_the_job(trainer), sigterm_outside_training_is_preemption(trainer):
         return fit_and_save(cfg, trainer, module, datamodule, loggers)
 
 
@@ -169,10 +170,19 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
     return results
 
 
-def resume_command(checkpoint: Path) -> str:
-    """This run's command line, resuming from ``checkpoint``."""
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path=")]
-    return shlex.join(["python", "train.py", *overrides, f"ckpt_path={checkpoint.resolve()}"])
+def last_checkpoint(cfg: DictConfig) -> Path | None:
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def resume_command(checkpoint: Path | None) -> str:
+    """This run's command line, resuming from ``checkpoint`` (None: as it was)."""
+    overrides = HydraConfig.get().overrides.task
+    if checkpoint is not None:
+        overrides = [o for o in overrides if not o.startswith("ckpt_path=")] + [
+            f"ckpt_path={checkpoint.resolve()}"
+        ]
+    return shlex.join(["python", "train.py", *overrides])
 
 
 def print_summary(results: dict, monitor: str) -> None:
@@ -195,7 +205,9 @@ def main(cfg: DictConfig) -> float | None:
         results = train(cfg)
     except Preempted as stop:
         if stop.rank == 0:
-            print(f"{stop}; resume with: {resume_command(stop.path)}", file=sys.stderr)
+            print(
+                f"{stop}; resume with: {resume_command(stop.path or last_checkpoint(cfg))}", file=sys.stderr
+            )
         if "wandb" in sys.modules:
             sys.modules["wandb"].finish(exit_code=PREEMPTED_EXIT_STATUS)
         sys.exit(PREEMPTED_EXIT_STATUS)

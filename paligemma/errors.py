@@ -46,10 +46,15 @@ class NonFiniteError(RunError, FloatingPointError):
 
 
 class Preempted(Exception):
-    """Every rank stopped after optimizer step ``step`` on a signal; the checkpoint at ``path`` holds that step."""
+    """Every rank stopped after optimizer step ``step`` on a signal; the checkpoint at ``path`` holds that step
+    (``path`` None: the signal came outside training, before its first step or after its last, and no checkpoint
+    was written for it)."""
 
-    def __init__(self, signal_name: str, step: int, path: Path, rank: int):
-        super().__init__(f"preempted by {signal_name}: stopped after step {step}, which {path} holds")
+    def __init__(self, signal_name: str, step: int, path: Path | None, rank: int):
+        where = (
+            f"stopped after step {step}, which {path} holds" if path else f"outside training, at step {step}"
+        )
+        super().__init__(f"preempted by {signal_name}: {where}")
         self.signal_name, self.step, self.path, self.rank = signal_name, step, path, rank
 
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from paligemma.errors import ConfigError, Preempted
 
@@ -98,3 +100,13 @@ class Preemption(L.Callback):
         if signum:
             trainer.save_checkpoint(self.path, weights_only=False)  # every rank takes part; rank 0 writes
             raise Preempted(signal.Signals(signum).name, trainer.global_step, self.path, trainer.global_rank)
+
+
+@contextmanager
+def sigterm_outside_training_is_preemption(trainer: L.Trainer) -> Iterator[None]:
+    """Outside training (the zero-shot and final validations) Lightning's SIGTERM handler stays in place: it raises
+    SIGTERMException, a SystemExit of status 0, as if the run had succeeded. It becomes a Preempted here."""
+    try:
+        yield
+    except SIGTERMException as error:
+        raise Preempted("SIGTERM", trainer.global_step, None, trainer.global_rank) from error

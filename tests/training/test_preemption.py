@@ -14,7 +14,7 @@ import torch
 
 from paligemma.errors import PREEMPTED_EXIT_STATUS, ConfigError, Preempted
 from paligemma.training.checkpoint_io import AtomicCheckpointIO
-from paligemma.training.preemption import Preemption, signal_numbers
+from paligemma.training.preemption import Preemption, signal_numbers, sigterm_outside_training_is_preemption
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,6 +65,23 @@ def test_without_a_signal_training_ends_as_usual_and_the_handlers_are_restored(t
     trainer = fit(Steps(), tmp_path, max_steps=3)
     assert trainer.global_step == 3 and not (tmp_path / "last.ckpt").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class SignalledValidation(Steps):
+    def validation_step(self, batch, batch_idx):
+        signal.raise_signal(signal.SIGTERM)  # Lightning's handler: trainer.validate runs outside training
+
+
+def test_sigterm_outside_training_is_a_preemption_not_a_success(tmp_path):
+    """Lightning ends trainer.validate on SIGTERM with SystemExit(None): status 0, as if the run had succeeded."""
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    loader = torch.utils.data.DataLoader(range(8), batch_size=2)
+    expected = pytest.raises(Preempted, match="preempted by SIGTERM: outside training, at step 0")
+    with expected as stop, sigterm_outside_training_is_preemption(trainer):
+        trainer.validate(SignalledValidation(), loader)
+    assert stop.value.path is None
 
 
 def test_unknown_signal_name_is_a_config_error():
