@@ -5,12 +5,15 @@ python train.py data=vqav2 model=paligemma-3b-pt-224 trainer=gpu
 python train.py -m lora.r=4,8 optim.lr=1e-4,3e-4  # a sweep, one W&B group
 python train.py ckpt_path=logs/train/runs/<date>/checkpoints/last.ckpt  # resume a killed run, mid-epoch too
 
-A bad config, bad data under data.on_bad_sample=raise or a non-finite loss exits with status 1 and one line,
-``error: <message>``; config checks run before the training stack is even imported.
+A bad config, bad data under data.on_bad_sample=raise, a non-finite loss or a rank that died or hung exits with
+status 1 and one line, ``error: <message>``; config checks run before the training stack is even imported.
+SIGTERM, SIGUSR1 or SIGINT (``preemption.signals``) writes last.ckpt for the current step and exits with status 75,
+printing the command that resumes the run.
 """
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,14 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from paligemma.errors import ConfigError, NonFiniteError, find_run_error, one_line  # noqa: E402
+from paligemma.errors import (  # noqa: E402
+    PREEMPTED_EXIT_STATUS,
+    ConfigError,
+    NonFiniteError,
+    Preempted,
+    find_run_error,
+    one_line,
+)
 from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
@@ -77,15 +87,12 @@ def train(cfg: DictConfig) -> dict:
     expand_user_paths(cfg)
     import lightning as L  # the training stack loads after the checks: a bad config fails in seconds
     from lightning.pytorch.callbacks import LearningRateMonitor
-    from lightning.pytorch.loggers import WandbLogger
 
-    from paligemma.training.distributed import union_over_ranks
-    from paligemma.training.export import save_adapter, save_model
+    from paligemma.training.faults import lost_ranks_fail_the_job
     from paligemma.training.module import PaliGemmaLitModule
-    from paligemma.training.scoring import MONITORED_METRIC
+    from paligemma.training.preemption import sigterm_outside_training_is_preemption
 
     L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")  # missing splits or columns fail here, before the model loads
@@ -104,7 +111,18 @@ def train(cfg: DictConfig) -> dict:
     check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    with lost_ranks_fail_the_job(trainer), sigterm_outside_training_is_preemption(trainer):
+        return fit_and_save(cfg, trainer, module, datamodule, loggers)
 
+
+def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) -> dict:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from paligemma.training.distributed import union_over_ranks
+    from paligemma.training.export import save_adapter, save_model
+    from paligemma.training.scoring import MONITORED_METRIC
+
+    out_dir = Path(cfg.paths.output_dir)
     results = {}
     if cfg.zero_shot and cfg.ckpt_path is None:
         zero_shot = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -152,6 +170,21 @@ def train(cfg: DictConfig) -> dict:
     return results
 
 
+def last_checkpoint(cfg: DictConfig) -> Path | None:
+    path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def resume_command(checkpoint: Path | None) -> str:
+    """This run's command line, resuming from ``checkpoint`` (None: as it was)."""
+    overrides = HydraConfig.get().overrides.task
+    if checkpoint is not None:
+        overrides = [o for o in overrides if not o.startswith("ckpt_path=")] + [
+            f"ckpt_path={checkpoint.resolve()}"
+        ]
+    return shlex.join(["python", "train.py", *overrides])
+
+
 def print_summary(results: dict, monitor: str) -> None:
     name = monitor.removeprefix("val/")
     print(
@@ -170,6 +203,14 @@ def main(cfg: DictConfig) -> float | None:
     group_sweep_in_wandb(cfg)
     try:
         results = train(cfg)
+    except Preempted as stop:
+        if stop.rank == 0:
+            print(
+                f"{stop}; resume with: {resume_command(stop.path or last_checkpoint(cfg))}", file=sys.stderr
+            )
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].finish(exit_code=PREEMPTED_EXIT_STATUS)
+        sys.exit(PREEMPTED_EXIT_STATUS)
     except Exception as error:
         if (known := find_run_error(error)) is None:
             raise

@@ -1,10 +1,16 @@
-"""The errors a user fixes from the message alone, raised by every layer.
+"""The errors a user fixes from the message alone, raised by every layer; and the stop on preemption.
 
 ``train.py``, ``evaluate.py`` and ``python -m paligemma.generate`` print a :class:`RunError` as one line,
-``error: <message>``, and exit with status 1; anything else is a bug and keeps its traceback.
+``error: <message>``, and exit with status 1; anything else is a bug and keeps its traceback. train.py exits
+with ``PREEMPTED_EXIT_STATUS`` after :class:`Preempted`, printing how to resume.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PREEMPTED_EXIT_STATUS = os.EX_TEMPFAIL  # 75 in sysexits.h: a temporary failure, to be tried again (resumed)
 
 
 class RunError(Exception):
@@ -37,6 +43,19 @@ class DataError(RunError, ValueError):
 
 class NonFiniteError(RunError, FloatingPointError):
     """A NaN or infinite loss or gradient (with ``optim.skip_nonfinite=false``)."""
+
+
+class Preempted(Exception):
+    """Every rank stopped after optimizer step ``step`` on a signal; the checkpoint at ``path`` holds that step
+    (``path`` None: the signal came outside training, before its first step or after its last, and no checkpoint
+    was written for it)."""
+
+    def __init__(self, signal_name: str, step: int, path: Path | None, rank: int):
+        where = (
+            f"stopped after step {step}, which {path} holds" if path else f"outside training, at step {step}"
+        )
+        super().__init__(f"preempted by {signal_name}: {where}")
+        self.signal_name, self.step, self.path, self.rank = signal_name, step, path, rank
 
 
 def find_run_error(error: BaseException | None) -> RunError | None:

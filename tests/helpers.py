@@ -234,6 +234,22 @@ def run_cli(script: str, overrides: list[str], tmp_path: Path) -> tuple[subproce
     return result, time.perf_counter() - start
 
 
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 240) -> None:
+    """Until ``path`` exists (e.g. a run's first checkpoint); fails if ``process`` ends first."""
+    start = time.perf_counter()
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.perf_counter() - start < seconds, f"no {path} after {seconds} s"
+        time.sleep(0.02)
+
+
+def rank_1_pid(process: subprocess.Popen) -> int:
+    """Rank 1 of a one-machine DDP run of two: the process that rank 0 (``process``) started by re-running train.py."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    (rank_1,) = [int(pid) for pid in children if "train.py" in Path(f"/proc/{pid}/cmdline").read_text()]
+    return rank_1
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, culprit: str) -> str:
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import train
 from paligemma.errors import NonFiniteError
 from paligemma.tiny import random_batch
-from paligemma.training.module import PaliGemmaLitModule
+from paligemma.training.module import PaliGemmaLitModule, model_inputs
 from tests.helpers import (
     COCO_FEATURES,
     FAST,
@@ -179,7 +179,7 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_checkpoint):
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(60):
-        loss = module.net(**batch, return_logits=False).loss
+        loss = module.net(**model_inputs(batch), return_logits=False).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -13,9 +13,10 @@ Bad rows (missing or undecodable image, missing question, empty target, a prompt
 ``max_length``) are dropped by the collate function (paligemma/data/rows.py), which reports them (and
 truncated targets) under a "stats" key; ``on_before_batch_transfer`` removes it and counts them in the main
 process (right with worker processes too), once per (split, row).
-A batch whose rows are all bad becomes ``None``: Lightning skips a ``None`` training batch itself;
-``validation_step`` must return early on ``None``. ``on_bad_sample="raise"`` fails on the first bad row
-with a ``DataError`` naming it. The train loader resumes mid-epoch from a checkpoint (paligemma/data/sampler.py).
+Every batch holds its number of rows under "rows"; one whose rows are all bad is a blank placeholder row with
+"rows" 0, so that every rank takes the same steps (the module weighs it 0). ``on_bad_sample="raise"`` fails on the
+first bad row with a ``DataError`` naming it. The train loader resumes mid-epoch from a checkpoint; each rank
+validates its own rows, each row once (paligemma/data/sampler.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.data.rows import Collate, Rows
-from paligemma.data.sampler import EpochSampler, ResumableDataLoader
+from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
 from paligemma.data.settings import TASKS, DataSettings
 from paligemma.data.sources import load_split
 from paligemma.data.synthetic import make_shapes_dataset
@@ -155,12 +156,12 @@ class PaliGemmaDataModule(L.LightningDataModule):
             persistent_workers=s.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         if not train:  # its own generator: validating leaves torch's global RNG (dropout) untouched
             generator = torch.Generator().manual_seed(s.seed)
-            return DataLoader(
-                rows, batch_size=s.val_batch_size or s.batch_size, generator=generator, **options
-            )
-        replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = ShardSampler(rows, num_replicas=replicas, rank=rank)
+            batch_size = s.val_batch_size or s.batch_size
+            return DataLoader(rows, sampler=sampler, batch_size=batch_size, generator=generator, **options)
         sampler = EpochSampler(rows, num_replicas=replicas, rank=rank, shuffle=True, seed=s.seed)
         return ResumableDataLoader(rows, sampler, seed=s.seed, batch_size=s.batch_size, **options)
 
@@ -175,7 +176,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
         return self._loader(self.val_data, train=False)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the collate function's skipped / truncated rows in the main process; empty batch -> None."""
+        """Count the collate function's skipped / truncated rows in the main process."""
         if not (isinstance(batch, dict) and "stats" in batch):
             return batch
         stats = batch.pop("stats")
@@ -189,4 +190,4 @@ class PaliGemmaDataModule(L.LightningDataModule):
                 self.settings.max_length,
             )
         self._truncated.update(stats["truncated"])
-        return batch or None
+        return batch

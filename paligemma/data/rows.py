@@ -73,7 +73,9 @@ class Rows(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int] | None) -> dict[str, Any] | None:
+        if key is None:  # a filler that evens out the ranks' shards (ShardSampler): no row
+            return None
         row, epoch = key if isinstance(key, tuple) else (key, 0)
         try:
             return self._sample(row, epoch)
@@ -116,37 +118,46 @@ class Rows(Dataset):
 
 
 class Collate:
-    """Drops bad rows; runs the processor; reports skipped and truncated rows under "stats"."""
+    """Drops bad rows; runs the processor; reports skipped and truncated rows under "stats".
+
+    Every batch says how many rows it holds under "rows". A batch whose rows are all bad (or only shard fillers)
+    becomes one blank placeholder row with "rows" 0: every rank still runs its forward and backward passes, the
+    collectives of DDP and FSDP, and the module gives it no weight.
+    """
 
     def __init__(self, processor: PaliGemmaProcessor, split: str, train: bool, max_length: int | None):
         self.processor, self.split, self.train, self.max_length = processor, split, train, max_length
 
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def placeholder(self) -> dict[str, Any]:
+        size = (self.processor.image_size, self.processor.image_size)
+        return {"row": -1, "image": Image.new("RGB", size), "prompt": "", "target": ""}
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+        items = [it for it in items if it is not None]
         good = [it for it in items if "error" not in it]
-        stats = {
-            "skipped": [(self.split, it["row"], it["error"]) for it in items if "error" in it],
-            "truncated": [],
-        }
-        if not good:
-            return {"stats": stats}
-        images = [it["image"] for it in good]
-        prompts = [it["prompt"] for it in good]
-        targets = [it["target"] for it in good]
+        rows = good or [self.placeholder()]
+        images = [it["image"] for it in rows]
+        prompts = [it["prompt"] for it in rows]
+        targets = [it["target"] for it in rows]
         batch = self.processor(
             text=prompts, images=images, suffix=targets, max_length=self.max_length, return_lengths=True
         )
         del batch["prompt_lengths"]
-        truncated = batch.pop("truncated").tolist()
-        stats["truncated"] = [(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut]
+        truncated = batch.pop("truncated").tolist()[: len(good)]  # none for a placeholder
+        stats = {
+            "skipped": [(self.split, it["row"], it["error"]) for it in items if "error" in it],
+            "truncated": [(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut],
+        }
         if self.train:
-            return {**batch, "stats": stats}
+            return {**batch, "rows": len(good), "stats": stats}
         return {
             "batch": batch,
             "prompt": self.processor(text=prompts, images=images, padding_side="left"),
             "references": [it["references"] for it in good],
             "kinds": [it["kind"] for it in good],
-            "prompts": prompts,
+            "prompts": prompts[: len(good)],
             "row_ids": [it["row"] for it in good],
-            "images": images,
+            "images": images[: len(good)],
+            "rows": len(good),
             "stats": stats,
         }

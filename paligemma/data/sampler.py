@@ -1,4 +1,4 @@
-"""A training DataLoader that Lightning checkpoints mid-epoch and resumes where it stopped.
+"""A training DataLoader that Lightning checkpoints mid-epoch and resumes where it stopped; the validation shards.
 
 Lightning 2.x saves ``state_dict()`` of every train loader that has one (``_Stateful``) in the checkpoint's
 fit-loop state and calls ``load_state_dict`` before it iterates the loader again. Our state is the sampler's
@@ -26,6 +26,20 @@ class EpochSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rows = list(super().__iter__())[self.skip :]
         return ((row, self.epoch) for row in rows)
+
+
+class ShardSampler(DistributedSampler):
+    """Rank r's rows of an evaluation split, in order: r, r + R, r + 2R, ... A shorter shard ends in ``None``
+    fillers (no row, see Rows) up to the longest one's length, so that every rank runs as many batches (FSDP's
+    forward passes are collectives) while each row counts once: Lightning's own DistributedSampler repeats rows
+    instead, which would count them twice in the validation loss. Lightning keeps a DistributedSampler."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int | None]:
+        rows = list(range(self.rank, len(self.dataset), self.num_replicas))
+        return iter(rows + [None] * (self.num_samples - len(rows)))
 
 
 class ResumableDataLoader(DataLoader):

@@ -9,6 +9,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from paligemma.training.distributed import union_over_ranks
+
 
 class ExactResume(L.Callback):
     """What a run resumed from a checkpoint needs, beyond Lightning's own restore (weights, optimizer, scheduler,
@@ -16,13 +18,19 @@ class ExactResume(L.Callback):
 
     - torch's (CPU and CUDA), numpy's and Python's global RNG states, saved in every checkpoint, so that dropout
       draws the same masks. They are plain tensors, ints and lists: checkpoints still load with weights_only=True.
-    - the train loader's position (paligemma/resumable.py): Lightning saves it but never loads it when
+    - the train loader's position (paligemma/data/sampler.py): Lightning saves it but never loads it when
       ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``, as ours does (Lightning-AI/
       pytorch-lightning#20550); it is loaded here at train start, before the first batch is drawn.
+    - the data module's skipped and truncated rows of every rank, not only of rank 0, which writes the checkpoint.
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.fit_loop._load_combined_loader_states()  # a no-op when there is none, or Lightning loaded it
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        rows = checkpoint.get(type(trainer.datamodule).__qualname__)  # every rank saves: a collective is safe
+        if rows:
+            rows.update({kind: sorted(union_over_ranks(keys)) for kind, keys in rows.items()})
 
     def state_dict(self) -> dict[str, Any]:
         kind, keys, pos, has_gauss, cached = np.random.get_state()

@@ -1,15 +1,16 @@
 """Multi-process training (``trainer=ddp``, ``trainer=fsdp``): what Lightning's strategies leave to the module.
 
-- Validation metrics over the whole val set: Lightning hands each rank a ``DistributedSampler`` shard of the
-  val loader (padded with repeated rows so that every rank has as many batches); :func:`gather_records`
-  collects every rank's generations and drops the repeats, so VQA accuracy and CIDEr equal a single process's.
+- Validation metrics over the whole val set: each rank validates its own rows (paligemma/data/sampler.py's
+  ``ShardSampler``, whose shorter shards end in placeholder batches so that every rank runs as many);
+  :func:`gather_records` collects every rank's generations, so VQA accuracy and CIDEr equal a single process's.
+  The module sums the validation loss and its tokens over ranks the same way.
 - Counts over ranks (:func:`union_over_ranks`): each rank skips the bad rows of its own shard.
 - Generation under FSDP: every forward pass all-gathers each decoder layer's shards, a collective, so every
   rank must run as many passes: validation generates with ``fixed_length=True``.
 
-The FSDP strategy is in paligemma/strategies.py. The train loader needs nothing here: its sampler
-(paligemma/resumable.py) is a ``DistributedSampler``, which Lightning keeps, and gives rank r every
-world_size-th row of one permutation per (seed, epoch).
+The strategies are in paligemma/training/strategies.py. The train loader's sampler (paligemma/data/sampler.py) is
+a ``DistributedSampler``, which Lightning keeps, and gives rank r every world_size-th row of one permutation per
+(seed, epoch).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import logging
 import lightning as L
 import torch
 
-from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
@@ -20,6 +20,16 @@ from paligemma.training.optim import OptimSettings, build_optimizer
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
 
 log = logging.getLogger(__name__)
+
+
+def model_inputs(batch: dict) -> dict:
+    """A training batch without its row count: what the model's forward takes."""
+    return {k: v for k, v in batch.items() if k != "rows"}
+
+
+def answer_tokens(labels: torch.Tensor) -> int:
+    """The tokens the loss covers: labels other than -100, each predicted from the position before."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 class PaliGemmaLitModule(L.LightningModule):
@@ -80,7 +90,9 @@ class PaliGemmaLitModule(L.LightningModule):
         self.samples_seen = 0
         self.fit_validated_at_step = None  # global step of the last validation inside trainer.fit
         self.skipped_steps = 0  # non-finite ones, with optim.skip_nonfinite
+        self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
         self.records: list[dict] = []
+        self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
 
     @property
     def sharded(self) -> bool:
@@ -102,26 +114,45 @@ class PaliGemmaLitModule(L.LightningModule):
         return self
 
     def training_step(self, batch, batch_idx):
-        if batch is None:  # every row of the batch was unreadable; the data module counted them
-            return None
-        loss = self.net(**batch, return_logits=False).loss
+        """The loss of the whole global batch: the mean over every rank's answer tokens. Each rank weighs its own
+        mean by its share of them (x world size, as DDP and FSDP average the ranks' gradients); a placeholder
+        batch (every row bad, see paligemma/data/rows.py) runs with weight 0."""
+        rows = batch["rows"]
+        loss = self.net(**model_inputs(batch), return_logits=False).loss
         if self._any_rank(not torch.isfinite(loss)):
             rank = f" on rank {self.global_rank}" if self.trainer.world_size > 1 else ""
             return self._non_finite(f"loss ({loss.item()}{rank})")
-        batch_size = batch["input_ids"].shape[0]
-        self.samples_seen += batch_size
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        return loss
+        tokens = answer_tokens(batch["labels"]) if rows else 0
+        loss_sum, global_tokens = self._sum_over_ranks(loss.detach() * tokens, tokens)
+        self.step_tokens += global_tokens
+        self.samples_seen += rows
+        if global_tokens:
+            self.log("train/loss", loss_sum / global_tokens, prog_bar=True, batch_size=max(rows, 1))
+        return loss * (tokens * self.trainer.world_size / max(global_tokens, 1))
+
+    def _sum_over_ranks(self, loss_sum: torch.Tensor, tokens: int) -> tuple[torch.Tensor, int]:
+        """(summed token loss, token count) of every rank together: one all-reduce of two numbers."""
+        local = torch.stack([loss_sum.float(), torch.tensor(float(tokens), device=loss_sum.device)])
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")
+        return total[0], int(total[1].item())
 
     def on_before_optimizer_step(self, optimizer):
-        """Non-finite gradients with a finite loss (an overflow in the backward pass) would turn every weight NaN."""
+        """A step whose global batch had no rows (all bad) leaves the weights as they are, on every rank alike.
+        Non-finite gradients with a finite loss (an overflow in the backward pass) would turn every weight NaN."""
+        no_rows, self.step_tokens = self.step_tokens == 0, 0
+        if no_rows:
+            self._drop_gradients()
+            return
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # float16's GradScaler skips those steps itself
         norms = [torch.linalg.vector_norm(p.grad) for p in self.parameters() if p.grad is not None]
         if self._any_rank(bool(norms) and not torch.isfinite(torch.stack(norms).sum())):  # FSDP: a shard each
             self._non_finite("gradient")
-            for p in self.parameters():
-                p.grad = None  # the optimizer leaves parameters without a gradient as they are
+            self._drop_gradients()
+
+    def _drop_gradients(self) -> None:
+        for p in self.parameters():
+            p.grad = None  # the optimizer leaves parameters without a gradient as they are
 
     def _non_finite(self, what: str) -> None:
         """Stop with a clear message before the weights change, or skip the step (``optim.skip_nonfinite``)."""
@@ -136,12 +167,17 @@ class PaliGemmaLitModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self.records = []
+        self.val_loss_sum, self.val_tokens = 0.0, 0
 
     def validation_step(self, batch, batch_idx):
-        if batch is None:
-            return
-        loss = self.net(**batch["batch"], return_logits=False).loss
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["references"]), sync_dist=True)
+        """A placeholder batch (its rows all bad or shard fillers) still runs: under FSDP each forward pass is a
+        collective. It adds no record and no loss."""
+        inputs = batch["batch"]
+        loss = self.net(**inputs, return_logits=False).loss
+        if batch["rows"]:
+            tokens = answer_tokens(inputs["labels"])
+            self.val_loss_sum += loss.item() * tokens
+            self.val_tokens += tokens
         new_tokens = self.net.generate(
             **batch["prompt"],
             max_new_tokens=self.hparams.max_new_tokens,
@@ -149,19 +185,25 @@ class PaliGemmaLitModule(L.LightningModule):
             fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
         )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        for i, prediction in enumerate(predictions):
+        for i, row_id in enumerate(batch["row_ids"]):
             self.records.append(
                 {
-                    "row_id": batch["row_ids"][i],
+                    "row_id": row_id,
                     "kind": batch["kinds"][i],
                     "prompt": batch["prompts"][i],
-                    "prediction": prediction.strip(),
+                    "prediction": predictions[i].strip(),
                     "references": batch["references"][i],
                     "image": batch["images"][i] if i < self.hparams.log_predictions else None,
                 }
             )
 
     def on_validation_epoch_end(self):
+        """val/loss: the mean over every validation answer token of all ranks (each row once), as one process."""
+        loss_sum, tokens = self._sum_over_ranks(
+            torch.tensor(self.val_loss_sum, device=self.device), self.val_tokens
+        )
+        if tokens:
+            self.log("val/loss", loss_sum / tokens, prog_bar=True, sync_dist=True)  # equal on every rank
         self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
         if not self.records:
             return

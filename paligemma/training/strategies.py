@@ -1,24 +1,63 @@
-"""Lightning strategies as ``trainer=fsdp`` uses them (conf/trainer/fsdp.yaml)."""
+"""Lightning strategies as ``trainer=ddp`` and ``trainer=fsdp`` use them (conf/trainer/ddp.yaml, fsdp.yaml).
+
+Both start this machine's other ranks with :class:`WatchedLauncher`, which watches them with
+paligemma/training/faults.py's ``RankWatch`` rather than Lightning's observer.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+from lightning.pytorch.strategies import DDPStrategy as LightningDDPStrategy
 from lightning.pytorch.strategies import FSDPStrategy as LightningFSDPStrategy
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+from paligemma.training.faults import RankWatch
+
+
+class WatchedLauncher(_SubprocessScriptLauncher):
+    """Lightning's launcher of the ranks of one machine (it re-runs the command line for local ranks 1, 2, ...),
+    their health watched by a ``RankWatch``: a rank that dies fails the job at once, naming it."""
+
+    def launch(self, function: Callable, *args: Any, trainer=None, **kwargs: Any) -> Any:
+        self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
+        if not self.cluster_environment.creates_processes_externally:
+            self._call_children_scripts()
+            first = self.cluster_environment.node_rank() * self.num_processes
+            RankWatch(self.procs, [first + local for local in range(1, self.num_processes)]).start()
+        _set_num_threads_if_needed(num_processes=self.num_processes)
+        return function(*args, **kwargs)
+
+
+class DDPStrategy(LightningDDPStrategy):
+    """Lightning's ``DDPStrategy`` (``trainer=ddp``), its local ranks started by :class:`WatchedLauncher`."""
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
 class FSDPStrategy(LightningFSDPStrategy):
-    """Lightning's ``FSDPStrategy`` (``trainer=fsdp``) with two additions:
+    """Lightning's ``FSDPStrategy`` (``trainer=fsdp``) with three additions:
 
     - the model is wrapped once per trainer: train.py validates before fitting and after, and on the second call
       Lightning would find the decoder layers already wrapped and leave the rest of the model without its root
       FSDP unit, those weights still sharded; here later calls reuse the first wrapper.
     - it runs on CPU processes too (gloo backend), for tests and debugging: Lightning refuses FSDP without a GPU
       and passes ``device_id=None`` there, which torch's FSDP rejects; with ``device_id=cpu`` FSDP runs.
+    - its local ranks are started by :class:`WatchedLauncher`.
     """
 
     _wrapped: torch.nn.Module | None = None
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if isinstance(self._launcher, _SubprocessScriptLauncher):
+            self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self._wrapped is not None and self._wrapped.module is model:

@@ -124,12 +124,12 @@ def test_synthetic_config_batches(processor_dir):
     train = batches(dm, dm.train_dataloader())
     assert [b["input_ids"].shape[0] for b in train] == [16, 8]
     batch = train[0]
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values"}
-    assert batch["pixel_values"].shape == (16, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values", "rows"}
+    assert batch["rows"] == 16 and batch["pixel_values"].shape == (16, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert (batch["labels"][:, :NUM_IMAGE_TOKENS] == IGNORE_INDEX).all()
     assert (batch["labels"] != IGNORE_INDEX).sum() == batch["token_type_ids"].sum()
     (val,) = batches(dm, dm.val_dataloader())
-    assert set(val) == {"batch", "prompt", "references", "kinds", "prompts", "row_ids", "images"}
+    assert set(val) == {"batch", "prompt", "references", "kinds", "prompts", "row_ids", "images", "rows"}
     assert val["row_ids"] == list(range(8)) and set(val["kinds"]) == {"color", "shape", "count", "position"}
     assert all(p.startswith("answer en ") and p.endswith("?") for p in val["prompts"])
     assert all(len(r) == 1 for r in val["references"]) and val["images"][0].size == (IMAGE_SIZE, IMAGE_SIZE)
@@ -226,10 +226,12 @@ def test_bad_rows_skipped_once_and_awkward_images_kept(tmp_path, processor_dir, 
     )
     dm.setup("fit")
     for _ in range(2):  # a second epoch counts nothing new
-        train = [b for b in batches(dm, dm.train_dataloader()) if b is not None]
-        assert sum(b["input_ids"].shape[0] for b in train) == 7 and dm.skipped == 4
+        train = batches(dm, dm.train_dataloader())
+        assert sum(b["rows"] for b in train) == 7 and dm.skipped == 4
+        assert [b["input_ids"].shape[0] for b in train] == [max(b["rows"], 1) for b in train]
     val = batches(dm, dm.val_dataloader())
-    assert val[0]["row_ids"] == [0] and val[1:] == [None, None] and dm.skipped == 6
+    assert val[0]["row_ids"] == [0] and dm.skipped == 6
+    assert [(b["rows"], b["row_ids"], b["references"]) for b in val[1:]] == [(0, [], [])] * 2  # placeholders
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for where in (
         "train row 7",
@@ -281,7 +283,7 @@ def test_max_length_truncates_targets_and_skips_prompts_that_cannot_fit(tmp_path
         path=str(tmp_path), processor_path=str(processor_dir), max_length=NUM_IMAGE_TOKENS + 3
     )
     tight.setup("validate")
-    assert batches(tight, tight.val_dataloader()) == [None, None] and tight.skipped == 12
+    assert [b["rows"] for b in batches(tight, tight.val_dataloader())] == [0, 0] and tight.skipped == 12
 
 
 def test_reference_draw_is_seeded_per_epoch(tmp_path, processor_dir):
@@ -319,21 +321,22 @@ def test_reference_draw_is_seeded_per_epoch(tmp_path, processor_dir):
 
 
 class Probe(L.LightningModule):
-    """Records each epoch's training targets and the None validation batches."""
+    """Records each epoch's training targets and the placeholder validation batches (rows all bad)."""
 
     def __init__(self, processor):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.processor, self.targets, self.none_val_batches = processor, {}, 0
+        self.processor, self.targets, self.placeholder_val_batches = processor, {}, 0
 
     def training_step(self, batch, batch_idx):
-        for ids, types in zip(batch["input_ids"], batch["token_type_ids"], strict=True):
+        n = batch["rows"]
+        for ids, types in zip(batch["input_ids"][:n], batch["token_type_ids"][:n], strict=True):
             target = self.processor.decode(ids[types == 1], skip_special_tokens=True)
             self.targets.setdefault(self.current_epoch, []).append(target)
         return (self.weight**2).sum()
 
     def validation_step(self, batch, batch_idx):
-        self.none_val_batches += batch is None
+        self.placeholder_val_batches += batch["rows"] == 0
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -357,7 +360,9 @@ def test_lightning_fit_counts_bad_rows_and_redraws_targets_each_epoch(tmp_path, 
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(probe, datamodule=dm)
-    assert dm.skipped == 4 and probe.none_val_batches == 3  # 2 train rows + 2 val rows; 1 val batch per epoch
+    assert (
+        dm.skipped == 4 and probe.placeholder_val_batches == 3
+    )  # 2 train rows + 2 val rows; 1 val batch an epoch
     for epoch in range(3):
         expected = sorted(dm.train_data[(row, epoch)]["target"] for row in range(2, 14))
         assert sorted(probe.targets[epoch]) == expected

@@ -6,6 +6,7 @@ by re-running that command line, which pytest's own process cannot be.
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -183,22 +184,21 @@ def test_slurm_launcher_config_becomes_the_sbatch_script(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def count_questions(tmp_path_factory, tiny_checkpoint):
-    """Synthetic VQA, counting questions only: every answer ("1" to "3") is 2 target tokens with <eos>.
+def shapes_questions(tmp_path_factory, tiny_checkpoint):
+    """Synthetic VQA whose answers ("red", "top left", "2", ...) differ in length.
 
-    The loss is a mean over a batch's answer tokens and DDP / FSDP average the ranks' gradients, so 2 ranks x 2
-    rows equal 1 process x 4 rows exactly when every row has as many answer tokens (with targets of unequal
-    length DDP weighs each rank's mean equally, as gradient accumulation weighs micro-batches)."""
+    The loss is the mean over all ranks' answer tokens (each rank weighs its own mean by its share of them, and
+    DDP / FSDP average the ranks' gradients), so 2 ranks x 2 rows equal 1 process x 4 rows for any lengths."""
     from paligemma.data.processor import PaliGemmaProcessor
     from paligemma.data.synthetic import make_shapes_dataset
 
-    data = make_shapes_dataset(num_train=96, num_val=28, image_size=32, seed=0)
-    data = data.filter(lambda kind: kind == "count", input_columns="kind")
-    assert (len(data["train"]), len(data["validation"])) == (24, 7)  # 7: the val shards need a padding repeat
+    data = make_shapes_dataset(
+        num_train=24, num_val=7, image_size=32, seed=0
+    )  # 7: val shards of 4 and 3 rows
     tokenizer = PaliGemmaProcessor.from_pretrained(tiny_checkpoint).tokenizer
-    answers = {a for split in data.values() for refs in split["answers"] for a in refs}
-    assert len({len(tokenizer.encode(a + "<eos>", add_special_tokens=False)) for a in answers}) == 1
-    path = tmp_path_factory.mktemp("count-questions")
+    answers = {a for refs in data["train"]["answers"] for a in refs}
+    assert len({len(tokenizer.encode(a + "<eos>", add_special_tokens=False)) for a in answers}) > 1
+    path = tmp_path_factory.mktemp("shapes-questions")
     data.save_to_disk(path)
     return path
 
@@ -210,22 +210,22 @@ def overrides(checkpoint: Path, data: Path, run: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory, tiny_checkpoint, count_questions) -> Path:
+def one_process_run(tmp_path_factory, tiny_checkpoint, shapes_questions) -> Path:
     run = tmp_path_factory.mktemp("one-process") / "run"
-    run_train([*overrides(tiny_checkpoint, count_questions, run), "trainer.devices=1", "data.batch_size=4"])
+    run_train([*overrides(tiny_checkpoint, shapes_questions, run), "trainer.devices=1", "data.batch_size=4"])
     return run
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_train_the_adapter_of_one_process_with_the_same_global_batch(
-    tmp_path, tiny_checkpoint, count_questions, one_process_run, strategy
+    tmp_path, tiny_checkpoint, shapes_questions, one_process_run, strategy
 ):
     """2 CPU ranks (gloo) x batch 2 == 1 process x batch 4: the same adapter, merged model and metrics; rank 0
     alone writes the run dir; checkpoints keep the trainable weights under their plain names. FSDP runs
     trainer.fsdp's FSDPStrategy on CPU, which Lightning's refuses (paligemma/training/strategies.py)."""
     run = tmp_path / "run"
-    args = [*overrides(tiny_checkpoint, count_questions, run), f"trainer={strategy}", "trainer.devices=2",
+    args = [*overrides(tiny_checkpoint, shapes_questions, run), f"trainer={strategy}", "trainer.devices=2",
             "data.batch_size=2"]  # fmt: skip
     if strategy == "fsdp":  # as the 3B configs run it: decoder layers recomputed in the backward pass
         args.append("model.gradient_checkpointing=true")
@@ -252,12 +252,53 @@ def test_two_ranks_train_the_adapter_of_one_process_with_the_same_global_batch(
     expected = json.loads((one_process_run / "metrics.json").read_text())
     for key in ("val/vqa_accuracy", "zero_shot/vqa_accuracy"):
         assert metrics[key] == expected[key]
+    for key in ("val/loss", "zero_shot/loss"):  # the mean over all 7 rows' answer tokens, each row once
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-6)
     assert [p.name for p in (run / "csv").iterdir()] == ["version_0"]  # one logger: rank 0's
 
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     reference_ckpt = torch.load(one_process_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["state_dict"].keys() == reference_ckpt["state_dict"].keys()
     assert all("lora_" in k for k in ckpt["state_dict"])
+
+
+@pytest.mark.slow
+def test_ddp_on_mostly_broken_rows_stopped_by_a_signal_to_one_rank_resumes_and_counts_them_exactly(
+    tmp_path, tiny_checkpoint
+):
+    """3 train rows in 4 undecodable, so that many batches of a rank hold bad rows only: every rank still takes
+    every step, gradient accumulation too. SIGTERM to rank 1 alone stops both ranks after the same step, last.ckpt
+    holding it and both ranks' bad rows so far; the resumed run finishes, counting each bad row once."""
+    from tests.helpers import VQAV2_FEATURES, rank_1_pid, vqav2_rows, wait_for, write_parquet
+
+    train, val = vqav2_rows(80), vqav2_rows(7)
+    train["image"] = [image if i % 4 == 0 else {"bytes": b"not a png", "path": None}
+                      for i, image in enumerate(train["image"])]  # fmt: skip
+    val["image"][3] = {"bytes": b"not a png", "path": None}
+    data = write_parquet(
+        tmp_path / "vqa", {"train": (train, VQAV2_FEATURES), "validation": (val, VQAV2_FEATURES)}
+    )
+    # 80 rows, 2 ranks, batches of 2: 20 batches a rank, 10 optimizer steps of 2
+    args = [f"model.path={tiny_checkpoint}", "trainer=ddp", "trainer.devices=2", *FAST, "trainer.max_steps=-1",
+            "trainer.accumulate_grad_batches=2", "checkpoint.every_n_steps=1", "data=vqav2", f"data.path={data}",
+            "data.train_split=train", "data.val_split=validation", "data.batch_size=2", "logger=none",
+            "zero_shot=false"]  # fmt: skip
+    stopped = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'stopped'}"],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(stopped, process)
+    os.kill(rank_1_pid(process), signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 75 and "yielded None" not in stderr, stderr[-3000:]
+    step = torch.load(stopped, weights_only=True)["global_step"]
+    assert f"preempted by SIGTERM: stopped after step {step}, which {stopped} holds" in stderr and step < 10
+
+    run = tmp_path / "resumed"
+    run_train([*args, f"hydra.run.dir={run}", f"ckpt_path={stopped}"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data/skipped"] == 60 + 1 and metrics["train/skipped_steps"] == 0
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
 
 
 # ---------------------------------------------------------------- sweeps through Hydra's plugins

@@ -1,4 +1,8 @@
+import lightning as L
 import pytest
+import torch
+
+from tests.helpers import VQAV2_FEATURES, vqav2_rows, write_parquet
 
 
 def test_trainable_projector_is_trained_and_saved_with_the_adapter(tiny_checkpoint, tmp_path):
@@ -18,8 +22,6 @@ def test_trainable_projector_is_trained_and_saved_with_the_adapter(tiny_checkpoi
 
 
 def test_final_logit_softcap_switches_off(tiny_gemma2_checkpoint):
-    import torch
-
     from paligemma.tiny import random_batch
     from paligemma.training.module import PaliGemmaLitModule
 
@@ -32,3 +34,42 @@ def test_final_logit_softcap_switches_off(tiny_gemma2_checkpoint):
         capped_logits, plain_logits = capped(**batch).logits, plain(**batch).logits
     torch.testing.assert_close(capped_logits, torch.tanh(plain_logits / cap) * cap)
     assert not torch.equal(capped_logits, plain_logits)
+
+
+class TrainableWeights(L.Callback):
+    """After each training batch: its row count and the trainable weights."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        weights = [p.detach().clone() for p in pl_module.parameters() if p.requires_grad]
+        self.steps.append((batch["rows"], weights))
+
+
+def test_a_batch_of_bad_rows_only_is_a_step_that_changes_no_weight(tiny_checkpoint, tmp_path):
+    """One process behaves as every rank of a DDP run: 8 rows, 6 undecodable, in batches of 2 (so at least two
+    batches hold bad rows only): each batch is a step, and those of bad rows only leave the weights alone."""
+    from paligemma.data.datamodule import PaliGemmaDataModule
+    from paligemma.training.module import PaliGemmaLitModule
+
+    rows = vqav2_rows(8)
+    rows["image"][:6] = [{"bytes": b"not a png", "path": None}] * 6
+    write_parquet(tmp_path / "vqa", {"train": (rows, VQAV2_FEATURES)})
+    data = PaliGemmaDataModule(
+        path=str(tmp_path / "vqa"), processor_path=str(tiny_checkpoint), batch_size=2, val_split="train"
+    )
+    module = PaliGemmaLitModule(path=str(tiny_checkpoint), lora={"r": 4}, optim={"warmup_ratio": 0.0})
+    weights = TrainableWeights()
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=[weights],
+    )  # fmt: skip
+    before = [p.detach().clone() for p in module.parameters() if p.requires_grad]
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == 4 and data.skipped == 6 and module.samples_seen == 2
+    assert sum(rows for rows, _ in weights.steps) == 2 and [rows for rows, _ in weights.steps].count(0) >= 2
+    for rows, after in weights.steps:
+        unchanged = all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+        assert unchanged == (rows == 0)
+        before = after

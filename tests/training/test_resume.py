@@ -1,7 +1,9 @@
-"""Nothing lost: a run killed at any moment resumes to the very adapter of the run never interrupted;
-checkpoints are written atomically and load with weights_only=True."""
+"""Nothing lost: a run killed at any moment, or stopped by a preemption signal, resumes to the very adapter of the
+run never interrupted; checkpoints are written atomically and load with weights_only=True."""
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from safetensors.torch import load_file
 
 import train
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader
-from paligemma.errors import ConfigError
+from paligemma.errors import PREEMPTED_EXIT_STATUS, ConfigError
 from tests.helpers import FAST, SYNTHETIC, compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,6 +90,38 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_adapter(tmp_path, tiny_che
 
     resumed = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'resumed'}", f"ckpt_path={last}"],
                              cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_adapter(tmp_path / "resumed", uninterrupted)
+
+
+def test_sigterm_mid_epoch_writes_last_ckpt_for_that_step_and_resuming_gives_the_same_adapter(
+    tmp_path, tiny_checkpoint, uninterrupted
+):
+    """train.py on SIGTERM: last.ckpt for the step it stopped after, exit status 75, one line with the command
+    that resumes it; that command ends with the uninterrupted run's adapter."""
+    run = tmp_path / "stopped"
+    command = [sys.executable, "train.py", f"model.path={tiny_checkpoint}", *RUN, f"hydra.run.dir={run}"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    start = time.perf_counter()
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.perf_counter() - start < 240:
+        time.sleep(0.01)  # step 2 is saved: training runs
+    os.kill(process.pid, signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == PREEMPTED_EXIT_STATUS, stderr[-3000:]
+    line = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"preempted by SIGTERM: stopped after step (\d+), which (\S+) holds; resume with: (.+)", line
+    )
+    assert match, stderr[-3000:]
+    step, path, resume = int(match[1]), Path(match[2]), shlex.split(match[3])
+    assert path == run / "checkpoints" / "last.ckpt" and 2 <= step < 6  # mid-epoch 0
+    assert torch.load(path, weights_only=True)["global_step"] == step
+    assert resume[:2] == ["python", "train.py"] and resume[-1] == f"ckpt_path={path}"
+
+    resumed = subprocess.run([sys.executable, *resume[1:], f"hydra.run.dir={tmp_path / 'resumed'}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_adapter(tmp_path / "resumed", uninterrupted)
 
