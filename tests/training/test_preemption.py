@@ -90,14 +90,14 @@ def test_unknown_signal_name_is_a_config_error():
         signal_numbers(["SIGTREM"])
 
 
-# A 100 MB checkpoint, long enough to write that the test can signal the process while it does.
+# A 40 MB checkpoint, long enough to write that the test can signal the process while it does.
 SAVE_UNDER_FIRE = """
 import sys
 from pathlib import Path
 from paligemma.errors import PREEMPTED_EXIT_STATUS, Preempted
 from tests.training.test_preemption import Steps, fit
 try:
-    fit(Steps(size=25_000_000, signal_at=2), Path(sys.argv[1]))
+    fit(Steps(size=10_000_000, signal_at=2), Path(sys.argv[1]))
 except Preempted as stop:
     print(f"stopped after step {stop.step}", flush=True)
     sys.exit(PREEMPTED_EXIT_STATUS)
@@ -123,5 +123,5 @@ def test_signals_during_the_checkpoint_write_leave_a_whole_last_ckpt(tmp_path):
     assert "stopped after step 3" in stdout
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     weight = checkpoint["state_dict"]["weight"]
-    assert checkpoint["global_step"] == 3 and weight.shape == (25_000_000,) and bool((weight[4:] == 0).all())
+    assert checkpoint["global_step"] == 3 and weight.shape == (10_000_000,) and bool((weight[4:] == 0).all())
     assert not list(tmp_path.glob(".last.ckpt.*.tmp"))
