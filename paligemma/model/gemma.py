@@ -68,6 +68,20 @@ def softcapped_attention(q, k, v, mask, scale: float, cap: float, dropout_p: flo
     return torch.matmul(probs, v)
 
 
+def one_query_attention(q, k, v, mask, scale: float, cap: float | None) -> torch.Tensor:
+    """Attention of one new token per row over its cache, as plain matmuls: for a single query these beat
+    the CPU SDPA kernel, and the query heads of a KV group share one product with its keys (no repeat).
+
+    q (B, H, 1, hd); k, v (B, n_kv, L, hd); mask (B, 1, 1, L) boolean. Returns (B, H, 1, hd).
+    """
+    B, H, _, hd = q.shape
+    q = q.view(B, k.shape[1], H // k.shape[1], hd)  # (B, n_kv, groups, hd): heads of a group are adjacent
+    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, cap)  # (B, n_kv, groups, L)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v).view(B, H, 1, hd)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross-entropy in float32; position t predicts labels[t + 1]."""
     shifted = F.pad(labels, (0, 1), value=ignore_index)[:, 1:]
@@ -136,7 +150,9 @@ class GemmaAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
         mask, dropout = masks[self.layer_type], self.dropout if self.training else 0.0
-        if self.softcap is None:
+        if kv_cache is not None and T == 1:
+            y = one_query_attention(q, k, v, mask, self.scale, self.softcap)
+        elif self.softcap is None:
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -233,8 +249,11 @@ class GemmaModel(nn.Module):
         kv_caches: list[KVCache] | None = None,
     ) -> torch.Tensor:
         """(B, T, D) embeddings -> (B, T, D) final-normed hidden states; ``masks`` from ``attention_masks``."""
-        x = inputs_embeds
-        cos, sin = self.rotary_emb(x, position_ids)
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids)
+        return self.run_layers(inputs_embeds, cos, sin, masks, kv_caches)
+
+    def run_layers(self, x, cos, sin, masks: dict, kv_caches: list[KVCache] | None = None) -> torch.Tensor:
+        """``forward`` with the rotary angles given: decoding computes them once per generation call."""
         for i, layer in enumerate(self.layers):
             cache = kv_caches[i] if kv_caches is not None else None
             if self.gradient_checkpointing and self.training:

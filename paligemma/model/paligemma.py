@@ -181,28 +181,30 @@ class PaliGemmaForConditionalGeneration(nn.Module):
             raise ValueError(
                 "generation needs left-padded prompts: use the processor with padding_side='left'"
             )
-        (B, P), total = input_ids.shape, input_ids.shape[1] + max_new_tokens
-        state = DecodeState(
-            attention_mask=F.pad(valid, (0, max_new_tokens)),  # (B, P + max_new_tokens)
-            prefix_mask=F.pad(prefix, (0, max_new_tokens)),
-            last_position=positions[:, -1:],
-            caches=self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device),
-            length=P,
-        )
+        B, total = input_ids.shape[0], input_ids.shape[1] + max_new_tokens
+        caches = self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device)
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, prefix, positions, state.caches)
-        return self.lm_logits(hidden[:, -1]), state
+        hidden = self.model(embeds, valid, prefix, positions, caches)
+        return self.lm_logits(hidden[:, -1]), self._decode_state(valid, prefix, positions, caches, embeds)
+
+    def _decode_state(self, valid, prefix, positions, caches, embeds) -> DecodeState:
+        """The masks and rotary angles of every step a generation call may take, made once."""
+        P, max_new_tokens = valid.shape[1], caches[0].max_seq_len - valid.shape[1]
+        steps = torch.arange(1, max_new_tokens + 1, device=valid.device)
+        new_positions = positions[:, -1:] + steps  # (B, max_new_tokens)
+        cos, sin = self.language_model.rotary_emb(embeds, new_positions)
+        masks = self.language_model.attention_masks(
+            F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(prefix, (0, max_new_tokens))
+        )  # (B, 1, max_new_tokens, P + max_new_tokens) per layer type
+        return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)
 
     @torch.inference_mode()
     def decode_step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed (N,) tokens after what ``state`` holds; returns their (N, V) next-token logits."""
-        state.advance()
+        masks, cos, sin = state.advance()
         embeds = self.language_model.embed(tokens[:, None])  # (N, 1, D)
-        L = state.length
-        hidden = self.model(
-            embeds, state.attention_mask[:, :L], state.prefix_mask[:, :L], state.last_position, state.caches
-        )
+        hidden = self.language_model.run_layers(embeds, cos, sin, masks, state.caches)
         return self.lm_logits(hidden[:, -1])
 
     def generate(self, input_ids, pixel_values=None, attention_mask=None, **options) -> torch.Tensor:
