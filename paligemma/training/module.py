@@ -13,8 +13,9 @@ import torch
 
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.errors import ConfigError, NonFiniteError
-from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
+from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
+from paligemma.model.precision import resolve_dtype
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
@@ -67,7 +68,8 @@ class PaliGemmaLitModule(L.LightningModule):
         self.task = task
         self.optim = OptimSettings(**(optim or {}))
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
-        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
+        torch_dtype, self.precision = resolve_dtype(dtype)  # "auto": bf16 only on CPUs with native bf16
+        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
         if not final_logit_softcap:
             self.net.config.text_config.final_logit_softcapping = None
         self.net.requires_grad_(False)
