@@ -17,6 +17,7 @@ from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
 from paligemma.model.precision import resolve_dtype
 from paligemma.training.distributed import clean_name, gather_records
+from paligemma.training.feature_cache import attach_feature_cache
 from paligemma.training.optim import OptimSettings, build_optimizer
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
 
@@ -41,6 +42,7 @@ class PaliGemmaLitModule(L.LightningModule):
         train_vision: bool = False,
         train_projector: bool = False,
         gradient_checkpointing: bool = False,
+        cache_image_features: bool = False,
         final_logit_softcap: bool = True,
         lora: dict | None = None,
         optim: dict | None = None,
@@ -86,6 +88,8 @@ class PaliGemmaLitModule(L.LightningModule):
         self.net.model.vision_tower.requires_grad_(train_vision)
         if gradient_checkpointing:
             self.net.gradient_checkpointing_enable()
+        if cache_image_features:  # frozen towers: each image's features computed once (feature_cache.py)
+            attach_feature_cache(self.net, train_vision, train_projector)
         # Names and shapes before any wrapping: FSDP renames parameters and shards them in place.
         self.param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
         self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
