@@ -91,12 +91,14 @@ class PaliGemmaModel(nn.Module):
         prefix_mask: torch.Tensor,
         position_ids: torch.Tensor,
         kv_caches: list[KVCache] | None = None,
+        outputs_from: int = 0,
     ) -> torch.Tensor:
-        """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns hidden states."""
+        """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns the hidden states
+        of positions ``outputs_from`` on."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
         masks = self.language_model.attention_masks(attention_mask, q_positions, prefix_mask)
-        return self.language_model(inputs_embeds, position_ids, masks, kv_caches)
+        return self.language_model(inputs_embeds, position_ids, masks, kv_caches, outputs_from)
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
@@ -150,17 +152,27 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         )
         positions = positions if position_ids is None else position_ids
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
-        hidden = self.model(self.model.embed(input_ids, features), valid, prefix, positions)
+        start = 0 if return_logits or labels is None else self._first_predicting(labels)
+        hidden = self.model(
+            self.model.embed(input_ids, features), valid, prefix, positions, outputs_from=start
+        )
         logits = self.lm_logits(hidden) if return_logits else None
         loss = None
         if labels is not None:
-            loss = self._loss(hidden, logits, labels)
+            loss = self._loss(hidden, logits, labels, start)
         return ModelOutput(logits=logits, loss=loss)
 
-    def _loss(self, hidden, logits, labels) -> torch.Tensor:
+    def _first_predicting(self, labels: torch.Tensor) -> int:
+        """The first position whose next token is a label in some row: the loss reads no hidden state before
+        it, so the last decoder layer computes none (its keys and values still cover every position)."""
+        predicting = (labels[:, 1:] != self.config.ignore_index).any(0).nonzero()
+        return int(predicting[0]) if len(predicting) else 0
+
+    def _loss(self, hidden, logits, labels, start: int = 0) -> torch.Tensor:
+        """``hidden`` holds positions ``start`` on."""
         if logits is not None:
             return causal_lm_loss(logits, labels, self.config.ignore_index)
-        targets = labels[:, 1:]
+        targets = labels[:, start + 1 :]
         keep = targets != self.config.ignore_index
         selected_logits = self.lm_logits(hidden[:, :-1][keep]).float()  # (N, V)
         return nn.functional.cross_entropy(selected_logits, targets[keep])
