@@ -5,7 +5,8 @@
 A step is forward + backward in train mode (LoRA dropout on), as training runs it: ours computes the LM head
 at the answer tokens only (``return_logits=False``), transformers at every position. Times are interleaved
 medians; ratios are transformers / ours (> 1: we are faster). Peak memory is the growth of the process's
-resident high-water mark over one step (reset after building the models, Linux), each implementation measured alone in a fresh subprocess.
+resident high-water mark over one step (reset after building the models; Linux), each implementation
+measured alone in a fresh subprocess.
 """
 
 import argparse
