@@ -144,6 +144,7 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
             "data/truncated": len(union_over_ranks(rows["truncated"])),
             "train/skipped_steps": module.skipped_steps,
             "train/wall_seconds": wall,
+            "precision": module.precision,
             "train/samples_per_sec": samples_seen(trainer, module) / wall if wall > 0 else 0.0,
             "model_path": str(Path(cfg.model.path).resolve())
             if Path(cfg.model.path).exists()
@@ -194,7 +195,8 @@ def print_summary(results: dict, monitor: str) -> None:
         before = results.get(f"zero_shot/{key.removeprefix('val/')}", float("nan"))
         print(f"  {key.removeprefix(monitor + '/'):>10s}: before {before:.4f}  after {results[key]:.4f}")
     print(
-        f"trained in {results['train/wall_seconds']:.0f} s, {results['train/samples_per_sec']:.1f} samples/s"
+        f"trained in {results['train/wall_seconds']:.0f} s, {results['train/samples_per_sec']:.1f} samples/s, "
+        f"base weights {results['precision']}"
     )
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import train
 from paligemma.errors import NonFiniteError
+from paligemma.model.precision import resolve_dtype
 from paligemma.tiny import random_batch
 from paligemma.training.module import PaliGemmaLitModule, model_inputs
 from tests.helpers import (
@@ -84,6 +85,7 @@ def test_default_run_writes_metrics_checkpoint_adapter_and_wandb(tmp_path, tiny_
     )
     assert saved["data/skipped"] == 0 and saved["data/truncated"] == 0
     assert saved["train/samples_per_sec"] > 0 and saved["train/wall_seconds"] > 0
+    assert saved["precision"] == resolve_dtype("auto")[1]  # model.dtype=auto: float32 on a CPU without bf16
     assert saved["model_path"] == str(tiny_checkpoint) and Path(saved["adapter_path"]) == run / "adapter"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] == 8

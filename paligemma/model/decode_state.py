@@ -11,27 +11,36 @@ from paligemma.model.kv_cache import KVCache
 
 @dataclass
 class DecodeState:
-    """Masks over every slot of the call (prompt + max_new_tokens), the last position fed, and the caches.
+    """Everything a decode step reads, made once per generation call at prefill; a step only slices it.
 
-    ``length`` counts the slots fed so far: the prompt's width, then one per decode step.
+    Step k (0-based) feeds slot ``prompt_len + k``: its query's mask row is ``masks[...][:, :, k]`` and its
+    rotary angles ``cos[:, k]``, ``sin[:, k]``. ``length`` counts the slots fed so far.
     """
 
-    attention_mask: torch.Tensor  # (N, L) 1 for a real token, 0 for padding and slots not yet fed
-    prefix_mask: torch.Tensor  # (N, L) True for the bidirectional image + prompt prefix
-    last_position: torch.Tensor  # (N, 1) position id of the last token fed
+    masks: dict[
+        str, torch.Tensor
+    ]  # layer type -> (N, 1, max_new_tokens, L) bool, L = prompt + max_new_tokens
+    cos: torch.Tensor  # (N, max_new_tokens, head_dim) for the positions the new tokens take
+    sin: torch.Tensor
     caches: list[KVCache]
+    prompt_len: int
     length: int
 
-    def advance(self) -> None:
-        """Make room for one more fed token: its slot becomes valid, its position the next one."""
-        self.attention_mask[:, self.length] = 1
-        self.last_position = self.last_position + 1
+    @property
+    def step(self) -> int:
+        """Decode steps fed so far."""
+        return self.length - self.prompt_len
+
+    def advance(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Make room for one more fed token; return its (N, 1, 1, length) masks and (N, 1, hd) cos, sin."""
+        k = self.step
         self.length += 1
+        masks = {name: mask[:, :, k : k + 1, : self.length] for name, mask in self.masks.items()}
+        return masks, self.cos[:, k : k + 1], self.sin[:, k : k + 1]
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (M,), in that order; M may differ from N (beams expanding their prompt)."""
-        self.attention_mask = self.attention_mask[rows]
-        self.prefix_mask = self.prefix_mask[rows]
-        self.last_position = self.last_position[rows]
+        self.masks = {name: mask[rows] for name, mask in self.masks.items()}
+        self.cos, self.sin = self.cos[rows], self.sin[rows]
         for cache in self.caches:
             cache.reorder(rows)

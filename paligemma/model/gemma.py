@@ -68,6 +68,20 @@ def softcapped_attention(q, k, v, mask, scale: float, cap: float, dropout_p: flo
     return torch.matmul(probs, v)
 
 
+def one_query_attention(q, k, v, mask, scale: float, cap: float | None) -> torch.Tensor:
+    """Attention of one new token per row over its cache, as plain matmuls: for a single query these beat
+    the CPU SDPA kernel, and the query heads of a KV group share one product with its keys (no repeat).
+
+    q (B, H, 1, hd); k, v (B, n_kv, L, hd); mask (B, 1, 1, L) boolean. Returns (B, H, 1, hd).
+    """
+    B, H, _, hd = q.shape
+    q = q.view(B, k.shape[1], H // k.shape[1], hd)  # (B, n_kv, groups, hd): heads of a group are adjacent
+    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, cap)  # (B, n_kv, groups, L)
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v).view(B, H, 1, hd)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross-entropy in float32; position t predicts labels[t + 1]."""
     shifted = F.pad(labels, (0, 1), value=ignore_index)[:, 1:]
@@ -127,16 +141,22 @@ class GemmaAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None, queries_from: int = 0):
+        """(B, T, D) -> (B, T - queries_from, D): keys and values from every position, queries from
+        ``queries_from`` on (training's last layer: only the positions the loss reads)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        Tq = T - queries_from
+        q = self.q_proj(x[:, queries_from:]).view(B, Tq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = apply_rotary(q, cos[:, queries_from:], sin[:, queries_from:])  # (B, H, Tq, hd)
+        k = apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
-        mask, dropout = masks[self.layer_type], self.dropout if self.training else 0.0
-        if self.softcap is None:
+        mask, dropout = masks[self.layer_type][:, :, queries_from:], self.dropout if self.training else 0.0
+        if kv_cache is not None and Tq == 1:
+            y = one_query_attention(q, k, v, mask, self.scale, self.softcap)
+        elif self.softcap is None:
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -148,7 +168,7 @@ class GemmaAttention(nn.Module):
             )  # (B, H, T, hd)
         else:
             y = softcapped_attention(q, k, v, mask, self.scale, self.softcap, dropout)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
 
 
 class GemmaMLP(nn.Module):
@@ -179,8 +199,10 @@ class GemmaDecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
 
-    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None) -> torch.Tensor:
-        attention = self.self_attn(self.input_layernorm(x), cos, sin, masks, kv_cache)
+    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None, queries_from: int = 0):
+        """(B, T, D) -> (B, T - queries_from, D), see ``GemmaAttention``."""
+        attention = self.self_attn(self.input_layernorm(x), cos, sin, masks, kv_cache, queries_from)
+        x = x[:, queries_from:]
         if not self.sandwich_norms:
             x = x + attention
             return x + self.mlp(self.post_attention_layernorm(x))
@@ -231,16 +253,22 @@ class GemmaModel(nn.Module):
         position_ids: torch.Tensor,
         masks: dict[str, torch.Tensor],
         kv_caches: list[KVCache] | None = None,
+        outputs_from: int = 0,
     ) -> torch.Tensor:
-        """(B, T, D) embeddings -> (B, T, D) final-normed hidden states; ``masks`` from ``attention_masks``."""
-        x = inputs_embeds
-        cos, sin = self.rotary_emb(x, position_ids)
+        """(B, T, D) embeddings -> (B, T - outputs_from, D) final-normed hidden states of the positions from
+        ``outputs_from`` on (the last layer computes only those); ``masks`` from ``attention_masks``."""
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids)
+        return self.run_layers(inputs_embeds, cos, sin, masks, kv_caches, outputs_from)
+
+    def run_layers(self, x, cos, sin, masks: dict, kv_caches=None, outputs_from: int = 0) -> torch.Tensor:
+        """``forward`` with the rotary angles given: decoding computes them once per generation call."""
         for i, layer in enumerate(self.layers):
             cache = kv_caches[i] if kv_caches is not None else None
+            queries_from = outputs_from if i == len(self.layers) - 1 else 0
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, masks, cache, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, masks, cache, queries_from, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, masks, cache)
+                x = layer(x, cos, sin, masks, cache, queries_from)
         return self.norm(x)
 
 

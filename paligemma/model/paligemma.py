@@ -91,12 +91,14 @@ class PaliGemmaModel(nn.Module):
         prefix_mask: torch.Tensor,
         position_ids: torch.Tensor,
         kv_caches: list[KVCache] | None = None,
+        outputs_from: int = 0,
     ) -> torch.Tensor:
-        """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns hidden states."""
+        """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns the hidden states
+        of positions ``outputs_from`` on."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
         masks = self.language_model.attention_masks(attention_mask, q_positions, prefix_mask)
-        return self.language_model(inputs_embeds, position_ids, masks, kv_caches)
+        return self.language_model(inputs_embeds, position_ids, masks, kv_caches, outputs_from)
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
@@ -150,17 +152,27 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         )
         positions = positions if position_ids is None else position_ids
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
-        hidden = self.model(self.model.embed(input_ids, features), valid, prefix, positions)
+        start = 0 if return_logits or labels is None else self._first_predicting(labels)
+        hidden = self.model(
+            self.model.embed(input_ids, features), valid, prefix, positions, outputs_from=start
+        )
         logits = self.lm_logits(hidden) if return_logits else None
         loss = None
         if labels is not None:
-            loss = self._loss(hidden, logits, labels)
+            loss = self._loss(hidden, logits, labels, start)
         return ModelOutput(logits=logits, loss=loss)
 
-    def _loss(self, hidden, logits, labels) -> torch.Tensor:
+    def _first_predicting(self, labels: torch.Tensor) -> int:
+        """The first position whose next token is a label in some row: the loss reads no hidden state before
+        it, so the last decoder layer computes none (its keys and values still cover every position)."""
+        predicting = (labels[:, 1:] != self.config.ignore_index).any(0).nonzero()
+        return int(predicting[0]) if len(predicting) else 0
+
+    def _loss(self, hidden, logits, labels, start: int = 0) -> torch.Tensor:
+        """``hidden`` holds positions ``start`` on."""
         if logits is not None:
             return causal_lm_loss(logits, labels, self.config.ignore_index)
-        targets = labels[:, 1:]
+        targets = labels[:, start + 1 :]
         keep = targets != self.config.ignore_index
         selected_logits = self.lm_logits(hidden[:, :-1][keep]).float()  # (N, V)
         return nn.functional.cross_entropy(selected_logits, targets[keep])
@@ -181,28 +193,30 @@ class PaliGemmaForConditionalGeneration(nn.Module):
             raise ValueError(
                 "generation needs left-padded prompts: use the processor with padding_side='left'"
             )
-        (B, P), total = input_ids.shape, input_ids.shape[1] + max_new_tokens
-        state = DecodeState(
-            attention_mask=F.pad(valid, (0, max_new_tokens)),  # (B, P + max_new_tokens)
-            prefix_mask=F.pad(prefix, (0, max_new_tokens)),
-            last_position=positions[:, -1:],
-            caches=self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device),
-            length=P,
-        )
+        B, total = input_ids.shape[0], input_ids.shape[1] + max_new_tokens
+        caches = self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device)
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, prefix, positions, state.caches)
-        return self.lm_logits(hidden[:, -1]), state
+        hidden = self.model(embeds, valid, prefix, positions, caches)
+        return self.lm_logits(hidden[:, -1]), self._decode_state(valid, prefix, positions, caches, embeds)
+
+    def _decode_state(self, valid, prefix, positions, caches, embeds) -> DecodeState:
+        """The masks and rotary angles of every step a generation call may take, made once."""
+        P, max_new_tokens = valid.shape[1], caches[0].max_seq_len - valid.shape[1]
+        steps = torch.arange(1, max_new_tokens + 1, device=valid.device)
+        new_positions = positions[:, -1:] + steps  # (B, max_new_tokens)
+        cos, sin = self.language_model.rotary_emb(embeds, new_positions)
+        masks = self.language_model.attention_masks(
+            F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(prefix, (0, max_new_tokens))
+        )  # (B, 1, max_new_tokens, P + max_new_tokens) per layer type
+        return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)
 
     @torch.inference_mode()
     def decode_step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
         """Feed (N,) tokens after what ``state`` holds; returns their (N, V) next-token logits."""
-        state.advance()
+        masks, cos, sin = state.advance()
         embeds = self.language_model.embed(tokens[:, None])  # (N, 1, D)
-        L = state.length
-        hidden = self.model(
-            embeds, state.attention_mask[:, :L], state.prefix_mask[:, :L], state.last_position, state.caches
-        )
+        hidden = self.language_model.run_layers(embeds, cos, sin, masks, state.caches)
         return self.lm_logits(hidden[:, -1])
 
     def generate(self, input_ids, pixel_values=None, attention_mask=None, **options) -> torch.Tensor:

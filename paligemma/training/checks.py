@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from paligemma.errors import ConfigError
+from paligemma.model.precision import DTYPE_NAMES, resolve_dtype
 from paligemma.paths import is_hub_id, local_path
-
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def _check_source(key: str, value: str, what: str) -> None:
@@ -62,7 +62,7 @@ def _check_fsdp(cfg: DictConfig) -> None:
     name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_")
     if "fsdp" not in str(name).lower():
         return
-    if cfg.model.dtype != "float32" and (cfg.get("lora") or cfg.get("adapter")):
+    if resolve_dtype(cfg.model.dtype)[0] != torch.float32 and (cfg.get("lora") or cfg.get("adapter")):
         raise ConfigError(
             f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
             "per decoder layer; set model.dtype=float32 (FSDP shards it; trainer.precision=bf16-mixed computes in bf16)"

@@ -13,7 +13,7 @@ import peft
 from safetensors.torch import save_file
 
 from paligemma.data.processor import copy_processor_files
-from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
+from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.training.distributed import clean_name
 
 
@@ -46,7 +46,7 @@ def save_model(module, directory: str | Path, state_dict: dict | None = None) ->
     merge (and unload) first. A gathered ``state_dict`` is loaded into a fresh copy of the model first."""
     model, peft_model = module.net, module.peft_model
     if state_dict is not None:
-        model = PaliGemmaForConditionalGeneration(module.net.config).to(DTYPES[module.hparams.dtype])
+        model = PaliGemmaForConditionalGeneration(module.net.config).to(module.net.dtype)
         if peft_model is not None:
             config = copy.deepcopy(peft_model.peft_config["default"])
             config.base_model_name_or_path = None  # get_peft_model sets it (and warns when it changes)

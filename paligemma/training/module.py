@@ -13,9 +13,11 @@ import torch
 
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.errors import ConfigError, NonFiniteError
-from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
+from paligemma.model import PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
+from paligemma.model.precision import resolve_dtype
 from paligemma.training.distributed import clean_name, gather_records
+from paligemma.training.feature_cache import attach_feature_cache
 from paligemma.training.optim import OptimSettings, build_optimizer
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
 
@@ -40,6 +42,7 @@ class PaliGemmaLitModule(L.LightningModule):
         train_vision: bool = False,
         train_projector: bool = False,
         gradient_checkpointing: bool = False,
+        cache_image_features: bool = False,
         final_logit_softcap: bool = True,
         lora: dict | None = None,
         optim: dict | None = None,
@@ -67,7 +70,8 @@ class PaliGemmaLitModule(L.LightningModule):
         self.task = task
         self.optim = OptimSettings(**(optim or {}))
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
-        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
+        torch_dtype, self.precision = resolve_dtype(dtype)  # "auto": bf16 only on CPUs with native bf16
+        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
         if not final_logit_softcap:
             self.net.config.text_config.final_logit_softcapping = None
         self.net.requires_grad_(False)
@@ -84,6 +88,8 @@ class PaliGemmaLitModule(L.LightningModule):
         self.net.model.vision_tower.requires_grad_(train_vision)
         if gradient_checkpointing:
             self.net.gradient_checkpointing_enable()
+        if cache_image_features:  # frozen towers: each image's features computed once (feature_cache.py)
+            attach_feature_cache(self.net, train_vision, train_projector)
         # Names and shapes before any wrapping: FSDP renames parameters and shards them in place.
         self.param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
         self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}

@@ -21,13 +21,20 @@ def test_forward_matches_transformers(small_config):
 
 
 def test_loss_without_full_logits_is_the_same(small_config):
+    """The lean path also skips the last layer's queries before the first answer: same loss and gradients."""
     model = ours_from_hf(hf_reference(small_config))
     batch = random_batch(small_config, prefix_lens=[2, 6], suffix_lens=[5, 3])
-    with torch.no_grad():
-        full = model(**batch).loss
-        lean = model(**batch, return_logits=False)
+    full = model(**batch).loss
+    full.backward()
+    full_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    lean = model(**batch, return_logits=False)
+    lean.loss.backward()
     assert lean.logits is None
     torch.testing.assert_close(lean.loss, full, rtol=0, atol=1e-6)
+    for name, p in model.named_parameters():
+        if name in full_grads:
+            torch.testing.assert_close(p.grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_no_token_type_ids_means_prompt_is_prefix(small_config):
