@@ -94,7 +94,6 @@ def mark_quantized_(model: nn.Module, settings: QuantSettings) -> None:
     """What peft reads to wrap bitsandbytes layers in its bitsandbytes LoRA layers (as transformers sets it)."""
     model.is_loaded_in_4bit = settings.kind != "int8"
     model.is_loaded_in_8bit = settings.kind == "int8"
-    model.quantization = settings
 
 
 def load_quantized(

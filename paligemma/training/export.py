@@ -54,10 +54,10 @@ def save_model(module, directory: str | Path, state_dict: dict | None = None) ->
     configs): the merged model is full precision, its frozen weights those the 4-bit (8-bit) ones stood for."""
     model, peft_model = module.net, module.peft_model
     dtype = DTYPES[module.hparams.dtype]
-    if module.hparams.get("quantization"):
-        dtype = DTYPES[module.hparams.get("compute_dtype") or module.hparams.dtype]
+    if module.quantization is not None:
+        dtype = module.quantization.compute_dtype
         state_dict = {f"net.{k}": v for k, v in dequantized_state_dict(module.net, dtype).items()}
-        log.info("merging the adapter into the %s base dequantized to %s", module.hparams.quantization, dtype)
+        log.info("merging the adapter into the %s base dequantized to %s", module.quantization.kind, dtype)
     if state_dict is not None:
         with torch.device("meta"):
             model = PaliGemmaForConditionalGeneration(module.net.config)

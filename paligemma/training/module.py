@@ -15,7 +15,7 @@ from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
-from paligemma.model.quantize import QuantSettings, load_quantized
+from paligemma.model.quantize import QuantSettings, check_supported, load_quantized
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
@@ -79,11 +79,15 @@ class PaliGemmaLitModule(L.LightningModule):
         self.optim = OptimSettings(**(optim or {}))
         optimizer_class(self.optim.name)  # an unknown name, or bitsandbytes missing, fails before loading
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
-        if quantization is None:
+        self.quantization = None  # or the QuantSettings of a quantized base
+        if quantization is not None:
+            self.quantization = QuantSettings(quantization, DTYPES[compute_dtype or dtype], quantize_vision)
+        if self.quantization is None:
             self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype])
         else:
-            settings = QuantSettings(quantization, DTYPES[compute_dtype or dtype], quantize_vision)
-            self.net = load_quantized(PaliGemmaForConditionalGeneration, path, settings, dtype=DTYPES[dtype])
+            self.net = load_quantized(
+                PaliGemmaForConditionalGeneration, path, self.quantization, DTYPES[dtype]
+            )
         if not final_logit_softcap:
             self.net.config.text_config.final_logit_softcapping = None
         self.net.requires_grad_(False)
@@ -109,6 +113,11 @@ class PaliGemmaLitModule(L.LightningModule):
         self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
         self.records: list[dict] = []
         self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
+
+    def setup(self, stage: str) -> None:
+        """A quantization that bitsandbytes cannot run on the trainer's device (CUDA, ...) is one line, here."""
+        if self.quantization is not None:
+            check_supported(self.quantization, self.trainer.strategy.root_device)
 
     @property
     def sharded(self) -> bool:

@@ -23,7 +23,7 @@ class QuantizedWeightsUnchanged(L.Callback):
     quantizing the base afresh gives."""
 
     def on_train_end(self, trainer, pl_module):
-        settings = pl_module.net.quantization
+        settings = pl_module.quantization
         fresh = load_quantized(PaliGemmaForConditionalGeneration, pl_module.hparams.path, settings)
         trained = {
             n.replace(".base_layer", ""): m for n, m in pl_module.net.named_modules() if is_quantized(m)
