@@ -98,6 +98,14 @@ def model_gb(model) -> float:
     return sum(t.numel() * t.element_size() for t in [*tensors.values(), *scales]) / 2**30
 
 
+def parameter_count(model) -> int:
+    """Parameters as the full-precision model counts them (a 4-bit weight packs two into a byte)."""
+    return sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in model.parameters()
+    )
+
+
 def load(path: Path, args, load_dtype: torch.dtype):
     if args.quantization is None:
         return PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=load_dtype, device=args.device)
@@ -116,7 +124,7 @@ def run(name: str, args, dtype: torch.dtype, load_dtype: torch.dtype, out: Path)
         stage("save sharded", device, lambda: model.save_pretrained(out, max_shard_bytes=shard_bytes), report)
         del model
     model = stage("load", device, lambda: load(out, args, load_dtype), report)
-    n_params, weights_gb = sum(p.numel() for p in model.parameters()), model_gb(model)
+    n_params, weights_gb = parameter_count(model), model_gb(model)
     add_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0))
     model.gradient_checkpointing_enable()
     model.train()
