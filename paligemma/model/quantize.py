@@ -6,8 +6,8 @@ projector and the tied LM head stay in full precision. Each layer is quantized a
 weight, so no full-precision copy of the decoder is ever held. peft then puts its bitsandbytes LoRA layers on top
 (it picks them by ``is_loaded_in_4bit`` / ``is_loaded_in_8bit``, as on a transformers model).
 
-bitsandbytes is an optional dependency (``pip install paligemma-lightning[quant]``), imported only here and only
-when a model is quantized.
+bitsandbytes is an optional dependency (``pip install paligemma-lightning[quant]``): the model layer imports it here
+only, when a model is quantized (tests/test_layers.py checks it); training/optim.py loads its 8-bit optimizers.
 """
 
 from __future__ import annotations
