@@ -3,12 +3,19 @@ back, one LoRA training step and one short generation, with seconds and peak mem
 
     python bench/real_size.py                                   # paligemma-3b-pt-224 and paligemma2-3b-pt-224
     python bench/real_size.py --models paligemma2-10b-pt-224 --device cuda
+    python bench/real_size.py --checkpoints /data/random --load-dtype bfloat16 --quantization nf4 --until step
 
 Weights are made and saved in bf16; they are loaded back in bf16 where the device multiplies bf16 natively
 (CUDA, or a CPU with AVX512-BF16 / AMX), else in float32 (``--load-dtype`` overrides): without those
 instructions torch's bf16 matrix products fall back to a scalar kernel (0.2 GFLOP/s measured on an AVX2
 EPYC), and a 3B LoRA step would take hours. Peak memory is the process's resident high-water mark (Linux),
 reset before each stage; on CUDA, torch's allocator peak.
+
+``--quantization nf4|fp4|int8`` loads the decoder's linear layers quantized (QLoRA, paligemma/model/quantize.py),
+the rest in ``--load-dtype``; ``--compute-dtype`` is that of the 4-bit matmuls (float32 by default on a CPU
+without native bf16, for the reason above). ``--checkpoints DIR`` keeps the random checkpoints (DIR/<model>) and
+reuses them, so that each configuration runs in a process of its own without building the weights again.
+``--until load|forward|step`` stops early (a bf16 step on an AVX2 CPU takes longer than anyone waits).
 """
 
 import argparse
@@ -23,6 +30,7 @@ from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.model import DTYPES
 from paligemma.model.lora import LoraSettings, add_lora
 from paligemma.model.presets import hub_config
+from paligemma.model.quantize import QUANTIZATIONS, QuantSettings, load_quantized
 from paligemma.tiny import init_weights_, random_batch
 
 
@@ -79,45 +87,78 @@ def lora_step(model, batch) -> float:
     return loss.item()
 
 
-def run(
-    name: str, dtype: torch.dtype, load_dtype: torch.dtype, device: str, out: Path, shard_bytes: int
-) -> list:
-    config = PaliGemmaConfig.from_dict(hub_config(name))
-    report: list = []
-    model = stage("build random", device, lambda: random_model(config, dtype), report)
-    n_params = sum(p.numel() for p in model.parameters())
-    stage("save sharded", device, lambda: model.save_pretrained(out, max_shard_bytes=shard_bytes), report)
-    del model
-    model = stage(
-        "load",
-        device,
-        lambda: PaliGemmaForConditionalGeneration.from_pretrained(out, dtype=load_dtype, device=device),
-        report,
+def model_gb(model) -> float:
+    """Bytes the model's tensors hold (4-bit weights packed, with their scales)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    scales = [
+        m.weight.quant_state.absmax
+        for m in model.modules()
+        if getattr(getattr(m, "weight", None), "quant_state", None) is not None
+    ]
+    return sum(t.numel() * t.element_size() for t in [*tensors.values(), *scales]) / 2**30
+
+
+def parameter_count(model) -> int:
+    """Parameters as the full-precision model counts them (a 4-bit weight packs two into a byte)."""
+    return sum(
+        p.quant_state.shape.numel() if getattr(p, "quant_state", None) is not None else p.numel()
+        for p in model.parameters()
     )
+
+
+def load(path: Path, args, load_dtype: torch.dtype):
+    if args.quantization is None:
+        return PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=load_dtype, device=args.device)
+    settings = QuantSettings(args.quantization, DTYPES[args.compute_dtype], args.quantize_vision)
+    return load_quantized(
+        PaliGemmaForConditionalGeneration, path, settings, dtype=load_dtype, device=args.device
+    )
+
+
+def run(name: str, args, dtype: torch.dtype, load_dtype: torch.dtype, out: Path) -> list:
+    config = PaliGemmaConfig.from_dict(hub_config(name))
+    device, report = args.device, []
+    if not (out / "config.json").is_file():
+        model = stage("build random", device, lambda: random_model(config, dtype), report)
+        shard_bytes = int(args.shard_gb * 2**30)
+        stage("save sharded", device, lambda: model.save_pretrained(out, max_shard_bytes=shard_bytes), report)
+        del model
+    model = stage("load", device, lambda: load(out, args, load_dtype), report)
+    n_params, weights_gb = parameter_count(model), model_gb(model)
     add_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0))
     model.gradient_checkpointing_enable()
     model.train()
     batch = {k: v.to(device) for k, v in random_batch(config, prefix_lens=[10], suffix_lens=[6]).items()}
     batch["pixel_values"] = batch["pixel_values"].to(load_dtype)
-    loss = stage("LoRA step, batch 1", device, lambda: lora_step(model, batch), report)
-    model.eval()
-    prompt = {k: batch[k][:, :-7] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    new = stage(
-        "generate 4 tokens",
-        device,
-        lambda: model.generate(
-            **prompt, pixel_values=batch["pixel_values"], max_new_tokens=4, eos_token_id=[]
-        ),
-        report,
-    )
-    assert new.shape == (1, 4) and torch.isfinite(torch.tensor(loss))
+    loss = float("nan")
+    if args.until == "forward":
+        with torch.no_grad():
+            loss = stage("forward, batch 1", device, lambda: model(**batch, return_logits=False).loss, report)
+    elif args.until != "load":
+        loss = stage("LoRA step, batch 1", device, lambda: lora_step(model, batch), report)
+    if args.until == "generate":
+        model.eval()
+        prompt = {k: batch[k][:, :-7] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        new = stage(
+            "generate 4 tokens",
+            device,
+            lambda: model.generate(
+                **prompt, pixel_values=batch["pixel_values"], max_new_tokens=4, eos_token_id=[]
+            ),
+            report,
+        )
+        assert new.shape == (1, 4) and torch.isfinite(torch.tensor(loss))
     shards = len(list(out.glob("*.safetensors")))
     made, loaded = (str(d).removeprefix("torch.") for d in (dtype, load_dtype))
-    print(f"\n{name}: {n_params:,} parameters made and saved in {made} ({shards} shards), loaded in {loaded}; "
-          f"{config.num_image_tokens} image tokens, loss {loss:.3f}")  # fmt: skip
+    quantized = f", {args.quantization} (compute {args.compute_dtype}{', vision too' if args.quantize_vision else ''})"
+    print(f"\n{name}: {n_params:,} parameters made and saved in {made} ({shards} shards), loaded in {loaded}"
+          f"{quantized if args.quantization else ''}: {weights_gb:.2f} GB of weights; "
+          f"{config.num_image_tokens} image tokens, loss {float(loss):.3f}")  # fmt: skip
     print(f"{'stage':<22}{'seconds':>10}{'peak GB':>10}")
     for stage_name, seconds, peak in report:
         print(f"{stage_name:<22}{seconds:>10.1f}{peak:>10.2f}")
+    measured = [peak for stage_name, _, peak in report if stage_name not in ("build random", "save sharded")]
+    print(f"{'peak from load on':<22}{'':>10}{max(measured):>10.2f}")
     return report
 
 
@@ -127,18 +168,28 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
     parser.add_argument("--load-dtype", choices=sorted(DTYPES), default=None,
                         help="default: --dtype where the device computes it natively, else float32")  # fmt: skip
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None)
+    parser.add_argument("--compute-dtype", choices=sorted(DTYPES), default=None,
+                        help="of the 4-bit matmuls; default: bfloat16 where native, else float32")  # fmt: skip
+    parser.add_argument("--quantize-vision", action="store_true")
+    parser.add_argument("--until", choices=["load", "forward", "step", "generate"], default="generate")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shard-gb", type=float, default=2.0)
     parser.add_argument("--out", default=None, help="where to save (default: a temporary directory)")
+    parser.add_argument("--checkpoints", default=None, help="keep and reuse the random checkpoints here")
     args = parser.parse_args()
     torch.manual_seed(0)
     dtype = DTYPES[args.dtype]
     load_dtype = DTYPES[args.load_dtype] if args.load_dtype else dtype
     if args.load_dtype is None and dtype == torch.bfloat16 and not native_bf16(args.device):
         load_dtype = torch.float32
+    args.compute_dtype = args.compute_dtype or ("bfloat16" if native_bf16(args.device) else "float32")
     for name in args.models:
+        if args.checkpoints:
+            run(name, args, dtype, load_dtype, Path(args.checkpoints) / name)
+            continue
         with tempfile.TemporaryDirectory(dir=args.out) as tmp:
-            run(name, dtype, load_dtype, args.device, Path(tmp), int(args.shard_gb * 2**30))
+            run(name, args, dtype, load_dtype, Path(tmp))
 
 
 if __name__ == "__main__":

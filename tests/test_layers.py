@@ -15,7 +15,9 @@ FORBIDDEN = {
     "data": {"hydra", "omegaconf", "wandb", "paligemma.training"},
     "training": set(),
 }  # fmt: skip
-LEAVES = ["errors.py", "metrics.py"]  # import nothing of the project: every layer may use them
+LEAVES = ["errors.py", "metrics.py"]
+# optional dependencies -> the one file that imports each, inside functions only (the model layer loads without it)
+OPTIONAL = {"bitsandbytes": "model/quantize.py"}  # import nothing of the project: every layer may use them
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,6 +51,20 @@ def test_a_layer_imports_nothing_above_it(layer):
 @pytest.mark.parametrize("leaf", LEAVES)
 def test_leaf_modules_import_nothing_of_the_project(leaf):
     assert [n for n in imported_modules(PACKAGE / leaf) if n.startswith("paligemma")] == []
+
+
+def test_optional_dependencies_are_imported_lazily_by_their_one_file():
+    for path in PACKAGE.rglob("*.py"):
+        top_level = ast.parse(path.read_text()).body
+        for dependency, owner in OPTIONAL.items():
+            found = violations(path, {dependency})
+            if path == PACKAGE / owner:
+                assert found and not any(
+                    isinstance(n, (ast.Import, ast.ImportFrom)) and dependency in ast.unparse(n)
+                    for n in top_level
+                ), f"{owner} must import {dependency} inside a function"
+            else:
+                assert found == [], f"{path.relative_to(PACKAGE)} imports {dependency}"
 
 
 def test_the_checker_sees_a_forbidden_import(tmp_path):

@@ -111,7 +111,8 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(module, attr, nn.Parameter(tensor, requires_grad=getattr(module, attr).requires_grad))
 
 
-def load_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu") -> nn.Module:
+def load_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu", on_loaded=None) -> nn.Module:
+    """``on_loaded(model, name)`` runs after each tensor is in place (quantize.py quantizes its layer there)."""
     path = resolve_model_dir(path, MODEL_FILES)
     config = PaliGemmaConfig.from_pretrained(path)
     with torch.device("meta"):
@@ -129,6 +130,8 @@ def load_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu")
                     continue
                 _set_tensor(model, name, read(dtype).to(device))
                 loaded.add(name)
+                if on_loaded is not None:
+                    on_loaded(model, name)
     missing = sorted(set(expected) - loaded)
     if missing or unexpected or mis_shaped:
         problems = [

@@ -33,6 +33,10 @@ def validate_config(cfg: DictConfig) -> None:
         _check_source("data.path", cfg.data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
     if cfg.model.dtype not in DTYPE_NAMES:
         raise ConfigError(f"model.dtype: {cfg.model.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
+    if cfg.model.get("compute_dtype") not in (None, *DTYPE_NAMES):
+        raise ConfigError(
+            f"model.compute_dtype: {cfg.model.compute_dtype!r} is not one of {', '.join(DTYPE_NAMES)}"
+        )
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not local_path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a file (a Lightning checkpoint, e.g. last.ckpt)")
@@ -62,6 +66,11 @@ def _check_fsdp(cfg: DictConfig) -> None:
     name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_")
     if "fsdp" not in str(name).lower():
         return
+    if cfg.model.get("quantization"):
+        raise ConfigError(
+            f"model.quantization={cfg.model.quantization} with trainer=fsdp: FSDP flattens each decoder layer's "
+            "weights into one float32 tensor, which bitsandbytes' packed weights cannot join; use trainer=ddp (each rank holds the quantized model) or model.quantization=null"
+        )
     if resolve_dtype(cfg.model.dtype)[0] != torch.float32 and (cfg.get("lora") or cfg.get("adapter")):
         raise ConfigError(
             f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "

@@ -7,14 +7,19 @@ shards only (FSDP: ``trainer.strategy.lightning_module_state_dict()``).
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import peft
+import torch
 from safetensors.torch import save_file
 
 from paligemma.data.processor import copy_processor_files
 from paligemma.model import PaliGemmaForConditionalGeneration
+from paligemma.model.quantize import dequantized_state_dict
 from paligemma.training.distributed import clean_name
+
+log = logging.getLogger(__name__)
 
 
 def save_adapter(module, directory: str | Path, state_dict: dict | None = None) -> Path:
@@ -43,10 +48,21 @@ def save_adapter(module, directory: str | Path, state_dict: dict | None = None) 
 
 def save_model(module, directory: str | Path, state_dict: dict | None = None) -> Path:
     """The whole model in HF format with the base's processor files (from a local dir or the hub); LoRA runs
-    merge (and unload) first. A gathered ``state_dict`` is loaded into a fresh copy of the model first."""
+    merge (and unload) first. A gathered ``state_dict`` is loaded into a fresh copy of the model first.
+
+    A quantized base (``model.quantization``) is dequantized first, into ``model.compute_dtype`` (bf16 in the 3B
+    configs): the merged model is full precision, its frozen weights those the 4-bit (8-bit) ones stood for."""
     model, peft_model = module.net, module.peft_model
+    dtype = module.net.dtype
+    if module.quantization is not None:
+        dtype = module.quantization.compute_dtype
+        state_dict = {f"net.{k}": v for k, v in dequantized_state_dict(module.net, dtype).items()}
+        log.info("merging the adapter into the %s base dequantized to %s", module.quantization.kind, dtype)
     if state_dict is not None:
-        model = PaliGemmaForConditionalGeneration(module.net.config).to(module.net.dtype)
+        with torch.device("meta"):
+            model = PaliGemmaForConditionalGeneration(module.net.config)
+        model = model.to(dtype).to_empty(device="cpu")
+        model.tie_weights()
         if peft_model is not None:
             config = copy.deepcopy(peft_model.peft_config["default"])
             config.base_model_name_or_path = None  # get_peft_model sets it (and warns when it changes)

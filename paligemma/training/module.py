@@ -13,12 +13,13 @@ import torch
 
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.errors import ConfigError, NonFiniteError
-from paligemma.model import PaliGemmaForConditionalGeneration
+from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
 from paligemma.model.precision import resolve_dtype
+from paligemma.model.quantize import QuantSettings, check_supported, load_quantized
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.feature_cache import attach_feature_cache
-from paligemma.training.optim import OptimSettings, build_optimizer
+from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class PaliGemmaLitModule(L.LightningModule):
         self,
         path: str,
         dtype: str = "float32",
+        quantization: str | None = None,
+        compute_dtype: str | None = None,
+        quantize_vision: bool = False,
         train_vision: bool = False,
         train_projector: bool = False,
         gradient_checkpointing: bool = False,
@@ -57,7 +61,9 @@ class PaliGemmaLitModule(L.LightningModule):
         and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
         decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``task`` ("vqa" or "caption") picks
         the metrics; ``processor`` decodes generations (default: the base's). ``final_logit_softcap=False``
-        turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so); exports then say so."""
+        turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so); exports then say so.
+        ``quantization`` (nf4, fp4, int8) stores the frozen decoder's linear layers (and the vision tower's, with
+        ``quantize_vision``) through bitsandbytes, 4-bit ones computing in ``compute_dtype`` (default: ``dtype``)."""
         super().__init__()
         self.save_hyperparameters(ignore=["processor"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
@@ -67,11 +73,25 @@ class PaliGemmaLitModule(L.LightningModule):
             raise ConfigError(
                 "model.train_vision=true needs lora=null: a LoRA adapter would not hold the vision weights"
             )
+        if quantization is not None and lora is None and adapter is None:
+            raise ConfigError(
+                f"model.quantization={quantization} needs LoRA: quantized weights are frozen, and lora=null "
+                "trains the whole decoder; set lora.r=... or model.quantization=null"
+            )
         self.task = task
         self.optim = OptimSettings(**(optim or {}))
+        optimizer_class(self.optim.name)  # an unknown name, or bitsandbytes missing, fails before loading
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
         torch_dtype, self.precision = resolve_dtype(dtype)  # "auto": bf16 only on CPUs with native bf16
-        self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
+        self.quantization = None  # or the QuantSettings of a quantized base
+        if quantization is not None:
+            self.quantization = QuantSettings(
+                quantization, DTYPES[compute_dtype] if compute_dtype else torch_dtype, quantize_vision
+            )
+        if self.quantization is None:
+            self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
+        else:
+            self.net = load_quantized(PaliGemmaForConditionalGeneration, path, self.quantization, torch_dtype)
         if not final_logit_softcap:
             self.net.config.text_config.final_logit_softcapping = None
         self.net.requires_grad_(False)
@@ -99,6 +119,11 @@ class PaliGemmaLitModule(L.LightningModule):
         self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
         self.records: list[dict] = []
         self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
+
+    def setup(self, stage: str) -> None:
+        """A quantization that bitsandbytes cannot run on the trainer's device (CUDA, ...) is one line, here."""
+        if self.quantization is not None:
+            check_supported(self.quantization, self.trainer.strategy.root_device)
 
     @property
     def sharded(self) -> bool:

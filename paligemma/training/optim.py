@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+
+from paligemma.errors import ConfigError
+
+# optim.name -> (module, class). bitsandbytes' 8-bit AdamW keeps both moments in 8 bits (block-wise quantized;
+# tensors under 4,096 elements keep 32-bit state); the paged one pages them to CPU memory under CUDA memory
+# pressure, and runs unpaged on other devices (bitsandbytes warns so).
+OPTIMIZERS = {
+    "adamw": ("torch.optim", "AdamW"),
+    "adamw8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "paged_adamw8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+}
 
 
 @dataclass
@@ -15,6 +27,7 @@ class OptimSettings:
 
     ``lr`` suits LoRA on the embedded tiny model; the 3B model configs set their own (2e-4)."""
 
+    name: str = "adamw"  # adamw | adamw8bit | paged_adamw8bit (the last two: bitsandbytes)
     lr: float = 3e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
@@ -37,10 +50,22 @@ def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimSettings, total_steps: int) -> dict:
-    """What ``LightningModule.configure_optimizers`` returns: AdamW and its per-step schedule."""
-    optimizer = torch.optim.AdamW(
+    """What ``LightningModule.configure_optimizers`` returns: the optimizer and its per-step schedule."""
+    optimizer = optimizer_class(settings.name)(
         params, lr=settings.lr, weight_decay=settings.weight_decay, betas=tuple(settings.betas)
     )
     schedule = warmup_cosine(total_steps, settings.warmup_ratio, settings.min_lr_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name: {name!r} is not one of {', '.join(OPTIMIZERS)}")
+    module, cls = OPTIMIZERS[name]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError:
+        raise ConfigError(
+            f"optim.name={name} needs bitsandbytes: pip install 'paligemma-lightning[quant]'"
+        ) from None

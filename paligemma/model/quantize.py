@@ -1,0 +1,156 @@
+"""QLoRA's frozen base: the decoder's linear layers (and, by a switch, the vision tower's) stored by bitsandbytes.
+
+nf4 / fp4 are bitsandbytes' ``Linear4bit`` (blocks of 64, double quantization of the block scales, as QLoRA does),
+int8 is ``Linear8bitLt`` (LLM.int8(), outlier threshold 6.0, transformers' default). Embeddings, norms, the
+projector and the tied LM head stay in full precision. Each layer is quantized as soon as the loader has read its
+weight, so no full-precision copy of the decoder is ever held. peft then puts its bitsandbytes LoRA layers on top
+(it picks them by ``is_loaded_in_4bit`` / ``is_loaded_in_8bit``, as on a transformers model).
+
+bitsandbytes is an optional dependency (``pip install paligemma-lightning[quant]``): the model layer imports it here
+only, when a model is quantized (tests/test_layers.py checks it); training/optim.py loads its 8-bit optimizers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from paligemma.errors import ConfigError
+
+QUANTIZATIONS = ("nf4", "fp4", "int8")
+DECODER_LAYERS = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+")
+VISION_LAYERS = re.compile(r"model\.vision_tower\.encoder\.layers\.\d+\.(self_attn|mlp)\.\w+")
+INT8_THRESHOLD = 6.0
+
+
+@dataclass
+class QuantSettings:
+    """``model.quantization``, ``model.compute_dtype`` (of the 4-bit matmuls; int8 computes in the input's dtype)
+    and ``model.quantize_vision``."""
+
+    kind: str
+    compute_dtype: torch.dtype = torch.bfloat16
+    vision: bool = False
+
+    def __post_init__(self):
+        if self.kind not in QUANTIZATIONS:
+            raise ConfigError(f"model.quantization: {self.kind!r} is not one of {', '.join(QUANTIZATIONS)}")
+
+    def covers(self, layer_name: str) -> bool:
+        """Whether the linear layer of this name is stored quantized."""
+        patterns = (DECODER_LAYERS, VISION_LAYERS) if self.vision else (DECODER_LAYERS,)
+        return any(p.fullmatch(layer_name) for p in patterns)
+
+
+def bitsandbytes():
+    try:
+        import bitsandbytes
+
+        return bitsandbytes
+    except ImportError:
+        raise ConfigError(
+            "model.quantization needs bitsandbytes: pip install 'paligemma-lightning[quant]'"
+        ) from None
+
+
+def quantized_linear(linear: nn.Linear, settings: QuantSettings) -> nn.Module:
+    """A bitsandbytes layer holding ``linear``'s weight quantized on its device (the bias stays as it is)."""
+    bnb = bitsandbytes()
+    bias, device = linear.bias is not None, linear.weight.device
+    weight = linear.weight.detach()
+    if settings.kind == "int8":
+        layer = bnb.nn.Linear8bitLt(
+            linear.in_features, linear.out_features, bias, False, INT8_THRESHOLD, device="meta"
+        )
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+    else:
+        layer = bnb.nn.Linear4bit(
+            linear.in_features, linear.out_features, bias, settings.compute_dtype,
+            compress_statistics=True, quant_type=settings.kind, device="meta",
+        )  # fmt: skip
+        layer.weight = bnb.nn.Params4bit(
+            weight, requires_grad=False, compress_statistics=True, quant_type=settings.kind, module=layer
+        ).to(device)
+    if bias:
+        layer.bias = linear.bias
+    return layer
+
+
+def quantize_layer_(model: nn.Module, tensor_name: str, settings: QuantSettings) -> None:
+    """Replace the linear layer that ``tensor_name`` (just loaded) is the weight of, if ``settings`` cover it."""
+    layer_name, _, attr = tensor_name.rpartition(".")
+    if attr != "weight" or not settings.covers(layer_name):
+        return
+    parent_name, _, child = layer_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, child, quantized_linear(getattr(parent, child), settings))
+
+
+def mark_quantized_(model: nn.Module, settings: QuantSettings) -> None:
+    """What peft reads to wrap bitsandbytes layers in its bitsandbytes LoRA layers (as transformers sets it)."""
+    model.is_loaded_in_4bit = settings.kind != "int8"
+    model.is_loaded_in_8bit = settings.kind == "int8"
+
+
+def load_quantized(
+    cls, path: str | Path, settings: QuantSettings, dtype: torch.dtype = torch.float32, device="cpu"
+) -> nn.Module:
+    """``cls.from_pretrained(path, dtype)`` with the layers ``settings`` cover quantized as they are read."""
+    from paligemma.model import weights
+
+    check_supported(settings, torch.device(device))
+    model = weights.load_pretrained(
+        cls, path, dtype=dtype, device=device, on_loaded=lambda m, name: quantize_layer_(m, name, settings)
+    )
+    mark_quantized_(model, settings)
+    return model
+
+
+def check_supported(settings: QuantSettings, device: torch.device) -> None:
+    """One small layer through bitsandbytes on ``device``: a kind it has no kernel for there is a one-line error."""
+    bnb = bitsandbytes()
+    probe = nn.Linear(64, 64, bias=False, device=device)
+    try:
+        with torch.no_grad():
+            quantized_linear(probe, settings)(torch.ones(1, 64, device=device, dtype=settings.compute_dtype))
+    except Exception as e:  # whatever bitsandbytes raises for a device it has no kernel for
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(
+            f"model.quantization={settings.kind}: bitsandbytes {bnb.__version__} cannot run it on {device} "
+            f"({reason})"
+        ) from None
+
+
+def is_quantized(layer: nn.Module) -> bool:
+    return type(layer).__module__.startswith("bitsandbytes.")
+
+
+def dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """The full-precision (out, in) weight a bitsandbytes layer stores."""
+    from peft.utils.integrations import dequantize_bnb_weight
+
+    return dequantize_bnb_weight(layer.weight, state=getattr(layer, "state", None))
+
+
+def dequantized_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as a full-precision model has it: bitsandbytes weights dequantized, all in ``dtype``."""
+    tensors = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if is_quantized(module):
+            tensors[prefix + "weight"] = dequantized_weight(module)
+            if module.bias is not None:
+                tensors[prefix + "bias"] = module.bias.detach()
+            continue
+        buffers = [
+            (k, b)
+            for k, b in module.named_buffers(recurse=False)
+            if k not in module._non_persistent_buffers_set
+        ]
+        for key, tensor in [*module.named_parameters(recurse=False), *buffers]:
+            tensors[prefix + key] = tensor.detach()
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
