@@ -17,7 +17,7 @@ from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer
-from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
+from paligemma.training.scoring import MONITORED_METRIC, TASK_METRICS, log_predictions, score
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,19 @@ class PaliGemmaLitModule(L.LightningModule):
         adapter: str | None = None,
         task: str = "vqa",
         processor: PaliGemmaProcessor | None = None,
+        metric: str | None = None,
     ):
         """``path``: the base model (local dir or hub id). ``lora`` and ``optim``: the fields of ``LoraSettings``
         and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
-        decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``task`` ("vqa" or "caption") picks
-        the metrics; ``processor`` decodes generations (default: the base's). ``final_logit_softcap=False``
+        decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``metric`` (a key of scoring.METRICS; None:
+        the metric of ``task``, "vqa" or "caption") picks the validation metrics; ``processor`` decodes generations (default: the base's). ``final_logit_softcap=False``
         turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so); exports then say so."""
         super().__init__()
         self.save_hyperparameters(ignore=["processor"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
-        if task not in MONITORED_METRIC:
-            raise ConfigError(f"task must be one of {sorted(MONITORED_METRIC)}, got {task!r}")
+        self.metric = metric or TASK_METRICS.get(task, task)
+        if self.metric not in MONITORED_METRIC:
+            raise ConfigError(f"data.metric must be one of {sorted(MONITORED_METRIC)}, got {self.metric!r}")
         if train_vision and lora is not None and adapter is None:
             raise ConfigError(
                 "model.train_vision=true needs lora=null: a LoRA adapter would not hold the vision weights"
@@ -207,9 +209,11 @@ class PaliGemmaLitModule(L.LightningModule):
         self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
         if not self.records:
             return
-        for name, value in score(self.records, self.task).items():
-            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.task], sync_dist=True)
-        log_predictions(self.loggers, self.records, self.hparams.log_predictions, self.global_step)
+        for name, value in score(self.records, self.metric).items():
+            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.metric], sync_dist=True)
+        log_predictions(
+            self.loggers, self.records, self.hparams.log_predictions, self.global_step, self.metric
+        )
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.fit_validated_at_step = self.global_step
 
