@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
-from paligemma.data.settings import TASKS, DataSettings
+from paligemma.data.settings import PROMPT_FIELDS, TASKS, DataSettings
 from paligemma.data.sources import load_split, local_splits
 from paligemma.data.synthetic import make_shapes_dataset
 from paligemma.errors import ConfigError
@@ -52,6 +52,18 @@ def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def check_template(template: str, task: str) -> None:
+    """A ``data.prompt`` that formats with the fields of the task, else a ConfigError naming the field."""
+    fields = {"lang": "en"} | ({PROMPT_FIELDS[task]: "x"} if PROMPT_FIELDS[task] else {})
+    try:
+        template.format(**fields)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(
+            f"data.prompt {template!r} does not format ({type(error).__name__}: {error}); "
+            f"its fields for task {task}: {', '.join('{' + f + '}' for f in fields)}"
+        ) from error
+
+
 class PaliGemmaDataModule(L.LightningDataModule):
     """Captioning, VQA, prefix -> suffix or detection over ``datasets``, configured by :class:`DataSettings`: pass one, or its fields
     (as Hydra's ``data`` config does)."""
@@ -62,6 +74,8 @@ class PaliGemmaDataModule(L.LightningDataModule):
         s = self.settings
         if s.task not in TASKS:
             raise ConfigError(f"data.task must be one of {sorted(TASKS)}, got {s.task!r}")
+        if s.prompt is not None:
+            check_template(s.prompt, s.task)
         if s.box_format not in ("xywh", "xyxy"):
             raise ConfigError(f"data.box_format must be 'xywh' or 'xyxy', got {s.box_format!r}")
         if s.on_bad_sample not in ("skip", "raise"):

@@ -2,8 +2,8 @@
 
 Prompts follow big_vision's PaliGemma transfers: captioning ``caption {lang}``, VQA ``answer {lang} {question}``,
 detection ``detect a ; b`` (targets: paligemma/data/boxes.py), prefix_suffix the row's prefix; ``data.prompt``
-is a template instead. The target (suffix) is one reference answer or caption. A reference column may hold a string, a list of
-strings, or a list of dicts with an ``answer`` / ``caption`` / ``text`` key (VQAv2's ``answers``).
+is a template instead. The target (suffix) is one reference answer or caption. A reference column may hold a
+string, a list of strings, or a list of dicts with an ``answer`` / ``caption`` / ``text`` key (VQAv2's ``answers``).
 Training draws one reference per row per epoch, seeded by (seed, epoch, row) -- with VQAv2's 10 annotator
 answers this samples by frequency; validation scores against all references and computes the loss on the
 most common one (first on ties): for VQAv2, its ``multiple_choice_answer`` up to ties.
@@ -81,7 +81,6 @@ class Rows(Dataset):
             processor,
             train,
         )
-
         self.fields = TASK_FIELDS[settings.task]
         if settings.task == "detection":
             self.fields = functools.partial(_detection, labels=category_names(data, settings.objects_column))

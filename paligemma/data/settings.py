@@ -8,20 +8,22 @@ from typing import Any
 TASKS = ("vqa", "caption", "prefix_suffix", "detection")
 # The metric of each task unless data.metric names another (paligemma/training/scoring.py has them all).
 TASK_METRICS = {"vqa": "vqa_accuracy", "caption": "cider", "prefix_suffix": "exact_match", "detection": "map"}
-# Prompts unless data.prompt gives a template: fields {lang}, {question} (VQA), {prefix} (prefix_suffix), and
-# {classes} (detection: the class names of the picture, sorted, joined by " ; ").
+# The columns each task reads (options of DataSettings), the target's last.
 TASK_COLUMNS = {
     "vqa": ("question_column", "answer_column"),
     "caption": ("caption_column",),
     "prefix_suffix": ("prefix_column", "suffix_column"),
     "detection": ("objects_column",),
 }
+# Prompts unless data.prompt gives a template: fields {lang}, {question} (VQA), {prefix} (prefix_suffix), and
+# {classes} (detection: the class names of the picture, sorted, joined by " ; ").
 PROMPTS = {
     "vqa": "answer {lang} {question}",
     "caption": "caption {lang}",
     "prefix_suffix": "{prefix}",
     "detection": "detect {classes}",
 }
+PROMPT_FIELDS = {"vqa": "question", "caption": None, "prefix_suffix": "prefix", "detection": "classes"}
 
 
 @dataclass

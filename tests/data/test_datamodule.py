@@ -20,6 +20,7 @@ from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.data.rows import references
 from paligemma.data.synthetic import COLORS, POSITIONS, make_shapes_dataset, synthetic_texts
 from paligemma.data.tokenizer import build_tokenizer, save_processor_files
+from paligemma.errors import ConfigError
 from tests.helpers import (
     COCO_FEATURES,
     VQAV2_FEATURES,
@@ -402,6 +403,10 @@ def test_prompt_language_and_template(processor_dir):
     dm = from_config("synthetic_captions", processor_dir, prompt="describe in {lang}:", lang="de", **sizes)
     dm.setup("validate")
     assert batches(dm, dm.val_dataloader())[0]["prompts"] == ["describe in de:"] * 4
+    with pytest.raises(
+        ConfigError, match=r"data.prompt 'answer {question} in {language}'.*\{lang\}, \{question\}"
+    ):
+        PaliGemmaDataModule(path="synthetic", prompt="answer {question} in {language}")
 
 
 def test_prefix_suffix_from_jsonl_plus_images(tmp_path, processor_dir):
