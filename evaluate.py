@@ -33,6 +33,7 @@ def load_module(cfg: DictConfig, datamodule):
         "num_beams": cfg.eval.num_beams,
         "task": datamodule.task,
         "processor": datamodule.processor,
+        "metric": datamodule.metric,
     }
     if cfg.ckpt_path is not None:
         return PaliGemmaLitModule.load_from_checkpoint(
@@ -73,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict:
             f.write(json.dumps({**row, "references": r["references"]}) + "\n")
     results = {
         **scores,
-        "monitor": MONITORED_METRIC[datamodule.task],
+        "monitor": MONITORED_METRIC[datamodule.metric],
         "eval/samples": len(records),
         "eval/seconds": seconds,
         "eval/samples_per_sec": len(records) / seconds,

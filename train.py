@@ -102,6 +102,7 @@ def train(cfg: DictConfig) -> dict:
         optim=OmegaConf.to_container(cfg.optim),
         task=datamodule.task,
         processor=datamodule.processor,
+        metric=datamodule.metric,
     )
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.callbacks)
@@ -135,7 +136,7 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
     else:
         results.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
-    monitor = MONITORED_METRIC[datamodule.task]
+    monitor = MONITORED_METRIC[datamodule.metric]
     rows = datamodule.state_dict()  # (split, row) keys skipped / truncated: under DDP each rank saw its shard
     results.update(
         {

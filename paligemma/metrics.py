@@ -1,4 +1,5 @@
-"""Evaluation metrics: VQA accuracy, exact match, CIDEr-D and BLEU, in pure Python.
+"""Evaluation metrics: VQA accuracy, exact match, ANLS, CIDEr-D and BLEU in pure Python; box IoU, and detection
+mAP by pycocotools' COCO evaluation.
 
 VQA follows the official VQA API (``vqaEval.py``); CIDEr-D and BLEU follow pycocoevalcap's ``Cider``
 and ``Bleu`` scorers, with a Java-free approximation of its PTB tokenizer (see :func:`ptb_tokenize`).
@@ -13,6 +14,8 @@ Deliberate deviations from the official code:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import re
 from collections import Counter
@@ -252,3 +255,87 @@ def bleu(
     score = math.prod((correct[k] + tiny) / (guess[k] + small) for k in range(n)) ** (1 / n)
     ratio = (hyp_total + tiny) / (ref_total + small)
     return score * math.exp(1 - 1 / ratio) if ratio < 1 else score
+
+
+# ---------------------------------------------------------------------------------------------------
+# Document QA and detection.
+# ---------------------------------------------------------------------------------------------------
+def _levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
+    """Average Normalized Levenshtein Similarity of one answer (DocVQA): the best over the references of
+    1 - distance / max length, 0 where that distance is ``threshold`` or more; case and spacing ignored."""
+    pred = " ".join(prediction.lower().split())
+    best = 0.0
+    for answer in answers:
+        ref = " ".join(answer.lower().split())
+        distance = _levenshtein(pred, ref) / max(len(pred), len(ref), 1)
+        best = max(best, 1.0 - distance if distance < threshold else 0.0)
+    return best
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (y_min, x_min, y_max, x_max, ...)."""
+    height = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    width = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    inter = height * width
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def detection_map(predictions: Sequence[Sequence], targets: Sequence[Sequence]) -> dict[str, float]:
+    """COCO box mAP of per-image predicted boxes against target boxes, each a (y_min, x_min, y_max, x_max, name)
+    tuple (``paligemma.data.boxes.Box``), by pycocotools' COCOeval.
+
+    Returns {"map": mAP over IoU 0.50:0.95, "map_50", "map_75"} (-1 without any target box). Generated boxes
+    carry no confidence: each scores 1, and COCOeval's stable sort ranks ties in image order, then box order.
+    Classes come from the targets, as COCO's category ids come from the ground truth: a predicted name no target
+    has is not evaluated.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    names = sorted({b[4] for boxes in targets for b in boxes})
+    category = {name: i + 1 for i, name in enumerate(names)}
+
+    def annotations(per_image: Sequence[Sequence], scored: bool) -> list[dict]:
+        out = []
+        for image_id, boxes in enumerate(per_image):
+            for b in boxes:
+                if b[4] in category:
+                    xywh = [b[1], b[0], b[3] - b[1], b[2] - b[0]]
+                    out.append({"id": len(out) + 1, "image_id": image_id, "category_id": category[b[4]],
+                                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})  # fmt: skip
+                    out[-1] |= {"score": 1.0} if scored else {}
+        return out
+
+    if not names:
+        return {"map": -1.0, "map_50": -1.0, "map_75": -1.0}
+    truth = COCO()
+    truth.dataset = {
+        "images": [{"id": i} for i in range(len(targets))],
+        "annotations": annotations(targets, scored=False),
+        "categories": [{"id": i, "name": name} for name, i in category.items()],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and the summary
+        truth.createIndex()
+        found = annotations(predictions, scored=True)
+        evaluation = COCOeval(truth, truth.loadRes(found) if found else COCO(), "bbox")
+        evaluation.params.imgIds = list(range(len(targets)))
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {
+        name: float(value)
+        for name, value in zip(("map", "map_50", "map_75"), evaluation.stats[:3], strict=True)
+    }

@@ -300,3 +300,21 @@ def history(run_dir: Path) -> list[dict]:
 def run_group(run_dir: Path) -> str:
     (run,) = [r.run for r in records(run_dir) if r.WhichOneof("record_type") == "run"]
     return run.run_group
+
+
+def write_jsonl_dir(directory: Path) -> Path:
+    """big_vision's JSONL-plus-images layout; validation has a line that is not JSON and a missing image."""
+    directory.mkdir()
+    for i in range(3):
+        noise(seed=i).save(directory / f"{i}.png")
+    rows = {
+        "train": [{"image": f"{i}.png", "prefix": "answer fr combien ?", "suffix": str(i)} for i in range(3)],
+        "validation": [
+            {"image": "0.png", "prefix": "ocr", "suffix": ["STOP", "stop"]},
+            {"image": "gone.png", "prefix": "ocr", "suffix": "x"},
+        ],  # fmt: skip
+    }
+    for split, lines in rows.items():
+        text = "".join(json.dumps(row) + "\n" for row in lines)
+        (directory / f"{split}.jsonl").write_text(text + ("{not json\n" if split == "validation" else ""))
+    return directory

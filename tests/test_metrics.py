@@ -1,13 +1,18 @@
-"""Tests for paligemma.metrics: VQA accuracy by hand, CIDEr-D and BLEU against pycocoevalcap."""
+"""Tests for paligemma.metrics: VQA accuracy and ANLS by hand, CIDEr-D and BLEU against pycocoevalcap, detection
+mAP against pycocotools."""
 
 import random
 
 import pytest
 
+from paligemma.data.boxes import Box
 from paligemma.metrics import (
+    anls,
     bleu,
+    box_iou,
     cider_d,
     cider_d_scores,
+    detection_map,
     exact_match,
     normalize_answer,
     ptb_tokenize,
@@ -236,3 +241,88 @@ def test_perfect_bleu_and_mismatched_ids():
         cider_d({2: "a man"}, refs)
     with pytest.raises(ValueError):
         bleu({1: "a man"}, {1: []})
+
+
+# ---------------------------------------------------------------------------------------------------
+# ANLS and detection
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_anls_scores_near_misses_and_zeroes_far_ones():
+    assert anls("Total  Amount", ["total amount"]) == 1.0  # case and spacing ignored
+    assert anls("1,250.0", ["1,250.00"]) == pytest.approx(1 - 1 / 8)
+    assert anls("abc", ["xyz"]) == 0.0 and anls("abcd", ["abxy"]) == 0.0  # distance 0.5: over the threshold
+    assert anls("abcd", ["zzzz", "abce"]) == pytest.approx(0.75)  # the best reference
+
+
+# Three images, three classes: a perfect hit, a duplicate, a loose box, a wrong class, a false positive on an
+# image without that class, a missed object, and a class the ground truth never has (COCO ignores it).
+MAP_TARGETS = [
+    [Box(0.1, 0.1, 0.4, 0.4, "cat"), Box(0.5, 0.5, 0.9, 0.9, "dog"), Box(0.6, 0.1, 0.9, 0.3, "cat")],
+    [Box(0.2, 0.2, 0.6, 0.5, "bird"), Box(0.0, 0.6, 0.3, 0.95, "dog")],
+    [Box(0.3, 0.3, 0.7, 0.7, "cat")],
+]
+MAP_PREDICTIONS = [
+    [Box(0.1, 0.1, 0.4, 0.4, "cat"), Box(0.11, 0.1, 0.4, 0.41, "cat"), Box(0.45, 0.5, 0.95, 0.85, "dog")],
+    [Box(0.2, 0.2, 0.6, 0.5, "dog"), Box(0.25, 0.2, 0.6, 0.45, "bird"), Box(0.1, 0.1, 0.2, 0.2, "zebra")],
+    [Box(0.32, 0.3, 0.7, 0.74, "cat"), Box(0.0, 0.0, 0.2, 0.2, "bird")],
+]
+
+
+def pycocotools_map(predictions, targets) -> list[float]:
+    """COCOeval's stats straight from pycocotools: boxes as COCO's (x, y, width, height), every score 1."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    names = sorted({b.name for boxes in targets for b in boxes})
+
+    def coco_box(b):
+        return [b.x_min, b.y_min, b.x_max - b.x_min, b.y_max - b.y_min]
+
+    gt = COCO()
+    annotations = [
+        {"image_id": i, "category_id": names.index(b.name), "bbox": coco_box(b),
+         "area": coco_box(b)[2] * coco_box(b)[3], "iscrowd": 0}
+        for i, boxes in enumerate(targets) for b in boxes
+    ]  # fmt: skip
+    annotations = [a | {"id": n + 1} for n, a in enumerate(annotations)]
+    gt.dataset = {"images": [{"id": i} for i in range(len(targets))], "annotations": annotations,
+                  "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}  # fmt: skip
+    gt.createIndex()
+    dt = gt.loadRes(
+        [
+            {"image_id": i, "category_id": names.index(b.name), "bbox": coco_box(b), "score": 1.0}
+            for i, boxes in enumerate(predictions)
+            for b in boxes
+            if b.name in names
+        ]  # fmt: skip
+    )
+    evaluation = COCOeval(gt, dt, "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return list(evaluation.stats[:3])
+
+
+def test_detection_map_equals_pycocotools():
+    ours = detection_map(MAP_PREDICTIONS, MAP_TARGETS)
+    reference = pycocotools_map(MAP_PREDICTIONS, MAP_TARGETS)
+    assert [ours["map"], ours["map_50"], ours["map_75"]] == pytest.approx(reference, abs=1e-6)
+    assert 0.2 < ours["map"] < ours["map_50"] < 1  # the fixture's misses, duplicates and loose boxes count
+    perfect = detection_map(MAP_TARGETS, MAP_TARGETS)
+    assert perfect["map"] == pytest.approx(1.0)
+
+
+def test_detection_map_by_hand_and_without_any_box():
+    # One class, two objects; a hit, then a false positive: precision 1 up to recall 0.5, then nothing. COCO's
+    # 101-point interpolation gives AP = 51 / 101 at every IoU threshold.
+    targets = [[Box(0.1, 0.1, 0.3, 0.3, "a")], [Box(0.5, 0.5, 0.9, 0.9, "a")]]
+    predictions = [[Box(0.1, 0.1, 0.3, 0.3, "a"), Box(0.6, 0.0, 0.9, 0.2, "a")], []]
+    assert detection_map(predictions, targets)["map"] == pytest.approx(51 / 101)
+    assert detection_map([[], []], targets) == {"map": 0.0, "map_50": 0.0, "map_75": 0.0}
+
+
+def test_box_iou():
+    assert box_iou(Box(0, 0, 1, 1), Box(0, 0, 1, 1)) == 1.0
+    assert box_iou(Box(0, 0, 1, 1), Box(0, 0.5, 1, 1.5)) == pytest.approx(1 / 3)
+    assert box_iou(Box(0, 0, 1, 1), Box(2, 2, 3, 3)) == 0.0

@@ -15,6 +15,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+import evaluate
 import train
 from paligemma.errors import NonFiniteError
 from paligemma.model.precision import resolve_dtype
@@ -29,8 +30,11 @@ from tests.helpers import (
     coco_rows,
     compose_config,
     history,
+    noise,
+    png,
     run_group,
     vqav2_rows,
+    write_jsonl_dir,
     write_parquet,
 )
 
@@ -59,6 +63,9 @@ def data_overrides(name: str, tmp_path: Path) -> list[str]:
     return [f"data={name}", f"data.path={path}", *columns]
 
 
+MONITORED = {"synthetic_captions": "val/cider", "captioning": "val/cider", "coco_captions": "val/cider"}
+
+
 @pytest.mark.parametrize(
     "data", ["synthetic", "synthetic_captions", "vqa", "captioning", "vqav2", "coco_captions"]
 )
@@ -67,7 +74,7 @@ def test_every_data_config_trains_a_few_steps(tmp_path, tiny_checkpoint, data):
                                             *data_overrides(data, tmp_path)])  # fmt: skip
     results = train.train(cfg)
     metric = results["monitor"]
-    assert metric == ("val/cider" if "caption" in data or data == "captioning" else "val/vqa_accuracy")
+    assert metric == MONITORED.get(data, "val/vqa_accuracy")
     assert math.isfinite(results[metric]) and f"zero_shot/{metric.removeprefix('val/')}" in results
     assert results["val/loss"] > 0 and results["data/skipped"] == 0
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
@@ -272,3 +279,31 @@ def test_multirun_sweep_runs_two_jobs_in_one_wandb_group(tmp_path, tiny_checkpoi
     ranks = [json.loads((run / "adapter" / "adapter_config.json").read_text())["r"] for run in runs]
     assert ranks == [2, 4]
     assert {run_group(run) for run in runs} == {tmp_path.name}
+
+
+DETECT = "<loc0100><loc0100><loc0500><loc0500> cat"
+
+
+@pytest.mark.parametrize(("layout", "metric"), [("jsonl", "anls"), ("parquet", "map")])
+def test_prefix_suffix_data_trains_and_evaluates(tmp_path, tiny_checkpoint, layout, metric):
+    """Any prompt: big_vision's JSONL-plus-images layout, or parquet with prefix and suffix columns (here detection
+    targets, scored by mAP)."""
+    if layout == "jsonl":
+        data = write_jsonl_dir(tmp_path / "data")
+    else:
+        rows = {"image": [{"bytes": png(noise(seed=i)), "path": None} for i in range(4)],
+                "prefix": ["detect cat"] * 4, "suffix": [DETECT, DETECT, "", DETECT]}  # fmt: skip
+        data = write_parquet(tmp_path / "data", {"train": (rows, None), "validation": (rows, None)})
+    common = [f"model.path={tiny_checkpoint}", "logger=csv", "data=prefix_suffix", f"data.path={data}",
+              f"data.metric={metric}"]  # fmt: skip
+    results = train.train(compose_config(tmp_path / "run", [*common, *FAST]))
+    assert results["monitor"] == f"val/{metric}" and 0 <= results[f"val/{metric}"] <= 1
+    assert results["data/skipped"] == 2  # jsonl: a missing image, a line that is not JSON; parquet: no target
+    eval_overrides = [*common, f"adapter={tmp_path / 'run' / 'adapter'}", "data.num_workers=0",
+                      "data.val_batch_size=8", "model.max_new_tokens=4"]  # fmt: skip
+    evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
+    assert evaluated[f"val/{metric}"] == results[f"val/{metric}"] and evaluated["monitor"] == f"val/{metric}"
+    predictions = [
+        json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert {p["prompt"] for p in predictions} == ({"ocr"} if layout == "jsonl" else {"detect cat"})

@@ -33,11 +33,11 @@ from torch.utils.data import DataLoader
 from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
-from paligemma.data.settings import TASKS, DataSettings
-from paligemma.data.sources import load_split
+from paligemma.data.settings import PROMPT_FIELDS, TASKS, DataSettings
+from paligemma.data.sources import load_split, local_splits
 from paligemma.data.synthetic import make_shapes_dataset
 from paligemma.errors import ConfigError
-from paligemma.paths import local_path
+from paligemma.paths import is_hub_id, local_path
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,20 @@ def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def check_template(template: str, task: str) -> None:
+    """A ``data.prompt`` that formats with the fields of the task, else a ConfigError naming the field."""
+    fields = {"lang": "en"} | ({PROMPT_FIELDS[task]: "x"} if PROMPT_FIELDS[task] else {})
+    try:
+        template.format(**fields)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(
+            f"data.prompt {template!r} does not format ({type(error).__name__}: {error}); "
+            f"its fields for task {task}: {', '.join('{' + f + '}' for f in fields)}"
+        ) from error
+
+
 class PaliGemmaDataModule(L.LightningDataModule):
-    """Captioning or VQA over ``datasets``, configured by :class:`DataSettings`: pass one, or its fields
+    """Captioning, VQA, prefix -> suffix or detection over ``datasets``, configured by :class:`DataSettings`: pass one, or its fields
     (as Hydra's ``data`` config does)."""
 
     def __init__(self, settings: DataSettings | None = None, /, **fields: Any):
@@ -62,10 +74,14 @@ class PaliGemmaDataModule(L.LightningDataModule):
         s = self.settings
         if s.task not in TASKS:
             raise ConfigError(f"data.task must be one of {sorted(TASKS)}, got {s.task!r}")
+        if s.prompt is not None:
+            check_template(s.prompt, s.task)
+        if s.box_format not in ("xywh", "xyxy"):
+            raise ConfigError(f"data.box_format must be 'xywh' or 'xyxy', got {s.box_format!r}")
         if s.on_bad_sample not in ("skip", "raise"):
             raise ConfigError(f"data.on_bad_sample must be 'skip' or 'raise', got {s.on_bad_sample!r}")
         self._processor: PaliGemmaProcessor | None = None
-        self._generated: datasets.DatasetDict | None = None  # the synthetic splits, made once
+        self._generated: datasets.DatasetDict | None = None  # synthetic, JSONL or COCO splits, made once
         self.train_data: Rows | None = None
         self.val_data: Rows | None = None
         self._skipped: set[tuple[str, int]] = set()
@@ -74,6 +90,11 @@ class PaliGemmaDataModule(L.LightningDataModule):
     @property
     def task(self) -> str:
         return self.settings.task
+
+    @property
+    def metric(self) -> str:
+        """What validation scores (data.metric, else the task's): a key of paligemma.training.scoring.METRICS."""
+        return self.settings.metric_name
 
     @property
     def processor(self) -> PaliGemmaProcessor:
@@ -114,6 +135,10 @@ class PaliGemmaDataModule(L.LightningDataModule):
             if isinstance(saved, datasets.Dataset):
                 saved = datasets.DatasetDict(train=saved)
             return select_split(saved, split)
+        if self._generated is None and not is_hub_id(s.path):
+            self._generated = local_splits(local_path(s.path))
+        if self._generated is not None:
+            return select_split(self._generated, split)
         return load_split(s.path, s.name, split)
 
     def prepare_data(self) -> None:

@@ -1,8 +1,9 @@
 """Rows of one split: a row's picture, prompt and references, or the reason it is bad; and their collation.
 
-Prompts follow big_vision's PaliGemma transfers: captioning ``caption en``, VQA ``answer en {question}``;
-the target (suffix) is one reference answer or caption. A reference column may hold a string, a list of
-strings, or a list of dicts with an ``answer`` / ``caption`` / ``text`` key (VQAv2's ``answers``).
+Prompts follow big_vision's PaliGemma transfers: captioning ``caption {lang}``, VQA ``answer {lang} {question}``,
+detection ``detect a ; b`` (targets: paligemma/data/boxes.py), prefix_suffix the row's prefix; ``data.prompt``
+is a template instead. The target (suffix) is one reference answer or caption. A reference column may hold a
+string, a list of strings, or a list of dicts with an ``answer`` / ``caption`` / ``text`` key (VQAv2's ``answers``).
 Training draws one reference per row per epoch, seeded by (seed, epoch, row) -- with VQAv2's 10 annotator
 answers this samples by frequency; validation scores against all references and computes the loss on the
 most common one (first on ties): for VQAv2, its ``multiple_choice_answer`` up to ties.
@@ -10,6 +11,7 @@ most common one (first on ties): for VQAv2, its ``multiple_choice_answer`` up to
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from collections import Counter
@@ -19,11 +21,11 @@ import datasets
 from PIL import Image
 from torch.utils.data import Dataset
 
+from paligemma.data.boxes import detection_example, relative_box
 from paligemma.data.processor import PaliGemmaProcessor, to_rgb
-from paligemma.data.settings import DataSettings
+from paligemma.data.settings import PROMPTS, TASK_COLUMNS, DataSettings
 from paligemma.errors import DataError
 
-PREFIXES = {"caption": "caption en", "vqa": "answer en {question}"}
 REFERENCE_KEYS = ("answer", "caption", "text", "raw")  # where a dict-shaped reference keeps its string
 
 
@@ -51,6 +53,16 @@ def open_image(value: Any) -> Image.Image:
     return image
 
 
+def category_names(data: datasets.Dataset, column: str) -> list[str] | None:
+    """The class names of a ClassLabel ``category`` inside the objects column (hub detection sets), else None."""
+    feature = data.features[column]
+    category = feature.get("category") if isinstance(feature, dict) else None
+    if isinstance(feature, datasets.Sequence) and isinstance(feature.feature, dict):
+        category = feature.feature.get("category")  # a sequence of dicts: stored as a dict of lists
+    label = getattr(category, "feature", category)
+    return label.names if isinstance(label, datasets.ClassLabel) else None
+
+
 class Rows(Dataset):
     """One split: decodes an image and builds the prompt and references of a row, or reports it bad."""
 
@@ -69,6 +81,9 @@ class Rows(Dataset):
             processor,
             train,
         )
+        self.fields = TASK_FIELDS[settings.task]
+        if settings.task == "detection":
+            self.fields = functools.partial(_detection, labels=category_names(data, settings.objects_column))
 
     def __len__(self) -> int:
         return len(self.data)
@@ -87,13 +102,11 @@ class Rows(Dataset):
 
     def _sample(self, row: int, epoch: int) -> dict[str, Any]:
         item, s = self.data[row], self.settings
-        question = item[s.question_column] if s.task == "vqa" else None
-        if s.task == "vqa" and not (isinstance(question, str) and question.strip()):
-            raise ValueError(f"missing question in column {s.question_column!r}")
-        prompt = PREFIXES[s.task].format(question=question.strip() if question else "")
-        refs = references(item[s.target_column])
+        image = to_rgb(open_image(item[s.image_column]))
+        fields, refs = self.fields(item, s, image.size)
+        prompt = (s.prompt or PROMPTS[s.task]).format(lang=s.lang, **fields)
         if not refs:
-            raise ValueError(f"missing or empty target in column {s.target_column!r}")
+            raise ValueError(f"missing or empty target in column {getattr(s, TASK_COLUMNS[s.task][-1])!r}")
         if s.max_length is not None:
             n_prompt = self.processor.prompt_length(prompt)
             if n_prompt + 1 > s.max_length:  # no room left for the target's <eos>
@@ -105,7 +118,7 @@ class Rows(Dataset):
         # Convert and resize here, exactly as the processor would (it then finds nothing left to do), so a
         # failure is this row's and validation can return small preview images.
         size = (self.processor.image_size, self.processor.image_size)
-        image = to_rgb(open_image(item[s.image_column])).resize(size, resample=self.processor.resample)
+        image = image.resize(size, resample=self.processor.resample)
         kind = str(item[s.kind_column]) if s.kind_column else s.task
         return {
             "row": row,
@@ -115,6 +128,46 @@ class Rows(Dataset):
             "references": refs,
             "kind": kind,
         }
+
+
+def _text(item: dict, column: str, what: str) -> str:
+    value = item[column]
+    if not (isinstance(value, str) and value.strip()):
+        raise ValueError(f"missing {what} in column {column!r}")
+    return value.strip()
+
+
+def _vqa(item: dict, s: DataSettings, size: tuple[int, int]) -> tuple[dict, list[str]]:
+    return {"question": _text(item, s.question_column, "question")}, references(item[s.answer_column])
+
+
+def _caption(item: dict, s: DataSettings, size: tuple[int, int]) -> tuple[dict, list[str]]:
+    return {}, references(item[s.caption_column])
+
+
+def _prefix_suffix(item: dict, s: DataSettings, size: tuple[int, int]) -> tuple[dict, list[str]]:
+    return {"prefix": _text(item, s.prefix_column, "prefix")}, references(item[s.suffix_column])
+
+
+def _detection(
+    item: dict, s: DataSettings, size: tuple[int, int], labels: list[str] | None = None
+) -> tuple[dict, list[str]]:
+    """The picture's classes, and its boxes as loc tokens + class name (paligemma/data/boxes.py). ``labels``:
+    the names of integer categories (a ClassLabel feature)."""
+    objects = item[s.objects_column] or {}
+    bboxes, names = objects.get("bbox") or [], objects.get("category") or []
+    if len(bboxes) != len(names):
+        raise ValueError(f"{len(bboxes)} boxes for {len(names)} categories in column {s.objects_column!r}")
+    if not bboxes:
+        return {"classes": ""}, []
+    width, height = size
+    names = [labels[n] if labels is not None else str(n) for n in names]
+    boxes = [relative_box(b, width, height, s.box_format, n) for b, n in zip(bboxes, names, strict=True)]
+    prompt, target = detection_example(boxes)
+    return {"classes": prompt.removeprefix("detect ")}, [target]
+
+
+TASK_FIELDS = {"vqa": _vqa, "caption": _caption, "prefix_suffix": _prefix_suffix, "detection": _detection}
 
 
 class Collate:

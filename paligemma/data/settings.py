@@ -5,17 +5,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-TASKS = ("vqa", "caption")
+TASKS = ("vqa", "caption", "prefix_suffix", "detection")
+# The metric of each task unless data.metric names another (paligemma/training/scoring.py has them all).
+TASK_METRICS = {"vqa": "vqa_accuracy", "caption": "cider", "prefix_suffix": "exact_match", "detection": "map"}
+# The columns each task reads (options of DataSettings), the target's last.
+TASK_COLUMNS = {
+    "vqa": ("question_column", "answer_column"),
+    "caption": ("caption_column",),
+    "prefix_suffix": ("prefix_column", "suffix_column"),
+    "detection": ("objects_column",),
+}
+# Prompts unless data.prompt gives a template: fields {lang}, {question} (VQA), {prefix} (prefix_suffix), and
+# {classes} (detection: the class names of the picture, sorted, joined by " ; ").
+PROMPTS = {
+    "vqa": "answer {lang} {question}",
+    "caption": "caption {lang}",
+    "prefix_suffix": "{prefix}",
+    "detection": "detect {classes}",
+}
+PROMPT_FIELDS = {"vqa": "question", "caption": None, "prefix_suffix": "prefix", "detection": "classes"}
 
 
 @dataclass
 class DataSettings:
-    """Captioning or VQA over a Hugging Face dataset.
+    """Captioning, VQA, any prefix -> suffix task, or detection, over a Hugging Face dataset.
 
     ``path``: a hub id, a local data dir (parquet, arrow, imagefolder, ...), a ``save_to_disk`` dir, or
     "synthetic" (``make_shapes_dataset(**synthetic)``). Splits take load_dataset's slicing
     ("train[:95%]"); a saved single Dataset is the split "train". ``max_*_samples`` keep the first rows.
     ``processor_path``: the model dir (or hub id) holding the tokenizer and image settings.
+    A local dir may also hold JSONL files (``<split>.jsonl``, one {"image": file, "prefix", "suffix"} per line,
+    image files relative to the dir) or COCO-style annotations (``<split>.json``, or Roboflow's
+    ``<split>/_annotations.coco.json``): see paligemma/data/sources.py.
     """
 
     path: str
@@ -26,6 +47,13 @@ class DataSettings:
     question_column: str = "question"
     answer_column: str = "answers"  # a string, a list of strings or a list of {"answer": ...} dicts
     caption_column: str = "caption"  # a string or a list of strings
+    prefix_column: str = "prefix"  # prefix_suffix: the prompt
+    suffix_column: str = "suffix"  # prefix_suffix: the target (a string or a list of references)
+    objects_column: str = "objects"  # detection: {"bbox": [[4 numbers]...], "category": [names or class ids]}
+    box_format: str = "xywh"  # detection boxes in pixels: "xywh" (COCO: x, y, width, height) or "xyxy"
+    lang: str = "en"  # the language code of the VQA and captioning prompts
+    prompt: str | None = None  # a prompt template instead of the task's (PROMPTS)
+    metric: str | None = None  # None: the task's (TASK_METRICS)
     kind_column: str | None = None  # e.g. a question-type column, for per-kind metrics
     train_split: str = "train"
     val_split: str = "validation"
@@ -40,17 +68,15 @@ class DataSettings:
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_shapes_dataset's arguments
 
     @property
-    def target_column(self) -> str:
-        return self.answer_column if self.task == "vqa" else self.caption_column
+    def metric_name(self) -> str:
+        return self.metric or TASK_METRICS[self.task]
 
     @property
     def columns(self) -> dict[str, str]:
         """The columns this task reads, by option name."""
         wanted = {"image_column": self.image_column}
-        if self.task == "vqa":
-            wanted |= {"question_column": self.question_column, "answer_column": self.answer_column}
-        else:
-            wanted["caption_column"] = self.caption_column
+        for option in TASK_COLUMNS[self.task]:
+            wanted[option] = getattr(self, option)
         if self.kind_column is not None:
             wanted["kind_column"] = self.kind_column
         return wanted

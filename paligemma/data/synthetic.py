@@ -7,7 +7,8 @@ Each picture (default 64x64 px) holds 1-3 shapes on a light background with smoo
     positions  the cells of a 2x2 grid: "top left", "top right", "bottom left", "bottom right"
                (one shape per cell; size and placement jittered within the cell)
 
-Each row carries captions naming every shape and one question, its kind cycling
+Each row carries captions naming every shape, the shapes' boxes ("objects": COCO-style x, y, width, height in
+pixels, and the shape names) and one question, its kind cycling
 color / shape / count / position so the kinds are balanced (25% each in every split):
 
     caption   "two shapes: a red circle at the top left and a blue square at the bottom right"
@@ -40,6 +41,8 @@ import datasets
 import numpy as np
 from PIL import Image, ImageDraw
 
+from paligemma.data.boxes import detection_example, detection_prompt, relative_box
+
 COLORS = {
     "red": (220, 40, 40),
     "yellow": (230, 200, 30),
@@ -62,6 +65,13 @@ FEATURES = datasets.Features(
         "answer": datasets.Value("string"),
         "kind": datasets.Value("string"),
         "image_id": datasets.Value("string"),
+        # COCO-style boxes (x, y, width, height in pixels) and class names of the shapes, in scene order
+        "objects": {
+            "bbox": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
+            "category": datasets.Sequence(datasets.Value("string")),
+        },
+        "prefix": datasets.Value("string"),  # "caption en", or "detect circle ; square" (see detect_every)
+        "suffix": datasets.Sequence(datasets.Value("string")),  # the captions, or the one detection target
     }
 )
 
@@ -120,19 +130,24 @@ def _questions(scene: list[tuple[str, str, int]], kind: str) -> list[tuple[str, 
     return out
 
 
-def _render(scene: list[tuple[str, str, int]], size: int, rng: np.random.Generator) -> bytes:
-    """PNG bytes: light background shaded by a 4x4 random field, each shape jittered inside its cell."""
+def _render(
+    scene: list[tuple[str, str, int]], size: int, rng: np.random.Generator
+) -> tuple[bytes, list[list[float]]]:
+    """PNG bytes and each shape's box (x, y, width, height in pixels): light background shaded by a 4x4 random
+    field, each shape jittered inside its cell."""
     shading = rng.integers(190, 246, size=3) + rng.integers(-12, 13, size=(4, 4, 3))
     image = Image.fromarray(np.clip(shading, 0, 255).astype(np.uint8))
     image = image.resize((size, size), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     cell = size / 2
+    boxes = []
     for color, shape, index in scene:
         radius = cell * rng.uniform(0.24, 0.36)
         slack = cell / 2 - radius - 1
         cx = (index % 2 + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (index // 2 + 0.5) * cell + rng.uniform(-slack, slack)
         box = [cx - radius, cy - radius, cx + radius, cy + radius]
+        boxes.append([box[0], box[1], 2 * radius, 2 * radius])
         if shape == "circle":
             draw.ellipse(box, fill=COLORS[color])
         elif shape == "square":
@@ -144,10 +159,12 @@ def _render(scene: list[tuple[str, str, int]], size: int, rng: np.random.Generat
             )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return buffer.getvalue(), boxes
 
 
-def _make_split(num: int, image_size: int, seed: int, stream: int, split: str) -> datasets.Dataset:
+def _make_split(
+    num: int, image_size: int, seed: int, stream: int, split: str, detect_every: int
+) -> datasets.Dataset:
     rng = np.random.default_rng([seed, stream])
     rows = {name: [] for name in FEATURES}
     for i in range(num):
@@ -155,26 +172,39 @@ def _make_split(num: int, image_size: int, seed: int, stream: int, split: str) -
         while not (candidates := _questions(scene := _scene(rng), kind)):
             pass  # e.g. two identical blue squares leave no "where is" question: draw another scene
         question, answer = candidates[rng.integers(len(candidates))]
-        rows["image"].append({"bytes": _render(scene, image_size, rng), "path": None})
+        png, bboxes = _render(scene, image_size, rng)
+        captions = _captions(scene, np.random.default_rng([seed, stream, i]))
+        names = [shape for _, shape, _ in scene]
+        prompt, target = detection_example(
+            [relative_box(b, image_size, image_size, "xywh", n) for b, n in zip(bboxes, names, strict=True)]
+        )
+        detect = detect_every > 0 and i % detect_every == detect_every - 1
+        rows["image"].append({"bytes": png, "path": None})
         rows["caption"].append(_caption(scene))
-        rows["captions"].append(_captions(scene, np.random.default_rng([seed, stream, i])))
+        rows["captions"].append(captions)
         rows["question"].append(question)
         rows["answers"].append([answer])
         rows["answer"].append(answer)
         rows["kind"].append(kind)
         rows["image_id"].append(f"shapes-{split}-{i:06d}")
+        rows["objects"].append({"bbox": bboxes, "category": names})
+        rows["prefix"].append(prompt if detect else "caption en")
+        rows["suffix"].append([target] if detect else captions)
     return datasets.Dataset.from_dict(rows, features=FEATURES, split=split)
 
 
 def make_shapes_dataset(
-    num_train: int, num_val: int, image_size: int = 64, seed: int = 0
+    num_train: int, num_val: int, image_size: int = 64, seed: int = 0, detect_every: int = 0
 ) -> datasets.DatasetDict:
-    """Splits "train" and "validation" of the synthetic shapes dataset (see the module docstring)."""
+    """Splits "train" and "validation" of the synthetic shapes dataset (see the module docstring).
+
+    ``detect_every=k`` > 0 makes every k-th training row a detection example in the "prefix" and "suffix"
+    columns (the rest, and every validation row, are captions): the tiny base's pre-training mixture."""
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 px to draw shapes, got {image_size}")
     return datasets.DatasetDict(
-        train=_make_split(num_train, image_size, seed, 0, "train"),
-        validation=_make_split(num_val, image_size, seed, 1, "validation"),
+        train=_make_split(num_train, image_size, seed, 0, "train", detect_every),
+        validation=_make_split(num_val, image_size, seed, 1, "validation", 0),
     )
 
 
@@ -182,6 +212,7 @@ def synthetic_texts(dataset: datasets.Dataset | datasets.DatasetDict) -> list[st
     """Every text a model sees on this data (task prefixes, captions, questions, answers): a tokenizer corpus."""
     splits = dataset.values() if isinstance(dataset, datasets.DatasetDict) else [dataset]
     texts = ["caption en", "answer en"]
+    texts += [detection_prompt(c) for c in (["circle", "square", "triangle"], ["square", "triangle"])]
     for split in splits:
         texts += [text for captions in split["captions"] for text in captions]
         texts += [text for column in ("question", "answer") for text in split[column]]

@@ -20,7 +20,7 @@ from paligemma.model.quantize import QuantSettings, check_supported, load_quanti
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.feature_cache import attach_feature_cache
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
-from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
+from paligemma.training.scoring import MONITORED_METRIC, TASK_METRICS, log_predictions, score
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,22 @@ class PaliGemmaLitModule(L.LightningModule):
         adapter: str | None = None,
         task: str = "vqa",
         processor: PaliGemmaProcessor | None = None,
+        metric: str | None = None,
     ):
         """``path``: the base model (local dir or hub id). ``lora`` and ``optim``: the fields of ``LoraSettings``
         and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
-        decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``task`` ("vqa" or "caption") picks
-        the metrics; ``processor`` decodes generations (default: the base's). ``final_logit_softcap=False``
-        turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so); exports then say so.
-        ``quantization`` (nf4, fp4, int8) stores the frozen decoder's linear layers (and the vision tower's, with
-        ``quantize_vision``) through bitsandbytes, 4-bit ones computing in ``compute_dtype`` (default: ``dtype``)."""
+        decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``metric`` (a key of scoring.METRICS;
+        None: the metric of ``task``, "vqa" or "caption") picks the validation metrics; ``processor`` decodes
+        generations (default: the base's). ``final_logit_softcap=False`` turns PaliGemma 2's soft-capping of the
+        logits off (big_vision fine-tunes so); exports then say so. ``quantization`` (nf4, fp4, int8) stores the
+        frozen decoder's linear layers (and the vision tower's, with ``quantize_vision``) through bitsandbytes,
+        4-bit ones computing in ``compute_dtype`` (default: ``dtype``)."""
         super().__init__()
         self.save_hyperparameters(ignore=["processor"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
-        if task not in MONITORED_METRIC:
-            raise ConfigError(f"task must be one of {sorted(MONITORED_METRIC)}, got {task!r}")
+        self.metric = metric or TASK_METRICS.get(task, task)
+        if self.metric not in MONITORED_METRIC:
+            raise ConfigError(f"data.metric must be one of {sorted(MONITORED_METRIC)}, got {self.metric!r}")
         if train_vision and lora is not None and adapter is None:
             raise ConfigError(
                 "model.train_vision=true needs lora=null: a LoRA adapter would not hold the vision weights"
@@ -238,9 +241,11 @@ class PaliGemmaLitModule(L.LightningModule):
         self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
         if not self.records:
             return
-        for name, value in score(self.records, self.task).items():
-            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.task], sync_dist=True)
-        log_predictions(self.loggers, self.records, self.hparams.log_predictions, self.global_step)
+        for name, value in score(self.records, self.metric).items():
+            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.metric], sync_dist=True)
+        log_predictions(
+            self.loggers, self.records, self.hparams.log_predictions, self.global_step, self.metric
+        )
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.fit_validated_at_step = self.global_step
 

@@ -1,24 +1,36 @@
-"""Validation metrics over generated records, and the predictions shown in W&B."""
+"""Validation metrics over generated records, and the predictions shown in W&B.
+
+``data.metric`` (or the task's default) names one entry of ``METRICS``: its scorer, and the value it monitors.
+Metrics that average a score per row (exact match, VQA accuracy, ANLS, box accuracy) are reported per kind
+(``data.kind_column``) as well.
+"""
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 
 from paligemma import metrics
+from paligemma.data.boxes import parse_boxes
 
-MONITORED_METRIC = {"vqa": "val/vqa_accuracy", "caption": "val/cider"}
+# Modules saved before data.metric existed name their task instead.
+TASK_METRICS = {"vqa": "vqa_accuracy", "caption": "cider"}
 
 
-def score(records: list[dict], task: str) -> dict[str, float]:
-    """The task's metrics over validation records, VQA accuracy per question kind as well."""
-    if task == "vqa":
+def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[dict]], dict]:
+    def scorer(records: list[dict]) -> dict[str, float]:
         per_kind = defaultdict(list)
         for r in records:
-            per_kind[r["kind"]].append(metrics.vqa_accuracy(r["prediction"], r["references"]))
-        scores = {f"val/vqa_accuracy/{kind}": statistics.fmean(v) for kind, v in sorted(per_kind.items())}
-        scores["val/vqa_accuracy"] = statistics.fmean(a for v in per_kind.values() for a in v)
+            per_kind[r["kind"]].append(row_score(r["prediction"], r["references"]))
+        scores = {f"val/{name}/{kind}": statistics.fmean(v) for kind, v in sorted(per_kind.items())}
+        scores[f"val/{name}"] = statistics.fmean(a for v in per_kind.values() for a in v)
         return scores
+
+    return scorer
+
+
+def _captions(records: list[dict]) -> dict[str, float]:
     predictions = {r["row_id"]: r["prediction"] for r in records}
     references = {r["row_id"]: r["references"] for r in records}
     return {
@@ -27,9 +39,71 @@ def score(records: list[dict], task: str) -> dict[str, float]:
     }
 
 
-def log_predictions(loggers: list, records: list[dict], limit: int, step: int) -> None:
+def _detection(records: list[dict]) -> dict[str, float]:
+    """COCO mAP of the boxes parsed from each prediction against those of its target (metrics.detection_map)."""
+    scores = metrics.detection_map(
+        [parse_boxes(r["prediction"]) for r in records], [parse_boxes(r["references"][0]) for r in records]
+    )
+    return {f"val/{name}": value for name, value in scores.items()}
+
+
+def _box_accuracy(prediction: str, references: list[str]) -> float:
+    """Referring expressions: 1 if the first predicted box overlaps the target's by IoU >= 0.5."""
+    predicted, target = parse_boxes(prediction), parse_boxes(references[0])
+    return float(bool(predicted and target) and metrics.box_iou(predicted[0], target[0]) >= 0.5)
+
+
+# metric name -> (scorer over all records, the value it monitors)
+METRICS = {
+    "vqa_accuracy": (_per_row("vqa_accuracy", metrics.vqa_accuracy), "val/vqa_accuracy"),
+    "exact_match": (
+        _per_row("exact_match", lambda p, refs: max(metrics.exact_match(p, r) for r in refs)),
+        "val/exact_match",
+    ),
+    "anls": (_per_row("anls", metrics.anls), "val/anls"),
+    "cider": (_captions, "val/cider"),
+    "bleu": (_captions, "val/bleu4"),
+    "map": (_detection, "val/map"),
+    "box_accuracy": (_per_row("box_accuracy", _box_accuracy), "val/box_accuracy"),
+}
+MONITORED_METRIC = {name: monitored for name, (_, monitored) in METRICS.items()}
+
+
+def score(records: list[dict], metric: str) -> dict[str, float]:
+    """The metric's values over validation records (a task name of older modules is read as its metric)."""
+    return METRICS[TASK_METRICS.get(metric, metric)][0](records)
+
+
+def _boxes(text: str, labels: dict[str, int]) -> dict:
+    """A wandb.Image ``boxes`` group: the boxes of a text, relative coordinates, captioned by class."""
+    data = [
+        {
+            "position": {"minX": b.x_min, "maxX": b.x_max, "minY": b.y_min, "maxY": b.y_max},
+            "class_id": labels.setdefault(b.name, len(labels)),
+            "box_caption": b.name,
+        }
+        for b in parse_boxes(text)
+    ]
+    return {"box_data": data, "class_labels": {}}
+
+
+def _drawn_boxes(rows: list[dict]) -> list[dict]:
+    """Predicted and target boxes of each row, for wandb.Image(boxes=...)."""
+    labels: dict[str, int] = {}
+    drawn = [
+        {"predictions": _boxes(r["prediction"], labels), "ground_truth": _boxes(r["references"][0], labels)}
+        for r in rows
+    ]
+    names = {i: name for name, i in labels.items()}
+    for groups in drawn:
+        for group in groups.values():
+            group["class_labels"] = names
+    return drawn
+
+
+def log_predictions(loggers: list, records: list[dict], limit: int, step: int, metric: str = "") -> None:
     """The first ``limit`` records with pictures, to every W&B logger: a table of the texts, and each picture
-    captioned with its prompt, prediction and references.
+    captioned with its prompt, prediction and references; detection draws the predicted and target boxes on it.
 
     The captioned images are what an offline run (our default) keeps: wandb writes a single ``wandb.Image`` to
     the run's files, but leaves table cells as the word "Image" offline (wandb#4611)."""
@@ -44,4 +118,6 @@ def log_predictions(loggers: list, records: list[dict], limit: int, step: int) -
         captions = [
             f"{r['prompt']} -> {r['prediction']} (references: {' | '.join(r['references'])})" for r in rows
         ]
-        logger.log_image("val/prediction_images", [r["image"] for r in rows], step=step, caption=captions)
+        extra = {"boxes": _drawn_boxes(rows)} if metric in ("map", "box_accuracy") else {}
+        images = [r["image"] for r in rows]
+        logger.log_image("val/prediction_images", images, step=step, caption=captions, **extra)

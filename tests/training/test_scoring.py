@@ -1,4 +1,7 @@
-from paligemma.training.scoring import score
+import pytest
+from PIL import Image
+
+from paligemma.training.scoring import _drawn_boxes, score
 
 
 def test_score_reports_vqa_accuracy_per_kind():
@@ -23,3 +26,60 @@ def test_score_reports_cider_and_bleu_for_captions():
     ]
     scores = score(records, "caption")
     assert set(scores) == {"val/cider", "val/bleu4"} and scores["val/cider"] > 0
+
+
+DETECTIONS = [  # (prediction, target): a hit, a malformed prediction, a hallucinated class
+    ("<loc0100><loc0100><loc0500><loc0500> circle", "<loc0100><loc0100><loc0500><loc0500> circle"),
+    ("<loc0100><loc0100> circle ; <loc09", "<loc0200><loc0200><loc0600><loc0600> square"),
+    ("<loc0000><loc0000><loc0300><loc0300> dragon", "<loc0000><loc0000><loc0300><loc0300> circle"),
+]
+
+
+def detection_records(pairs) -> list[dict]:
+    return [
+        {"row_id": i, "kind": "detection", "prompt": "detect circle", "prediction": p, "references": [t],
+         "image": Image.new("RGB", (32, 32))}
+        for i, (p, t) in enumerate(pairs)
+    ]  # fmt: skip
+
+
+def test_detection_scores_map_and_a_malformed_prediction_is_a_miss():
+    scores = score(detection_records(DETECTIONS), "map")
+    assert set(scores) == {"val/map", "val/map_50", "val/map_75"}
+    missed = [DETECTIONS[0], ("", DETECTIONS[1][1]), DETECTIONS[2]]
+    assert scores == score(detection_records(missed), "map")  # as if nothing had been predicted
+    assert 0 < scores["val/map_50"] < 1
+
+
+def test_referring_expressions_score_box_accuracy_at_iou_half():
+    pairs = [
+        ("<loc0100><loc0100><loc0500><loc0500> the cat", "<loc0100><loc0100><loc0500><loc0520> the cat"),
+        ("<loc0100><loc0100><loc0200><loc0200> the cat", "<loc0100><loc0100><loc0500><loc0500> the cat"),
+        ("the cat", "<loc0100><loc0100><loc0500><loc0500> the cat"),
+    ]
+    assert score(detection_records(pairs), "box_accuracy")["val/box_accuracy"] == pytest.approx(1 / 3)
+
+
+def test_exact_match_and_anls_take_the_best_reference():
+    records = [{"row_id": 0, "kind": "ocr", "prediction": "Stop", "references": ["go", "stop"]},
+               {"row_id": 1, "kind": "ocr", "prediction": "invoice 12", "references": ["invoice 13"]}]  # fmt: skip
+    assert score(records, "exact_match")["val/exact_match"] == 0.5
+    assert score(records, "anls")["val/anls"] == pytest.approx((1 + 0.9) / 2)
+
+
+def test_predicted_and_target_boxes_are_drawn_as_wandb_boxes():
+    import wandb
+
+    records = detection_records(DETECTIONS)
+    drawn = _drawn_boxes(records)
+    assert [len(d["predictions"]["box_data"]) for d in drawn] == [1, 0, 1]
+    assert [len(d["ground_truth"]["box_data"]) for d in drawn] == [1, 1, 1]
+    first = drawn[0]["predictions"]["box_data"][0]
+    assert first["position"] == pytest.approx({"minX": 100 / 1023, "maxX": 500 / 1023, "minY": 100 / 1023,
+                                               "maxY": 500 / 1023})  # fmt: skip
+    labels = drawn[0]["predictions"]["class_labels"]
+    assert {labels[b["class_id"]] for d in drawn for g in d.values() for b in g["box_data"]} == {
+        "circle", "square", "dragon"
+    }  # fmt: skip
+    for record, boxes in zip(records, drawn, strict=True):
+        wandb.Image(record["image"], boxes=boxes)  # wandb validates the box data
