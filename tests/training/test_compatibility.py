@@ -25,7 +25,23 @@ def test_resuming_an_old_checkpoint_ends_with_the_old_runs_adapter(tmp_path):
     ours = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     expected = load_file(FIXTURE / "adapter" / "adapter_model.safetensors")
     assert ours.keys() == expected.keys()
-    assert max((ours[k] - expected[k]).abs().max().item() for k in expected) == 0.0
+    # Not bitwise: since the old run, the training loss computes the last decoder layer from the first answer
+    # position on (same sums, other rounding), and Adam's first steps amplify rounding. A resume that restored
+    # the weights, optimizer and loop ends close to the old run's adapter: measured 0.028 from it, while the
+    # checkpoint's own adapter (step 2) is 0.176 away.
+    resumed_gap = _distance(ours, expected)
+    checkpoint = torch.load(FIXTURE / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+    at_step_2 = {k: checkpoint[_checkpoint_key(k)] for k in expected}
+    assert resumed_gap < 0.3 * _distance(at_step_2, expected)
+
+
+def _distance(a: dict, b: dict) -> float:
+    return sum(((a[k] - b[k]) ** 2).sum() for k in b).item() ** 0.5
+
+
+def _checkpoint_key(adapter_key: str) -> str:
+    """base_model.model.model.language_model.X.lora_A.weight -> net.model.language_model.X.lora_A.default.weight"""
+    return "net." + adapter_key.removeprefix("base_model.model.").removesuffix(".weight") + ".default.weight"
 
 
 def test_an_old_adapter_loads_on_the_base_as_peft_loads_it():
