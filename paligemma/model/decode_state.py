@@ -17,9 +17,8 @@ class DecodeState:
     rotary angles ``cos[:, k]``, ``sin[:, k]``. ``length`` counts the slots fed so far.
     """
 
-    masks: dict[
-        str, torch.Tensor
-    ]  # layer type -> (N, 1, max_new_tokens, L) bool, L = prompt + max_new_tokens
+    # layer type -> (N, 1, max_new_tokens, L) bool, L = prompt + max_new_tokens
+    masks: dict[str, torch.Tensor]
     cos: torch.Tensor  # (N, max_new_tokens, head_dim) for the positions the new tokens take
     sin: torch.Tensor
     caches: list[KVCache]
