@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
+from paligemma.data.settings import TASK_METRICS
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
@@ -20,7 +21,7 @@ from paligemma.model.quantize import QuantSettings, check_supported, load_quanti
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.feature_cache import attach_feature_cache
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
-from paligemma.training.scoring import MONITORED_METRIC, TASK_METRICS, log_predictions, score
+from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class PaliGemmaLitModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["processor"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
-        self.metric = metric or TASK_METRICS.get(task, task)
+        self.metric = metric or TASK_METRICS.get(task, task)  # modules saved before data.metric have a task
         if self.metric not in MONITORED_METRIC:
             raise ConfigError(f"data.metric must be one of {sorted(MONITORED_METRIC)}, got {self.metric!r}")
         if train_vision and lora is not None and adapter is None:

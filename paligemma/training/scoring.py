@@ -14,9 +14,6 @@ from collections.abc import Callable
 from paligemma import metrics
 from paligemma.data.boxes import parse_boxes
 
-# Modules saved before data.metric existed name their task instead.
-TASK_METRICS = {"vqa": "vqa_accuracy", "caption": "cider"}
-
 
 def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[dict]], dict]:
     def scorer(records: list[dict]) -> dict[str, float]:
@@ -70,8 +67,8 @@ MONITORED_METRIC = {name: monitored for name, (_, monitored) in METRICS.items()}
 
 
 def score(records: list[dict], metric: str) -> dict[str, float]:
-    """The metric's values over validation records (a task name of older modules is read as its metric)."""
-    return METRICS[TASK_METRICS.get(metric, metric)][0](records)
+    """The metric's values over validation records."""
+    return METRICS[metric][0](records)
 
 
 def _boxes(text: str, labels: dict[str, int]) -> dict:

@@ -96,7 +96,7 @@ def test_records_and_counts_are_gathered_over_ranks(tmp_path):
         assert {r["image"] for r in gathered if r["row_id"] in result["shard"]} == {
             f"img{rank}"
         }  # own images kept
-        assert score(gathered, "vqa") == score(single, "vqa")
+        assert score(gathered, "vqa_accuracy") == score(single, "vqa_accuracy")
         assert result["skipped"] == [["validation", 0], ["validation", 3], ["validation", 6]]
 
 

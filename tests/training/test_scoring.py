@@ -10,7 +10,7 @@ def test_score_reports_vqa_accuracy_per_kind():
         {"row_id": 1, "kind": "color", "prediction": "blue", "references": ["red"]},
         {"row_id": 2, "kind": "count", "prediction": "two", "references": ["2"]},
     ]
-    scores = score(records, "vqa")
+    scores = score(records, "vqa_accuracy")
     assert scores == {"val/vqa_accuracy/color": 0.5, "val/vqa_accuracy/count": 1.0, "val/vqa_accuracy": 2 / 3}
 
 
@@ -24,7 +24,7 @@ def test_score_reports_cider_and_bleu_for_captions():
         },
         {"row_id": 1, "kind": "caption", "prediction": "a blue square", "references": ["a green triangle"]},
     ]
-    scores = score(records, "caption")
+    scores = score(records, "cider")
     assert set(scores) == {"val/cider", "val/bleu4"} and scores["val/cider"] > 0
 
 
