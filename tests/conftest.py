@@ -6,12 +6,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One thread per process (pytest's and every CLI or rank it starts): the test models are so small that a second
+# thread only waits on the first, and a DDP test's two ranks would otherwise fight over the two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from paligemma import PaliGemmaConfig  # noqa: E402
-from tests.helpers import SMALL_CONFIGS, TINY_TEXTS
+from tests.helpers import SMALL_CONFIGS, TINY_TEXTS  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch before this file
 
 
 @pytest.fixture(params=sorted(SMALL_CONFIGS))
