@@ -56,8 +56,8 @@ def generate(
         raise NotImplementedError("beam sampling is not supported: use num_beams=1 with do_sample=True")
     if num_beams > 1 and fixed_length:
         raise NotImplementedError("beam search stops when no row can improve: fixed_length needs num_beams=1")
-    stop_ids = torch.tensor(eos_token_id if eos_token_id is not None else text.eos_token_id).flatten()  # (S,)
-    stop_ids = stop_ids.to(input_ids.device)
+    stop_ids = text.stop_token_ids if eos_token_id is None else eos_token_id
+    stop_ids = torch.tensor(stop_ids, dtype=torch.long, device=input_ids.device).flatten()  # (S,)
     pad_id = pad_token_id if pad_token_id is not None else text.pad_token_id
     if max_new_tokens <= 0:
         return input_ids.new_zeros(input_ids.shape[0], 0)
