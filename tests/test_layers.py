@@ -85,3 +85,13 @@ def test_the_model_layer_loads_without_the_training_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_config_checks_load_without_peft_or_lightning():
+    """train.py composes and checks the config before it reads anything: a config error comes in seconds."""
+    code = (
+        "import sys, paligemma.training.configs, paligemma.training.checks;"
+        "print(sorted(m for m in ('peft', 'lightning', 'transformers', 'datasets', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import peft
 import torch
 from torch import nn
 
 from paligemma.errors import ConfigError, MissingFileError
 from paligemma.paths import local_path
+
+# peft is imported inside the functions that use it: importing it takes seconds (transformers' auto classes),
+# and the config checks, which read LoraSettings, should fail fast.
+if TYPE_CHECKING:
+    import peft
+
 
 DECODER_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -30,6 +36,8 @@ def lora_config(settings: LoraSettings, train_projector: bool = False) -> peft.L
 
     ``train_projector`` trains the projector fully and saves it with the adapter (peft's modules_to_save)."""
     names = "|".join(settings.target_modules)
+    import peft
+
     return peft.LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
@@ -43,6 +51,8 @@ def add_lora(
     model: nn.Module, settings: LoraSettings | None = None, train_projector: bool = False
 ) -> peft.PeftModel:
     """``model`` with new LoRA adapters, everything else frozen (the projector trained with ``train_projector``)."""
+    import peft
+
     peft_model = peft.get_peft_model(model, lora_config(settings or LoraSettings(), train_projector))
     for layer in peft_model.modules():
         if isinstance(layer, peft.tuners.lora.LoraLayer):
@@ -56,6 +66,8 @@ def load_adapter(model: nn.Module, adapter: str | Path, base: str) -> peft.PeftM
     """A saved PEFT adapter on ``model``; one made for another base is a one-line error."""
     if not (local_path(adapter) / "adapter_config.json").is_file():
         raise MissingFileError(f"adapter {adapter} has no adapter_config.json")
+    import peft
+
     try:
         return peft.PeftModel.from_pretrained(model, str(local_path(adapter)))
     except (RuntimeError, ValueError, KeyError) as e:
