@@ -27,19 +27,21 @@ from bench_decode import SHAPES as DECODE_SHAPES  # noqa: E402
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
 from paligemma.model.lora import LoraSettings, add_lora, lora_config  # noqa: E402
+from paligemma.model.presets import hub_config  # noqa: E402
 from paligemma.tiny import random_batch  # noqa: E402
+
+
+def with_layers(config: dict, vision: int, text: int) -> dict:
+    """A hub config with fewer vision and decoder layers (so that it runs on a CPU)."""
+    return {**config, "vision_config": {**config["vision_config"], "num_hidden_layers": vision},
+            "text_config": {**config["text_config"], "num_hidden_layers": text}}  # fmt: skip
+
 
 SHAPES = {
     **DECODE_SHAPES,
     # PaliGemma-3B's decoder layer and real 257,216-token vocabulary, one decoder and two vision layers.
-    "3b-vocab": dict(
-        vision_config=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=2, num_attention_heads=16,
-                           image_size=224, patch_size=14),
-        text_config=dict(vocab_size=257216, hidden_size=2048, intermediate_size=16384, num_hidden_layers=1,
-                         num_attention_heads=8, num_key_value_heads=1, head_dim=256),
-        image_token_index=257152, projection_dim=2048,
-    ),
-}  # fmt: skip
+    "3b-vocab": with_layers(hub_config("paligemma-3b-pt-224"), vision=2, text=1),
+}
 BATCH_SIZES = {"small-vocab": 4, "vocab32k": 4, "3b-vocab": 1}
 
 
