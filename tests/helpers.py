@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
@@ -196,6 +197,16 @@ FAST = ["data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=3", "tr
 
 
 SYNTHETIC = ["data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32"]
+
+
+def offline_hub_cache(monkeypatch, cache: Path) -> Path:
+    """huggingface_hub offline over ``cache``: the environment for subprocesses, and its constants, which it
+    read at import."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
 
 
 def compose_config(output_dir: Path, overrides: list[str], config_name: str = "config"):

@@ -3,7 +3,6 @@
 import shutil
 
 import httpx2  # huggingface_hub's HTTP client: its errors carry an httpx2.Response
-import huggingface_hub
 import pytest
 import requests
 from huggingface_hub.errors import (
@@ -19,7 +18,7 @@ from paligemma.data.processor import copy_processor_files
 from paligemma.errors import ConfigError, HubError
 from paligemma.paths import hub_error, hub_failure, is_hub_id, local_path
 from paligemma.training.checks import validate_config
-from tests.helpers import FAST, SYNTHETIC, assert_one_line_error, compose_config, run_cli
+from tests.helpers import FAST, SYNTHETIC, assert_one_line_error, compose_config, offline_hub_cache, run_cli
 
 REPO = "google/paligemma-3b-pt-224"
 
@@ -38,10 +37,7 @@ def empty_hub_cache(tmp_path, monkeypatch):
     """Offline, with a Hugging Face cache that holds nothing (huggingface_hub reads both at import)."""
     cache = tmp_path / "hf-home"
     monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    offline_hub_cache(monkeypatch, cache / "hub")
 
 
 def http_error(kind, status: int, url: str = f"https://huggingface.co/api/models/{REPO}/revision/main"):

@@ -1,14 +1,13 @@
 """Dataset splits: a local path with ``~`` expanded, hub failures as one line naming the dataset and data.path."""
 
 import datasets
-import huggingface_hub
 import pytest
 from datasets.exceptions import DatasetNotFoundError
 
 from paligemma.data.sources import dataset_failure, load_split
 from paligemma.errors import HubError
 from paligemma.paths import hub_error
-from tests.helpers import VQAV2_FEATURES, vqav2_rows, write_parquet
+from tests.helpers import VQAV2_FEATURES, offline_hub_cache, vqav2_rows, write_parquet
 
 DATASET = "lmms-lab/VQAv2"
 
@@ -18,11 +17,9 @@ def empty_caches(tmp_path, monkeypatch):
     """Offline, with datasets and hub caches that hold nothing (both libraries read them at import)."""
     cache = tmp_path / "hf-home"
     monkeypatch.setenv("HF_HOME", str(cache))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache / "hub"))
+    offline_hub_cache(monkeypatch, cache / "hub")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache / "hub"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache / "datasets")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     return tmp_path

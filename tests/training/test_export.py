@@ -3,7 +3,6 @@ hub cache, and the directory loads in ours and in transformers."""
 
 import shutil
 
-import huggingface_hub
 import pytest
 import torch
 import transformers
@@ -12,6 +11,7 @@ from PIL import Image
 from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 from paligemma.training.export import save_model
 from paligemma.training.module import PaliGemmaLitModule
+from tests.helpers import offline_hub_cache
 
 REPO = "google/paligemma-tiny-test"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -25,10 +25,7 @@ def hub_id_in_cache(tmp_path, monkeypatch, tiny_checkpoint):
     shutil.copytree(tiny_checkpoint, repo / "snapshots" / COMMIT)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    offline_hub_cache(monkeypatch, cache)
     return REPO
 
 
