@@ -1,4 +1,4 @@
-"""LoRA through peft on the Gemma decoder: the config, adding and loading adapters, a faster CPU dropout."""
+"""LoRA through peft on the Gemma decoder: the config, adding and loading adapters, faster CPU dropout and B."""
 
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ def add_lora(
             for name, dropout in layer.lora_dropout.items():
                 if type(dropout) is nn.Dropout:
                     layer.lora_dropout[name] = LoraDropout(dropout.p)
+            for name, up in layer.lora_B.items():
+                if type(up) is nn.Linear and up.bias is None:
+                    layer.lora_B[name] = LoraUp.sharing(up)
     return peft_model
 
 
@@ -92,3 +95,25 @@ class LoraDropout(nn.Dropout):
         threshold = round(self.p * 65536) - 32768  # int16 bits below it drop their element
         keep = bits.view(torch.int16)[:n].view(x.shape) >= threshold
         return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+
+
+class LoraUp(nn.Linear):
+    """LoRA's B (``lora_B``: rank -> features, no bias) as ``nn.Linear``, with a ~5x faster weight gradient on CPU.
+
+    ``F.linear`` multiplies by the transposed weight, so autograd computes the weight's gradient as
+    (features, tokens) @ (tokens, rank), a shape MKL runs ~5x slower than its transpose (28 vs 6 ms for 4,096
+    features, 1,152 tokens, rank 8). Multiplying by a contiguous copy of the transposed weight (rank x features,
+    a few KB) makes it (rank, tokens) @ (tokens, features). Same parameter, same state-dict key, same values up
+    to the order of float additions. On other devices it is ``nn.Linear``.
+    """
+
+    @classmethod
+    def sharing(cls, linear: nn.Linear) -> LoraUp:
+        up = cls(linear.in_features, linear.out_features, bias=False, device="meta")
+        up.weight = linear.weight
+        return up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return x @ self.weight.t().contiguous()  # (..., rank) @ (rank, features)

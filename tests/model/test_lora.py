@@ -4,7 +4,14 @@ import torch
 from torch import nn
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
-from paligemma.model.lora import DECODER_LINEAR_LAYERS, LoraDropout, LoraSettings, add_lora, lora_config
+from paligemma.model.lora import (
+    DECODER_LINEAR_LAYERS,
+    LoraDropout,
+    LoraSettings,
+    LoraUp,
+    add_lora,
+    lora_config,
+)
 
 
 def test_lora_on_3b_config_adapts_the_decoder_only():
@@ -45,7 +52,24 @@ def test_lora_dropout_is_seeded_and_matches_nn_dropout_in_eval_mode_and_at_p_0_a
     assert torch.equal(LoraDropout(0.0).train()(x), x)
 
 
-def test_add_lora_uses_lora_dropout_in_every_adapted_layer(tiny_checkpoint):
+def test_lora_up_computes_nn_linear_and_its_gradients():
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 300, bias=False)
+    up = LoraUp.sharing(linear)
+    assert up.weight is linear.weight and list(up.state_dict()) == ["weight"]
+    x = torch.randn(3, 50, 8, requires_grad=True)
+    grad_out = torch.randn(3, 50, 300)
+    grads = []
+    for layer in (linear, up):
+        x.grad = linear.weight.grad = None
+        y = layer(x)
+        y.backward(grad_out)
+        grads.append((y, x.grad, linear.weight.grad))
+    for reference, ours in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_add_lora_uses_lora_dropout_and_lora_up_in_every_adapted_layer(tiny_checkpoint):
     model = add_lora(
         PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint), LoraSettings(dropout=0.1)
     )
@@ -53,6 +77,9 @@ def test_add_lora_uses_lora_dropout_in_every_adapted_layer(tiny_checkpoint):
     n_layers = model.base_model.model.config.text_config.num_hidden_layers
     assert len(dropouts) == n_layers * len(DECODER_LINEAR_LAYERS)
     assert all(type(d) is LoraDropout and d.p == 0.1 for d in dropouts)
+    ups = [m for name, m in model.named_modules() if ".lora_B." in name]
+    assert len(ups) == len(dropouts) and all(type(m) is LoraUp for m in ups)
+    assert all(m.weight.requires_grad for m in ups)
     without = add_lora(
         PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint), LoraSettings(dropout=0.0)
     )
