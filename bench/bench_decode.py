@@ -105,6 +105,19 @@ def profile_decode(ours, batch: dict, new_tokens: int, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def measure(shape: str, batch_sizes: list[int], dtype_name: str, device: str, new_tokens: int, repeats: int):
+    """Per batch size of one shape: median prefill and per-token decode seconds, transformers and ours."""
+    dtype = getattr(torch, dtype_name)
+    config, ours, hf = build(shape, dtype, device)
+    for batch_size in batch_sizes:
+        batch = prompts(config, batch_size, dtype, device)
+        r = interleaved_medians(generators(ours, hf, batch), new_tokens, repeats, device)
+        (hf_prefill, hf_token), (ours_prefill, ours_token) = r["transformers"], r["ours"]
+        yield {"shape": shape, "batch": batch_size, "hf_token_s": hf_token, "ours_token_s": ours_token,
+               "decode_speedup": hf_token / ours_token, "hf_prefill_s": hf_prefill,
+               "ours_prefill_s": ours_prefill, "prefill_speedup": hf_prefill / ours_prefill}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
@@ -118,23 +131,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
           f"new_tokens={args.new_tokens} repeats={args.repeats}")  # fmt: skip
+    if args.profile:
+        dtype = getattr(torch, args.dtype)
+        for shape in args.shapes:
+            config, ours, _ = build(shape, dtype, args.device)
+            for batch_size in args.batch_sizes:
+                print(f"== {shape} batch {batch_size}")
+                profile_decode(ours, prompts(config, batch_size, dtype, args.device), args.new_tokens)
+        return
     print(f"{'shape':12s} {'batch':>5s} {'decode ms/token: hf':>20s} {'ours':>7s} {'x':>6s}   "
           f"{'prefill ms: hf':>15s} {'ours':>7s} {'x':>6s}")  # fmt: skip
     for shape in args.shapes:
-        config, ours, hf = build(shape, dtype, args.device)
-        for batch_size in args.batch_sizes:
-            batch = prompts(config, batch_size, dtype, args.device)
-            if args.profile:
-                print(f"== {shape} batch {batch_size}")
-                profile_decode(ours, batch, args.new_tokens)
-                continue
-            r = interleaved_medians(generators(ours, hf, batch), args.new_tokens, args.repeats, args.device)
-            (hf_pre, hf_tok), (our_pre, our_tok) = r["transformers"], r["ours"]
-            print(f"{shape:12s} {batch_size:5d} {hf_tok * 1e3:20.2f} {our_tok * 1e3:7.2f} {hf_tok / our_tok:6.2f}   "
-                  f"{hf_pre * 1e3:15.1f} {our_pre * 1e3:7.1f} {hf_pre / our_pre:6.2f}", flush=True)  # fmt: skip
+        for r in measure(shape, args.batch_sizes, args.dtype, args.device, args.new_tokens, args.repeats):
+            print(f"{shape:12s} {r['batch']:5d} {r['hf_token_s'] * 1e3:20.2f} {r['ours_token_s'] * 1e3:7.2f} "
+                  f"{r['decode_speedup']:6.2f}   {r['hf_prefill_s'] * 1e3:15.1f} {r['ours_prefill_s'] * 1e3:7.1f} "
+                  f"{r['prefill_speedup']:6.2f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

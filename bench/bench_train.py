@@ -106,6 +106,29 @@ def measure_peak(shape: str, name: str, dtype: torch.dtype) -> None:
     print(json.dumps({"peak_growth_mb": rss_mb("VmHWM") - before}))
 
 
+def measure(shape: str, dtype_name: str, repeats: int, memory: bool = True) -> dict:
+    """One shape's interleaved median step seconds (and peak MB unless not ``memory``), transformers and ours."""
+    dtype = getattr(torch, dtype_name)
+    config, models = build(shape, dtype)
+    batch = batch_for(config, shape, dtype)
+    steps = {name: step_fn(name, model, batch) for name, model in models.items()}
+    times = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    del models, steps
+    row = {"shape": shape, "batch": BATCH_SIZES[shape], "dtype": dtype_name}
+    row |= {f"{name}_s": statistics.median(t) for name, t in times.items()}
+    row["speedup"] = row["hf_s"] / row["ours_s"]
+    if memory:
+        row |= {f"{name}_peak_mb": peak_rss_growth_mb(shape, name, dtype_name) for name in ("hf", "ours")}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=list(SHAPES))
@@ -117,35 +140,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
     if args.peak_of:
-        return measure_peak(args.shapes[0], args.peak_of, dtype)
+        return measure_peak(args.shapes[0], args.peak_of, getattr(torch, args.dtype))
     print(f"LoRA r=8 train step, dtype={args.dtype} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(f"{'shape':12s} {'batch':>5s} {'step ms: hf+peft':>17s} {'ours':>8s} {'x':>6s}   "
           f"{'peak MB: hf+peft':>17s} {'ours':>7s}")  # fmt: skip
     for shape in args.shapes:
-        config, models = build(shape, dtype)
-        batch = batch_for(config, shape, dtype)
-        steps = {name: step_fn(name, model, batch) for name, model in models.items()}
-        times = {name: [] for name in steps}
-        for step in steps.values():
-            step()  # warm-up
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-        del models, steps
-        hf, ours = (statistics.median(times[name]) for name in ("hf", "ours"))
-        mem = (
-            ""
-            if args.no_memory
-            else "{:17.0f} {:7.0f}".format(
-                *(peak_rss_growth_mb(shape, name, args.dtype) for name in ("hf", "ours"))
-            )
-        )
-        print(f"{shape:12s} {BATCH_SIZES[shape]:5d} {hf * 1e3:17.0f} {ours * 1e3:8.0f} {hf / ours:6.2f}   {mem}",
-              flush=True)  # fmt: skip
+        r = measure(shape, args.dtype, args.repeats, memory=not args.no_memory)
+        mem = "" if args.no_memory else f"{r['hf_peak_mb']:17.0f} {r['ours_peak_mb']:7.0f}"
+        print(f"{shape:12s} {r['batch']:5d} {r['hf_s'] * 1e3:17.0f} {r['ours_s'] * 1e3:8.0f} {r['speedup']:6.2f}   "
+              f"{mem}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""Every speed ratio of bench/ in one run, as the README's markdown tables, headed by the machine it ran on.
+
+    python bench/run_all.py [--threads 2 --repeats 3 --out bench/results.md]
+
+Runs, each side by side with transformers (+ peft) in this process: the LoRA training step and its peak memory
+(bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode and prefill
+(bench_decode.py), and the second epoch with cached image features (bench_feature_cache.py). Ratios are
+transformers time / ours (> 1: we are faster), medians of interleaved repeats.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import peft
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_decode  # noqa: E402
+import bench_feature_cache  # noqa: E402
+import bench_train  # noqa: E402
+
+from paligemma.model.precision import native_bf16_cpu  # noqa: E402
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int) -> str:
+    return (
+        f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+        f"({torch.backends.cpu.get_cpu_capability()}, {threads} threads), transformers {transformers.__version__}, "
+        f"peft {peft.__version__}, load average {os.getloadavg()[0]:.1f} at the start, {date.today()}"
+    )
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def training_table(dtypes: list[str], repeats: int) -> str:
+    rows = []
+    for dtype in dtypes:
+        for shape in bench_train.SHAPES:
+            r = bench_train.measure(shape, dtype, repeats)
+            rows.append([shape, dtype, str(r["batch"]), f"{r['hf_s']:.2f} s", f"{r['ours_s']:.2f} s",
+                         f"x{r['speedup']:.2f}", f"{r['hf_peak_mb']:,.0f}", f"{r['ours_peak_mb']:,.0f}"])  # fmt: skip
+            print(f"  train {shape} {dtype}: x{r['speedup']:.2f}", file=sys.stderr, flush=True)
+    header = ["shape", "dtype", "batch", "step: transformers+peft", "ours", "speed-up", "peak MB: transformers+peft",
+              "ours"]  # fmt: skip
+    return table(header, rows)
+
+
+def decode_table(repeats: int) -> str:
+    rows = []
+    for shape in bench_decode.SHAPES:
+        for r in bench_decode.measure(shape, [1, 4], "float32", "cpu", new_tokens=33, repeats=repeats):
+            rows.append([shape, str(r["batch"]), f"{r['hf_token_s'] * 1e3:.1f}", f"{r['ours_token_s'] * 1e3:.1f}",
+                         f"x{r['decode_speedup']:.2f}", f"x{r['prefill_speedup']:.2f}"])  # fmt: skip
+            print(
+                f"  decode {shape} batch {r['batch']}: x{r['decode_speedup']:.2f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    header = ["shape", "batch", "decode ms/token: transformers", "ours", "speed-up", "prefill speed-up"]
+    return table(header, rows)
+
+
+def feature_cache_table() -> str:
+    r = bench_feature_cache.measure("small-vocab", n_batches=4, batch_size=4)
+    rows = [
+        [f"{epoch} ({what})", f"{plain:.1f} s", f"{cached:.1f} s", f"x{plain / cached:.2f}"]
+        for epoch, what, plain, cached in zip(
+            (1, 2), ("features computed, stored", "features reused"), r["plain_s"], r["cached_s"], strict=True
+        )
+    ]
+    table_md = table(["epoch (4 batches of 4)", "plain", "cached", "speed-up"], rows)
+    return f"{table_md}\n\nLosses' largest gap, cached vs plain: {r['loss_gap']:.1e}."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    dtypes = ["float32", "bfloat16"] if native_bf16_cpu() else ["float32"]
+    sections = [
+        f"Measured on: {machine(torch.get_num_threads())}.",
+        "LoRA r=8 training step (forward + backward, train mode; peak = resident high-water mark growth of one "
+        "step, each implementation alone in a fresh process):\n\n" + training_table(dtypes, args.repeats),
+        "Per-token decode ((generate 33 - generate 1) / 32, greedy, float32) and prefill (generate 1):\n\n"
+        + decode_table(max(args.repeats, 3)),
+        "Cached image features (`model.cache_image_features=true`), small-vocab, LoRA training over the same "
+        "batches twice:\n\n" + feature_cache_table(),
+    ]
+    if "bfloat16" not in dtypes:
+        sections.append("bf16 not measured: this CPU has no native bf16 (AVX512-BF16 or AMX).")
+    if not torch.cuda.is_available():
+        sections.append("GPU rows: no GPU here; `python bench/gpu_check.py` measures them on one.")
+    sections.append(f"Whole run: {time.perf_counter() - start:.0f} s.")
+    markdown = "\n\n".join(sections) + "\n"
+    print(markdown)
+    if args.out:
+        args.out.write_text(markdown)
+
+
+if __name__ == "__main__":
+    main()
