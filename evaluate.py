@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from paligemma.errors import find_run_error, one_line  # noqa: E402
 from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
-from train import instantiate_all, write_json  # noqa: E402
 
 register_configs()
 
@@ -48,6 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
     expand_user_paths(cfg)
     import lightning as L  # the stack loads after the checks: a bad config fails in seconds
 
+    from paligemma.training.run import instantiate_all, write_json
     from paligemma.training.scoring import MONITORED_METRIC
 
     L.seed_everything(cfg.seed, workers=True)

@@ -1,0 +1,32 @@
+import json
+
+from paligemma.training.run import print_summary, write_json
+
+
+def test_write_json_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("{torn")
+    write_json(path, {"val/loss": 0.5})
+    assert json.loads(path.read_text()) == {"val/loss": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_summary_prints_the_metric_before_and_after_and_by_kind(capsys):
+    results = {
+        "zero_shot/vqa_accuracy": 0.01,
+        "val/vqa_accuracy": 0.8,
+        "zero_shot/vqa_accuracy/count": 0.0,
+        "val/vqa_accuracy/count": 1.0,
+        "val/vqa_accuracy/color": 0.75,  # no zero-shot score: printed as nan
+        "train/wall_seconds": 279.4,
+        "train/samples_per_sec": 46.61,
+        "precision": "float32",
+    }
+    print_summary(results, "val/vqa_accuracy")
+    assert capsys.readouterr().out.splitlines() == [
+        "",
+        "vqa_accuracy: before 0.0100  after 0.8000",
+        "       color: before nan  after 0.7500",
+        "       count: before 0.0000  after 1.0000",
+        "trained in 279 s, 46.6 samples/s, base weights float32",
+    ]
