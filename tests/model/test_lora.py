@@ -12,6 +12,8 @@ from paligemma.model.lora import (
     add_lora,
     lora_config,
 )
+from paligemma.tiny import random_batch
+from tests.helpers import hf_reference, ours_from_hf, randomize_
 
 
 def test_lora_on_3b_config_adapts_the_decoder_only():
@@ -84,3 +86,25 @@ def test_add_lora_uses_lora_dropout_and_lora_up_in_every_adapted_layer(tiny_chec
         PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint), LoraSettings(dropout=0.0)
     )
     assert not any(isinstance(m, nn.Dropout) for m in without.modules())
+
+
+def test_lora_training_step_matches_transformers_and_peft(small_config):
+    """Ours with add_lora (LoraUp; dropout off, as masks come from different draws) against transformers + peft,
+    every weight random and the same LoRA weights, in train mode: equal loss and LoRA gradients."""
+    hf = hf_reference(small_config)
+    ours = ours_from_hf(hf)
+    settings = LoraSettings(dropout=0.0)
+    hf_lora = peft.get_peft_model(hf, lora_config(settings)).train()
+    ours_lora = add_lora(ours, settings).train()
+    randomize_(hf_lora, seed=1)
+    ours_lora.load_state_dict(hf_lora.state_dict())
+    batch = random_batch(small_config, prefix_lens=[3, 7, 5, 1], suffix_lens=[4, 2, 2, 6])
+    hf_loss, our_loss = hf_lora(**batch).loss, ours_lora(**batch, return_logits=False).loss
+    hf_loss.backward()
+    our_loss.backward()
+    assert abs(hf_loss.item() - our_loss.item()) < 1e-5
+    hf_grads = {n: p.grad for n, p in hf_lora.named_parameters() if p.requires_grad}
+    our_grads = {n: p.grad for n, p in ours_lora.named_parameters() if p.requires_grad}
+    assert hf_grads.keys() == our_grads.keys() and any("lora_B" in n for n in our_grads)
+    for name, grad in hf_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
