@@ -29,10 +29,10 @@ from paligemma.model.precision import native_bf16_cpu  # noqa: E402
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def machine(threads: int) -> str:
@@ -103,7 +103,7 @@ def main() -> None:
         "LoRA r=8 training step (forward + backward, train mode; peak = resident high-water mark growth of one "
         "step, each implementation alone in a fresh process):\n\n" + training_table(dtypes, args.repeats),
         "Per-token decode ((generate 33 - generate 1) / 32, greedy, float32) and prefill (generate 1):\n\n"
-        + decode_table(max(args.repeats, 3)),
+        + decode_table(args.repeats),
         "Cached image features (`model.cache_image_features=true`), small-vocab, LoRA training over the same "
         "batches twice:\n\n" + feature_cache_table(),
     ]
