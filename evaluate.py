@@ -18,7 +18,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from paligemma.errors import find_run_error, one_line  # noqa: E402
-from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
+from paligemma.training.checks import bf16_refusal, expand_user_paths, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
 register_configs()
@@ -33,6 +33,7 @@ def load_module(cfg: DictConfig, datamodule):
         "task": datamodule.task,
         "processor": datamodule.processor,
         "metric": datamodule.metric,
+        "bf16_refused_by": bf16_refusal(cfg, trains=False),
     }
     if cfg.ckpt_path is not None:
         return PaliGemmaLitModule.load_from_checkpoint(
@@ -47,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     expand_user_paths(cfg)
     import lightning as L  # the stack loads after the checks: a bad config fails in seconds
 
-    from paligemma.training.run import instantiate_all, write_json
+    from paligemma.training.run import instantiate_all, no_metric_reason, write_json
     from paligemma.training.scoring import MONITORED_METRIC
 
     L.seed_everything(cfg.seed, workers=True)
@@ -77,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "monitor": MONITORED_METRIC[datamodule.metric],
         "eval/samples": len(records),
         "eval/seconds": seconds,
-        "eval/samples_per_sec": len(records) / seconds,
+        "eval/samples_per_sec": len(records) / seconds if seconds > 0 else 0.0,
         "data/skipped": datamodule.skipped,
         "model_path": str(module.hparams.path),
         "adapter_path": str(Path(cfg.adapter).resolve()) if cfg.adapter else None,
@@ -89,6 +90,9 @@ def evaluate(cfg: DictConfig) -> dict:
             logger.experiment.summary.update({k: v for k, v in results.items() if isinstance(v, int | float)})
             logger.experiment.finish()
     metric = results["monitor"]
+    if metric not in results:
+        print(f"{metric}: not measured: {no_metric_reason(results)}")
+        return results
     print(
         f"{metric}: {results[metric]:.4f} on {len(records)} samples ({results['eval/samples_per_sec']:.1f}/s)"
     )
@@ -96,14 +100,14 @@ def evaluate(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     try:
         results = evaluate(cfg)
     except Exception as error:
         if (known := find_run_error(error)) is None:
             raise
         sys.exit(f"error: {one_line(known)}")
-    return results[results["monitor"]]
+    return results.get(results["monitor"])
 
 
 if __name__ == "__main__":

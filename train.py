@@ -31,7 +31,7 @@ from paligemma.errors import (  # noqa: E402
     find_run_error,
     one_line,
 )
-from paligemma.training.checks import expand_user_paths, validate_config  # noqa: E402
+from paligemma.training.checks import bf16_refusal, expand_user_paths, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
 register_configs()
@@ -84,6 +84,7 @@ def train(cfg: DictConfig) -> dict:
         task=datamodule.task,
         processor=datamodule.processor,
         metric=datamodule.metric,
+        bf16_refused_by=bf16_refusal(cfg),
     )
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.callbacks)

@@ -64,9 +64,13 @@ def load(side: str, path: Path, compute_dtype: torch.dtype):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_use_double_quant=True, llm_int8_skip_modules=SKIP,
     )  # fmt: skip
-    return transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+    from paligemma.model.quantize import keep_off_packed_cpu_path_
+
+    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
         path, quantization_config=config, device_map="cpu", dtype=torch.float32, attn_implementation="eager"
     )
+    keep_off_packed_cpu_path_(model)  # as ours: the eval pass below would repack it on AVX512-BF16 CPUs
+    return model
 
 
 def lora(model):

@@ -38,7 +38,7 @@ class HubError(RunError, OSError):
 
 
 class DataError(RunError, ValueError):
-    """A bad dataset row under ``data.on_bad_sample=raise``."""
+    """A bad dataset row under ``data.on_bad_sample=raise``, or a split whose first rows are all bad."""
 
 
 class NonFiniteError(RunError, FloatingPointError):

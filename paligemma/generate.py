@@ -1,20 +1,26 @@
 """Generate text for one image with a PaliGemma checkpoint:
 
 python -m paligemma.generate --model DIR --image PATH --prompt "caption en"
+
+A bad option (a missing or unreadable image, a model dir that is not one, an impossible sampling setting, a device
+this machine lacks) exits with status 1 and one line, ``error: <message>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.errors import ConfigError, find_run_error, one_line
 from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
+from paligemma.paths import local_path
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate text for one image with a PaliGemma checkpoint.")
     parser.add_argument("--model", required=True, help="HF-format checkpoint directory or hub id")
     parser.add_argument("--image", required=True, help="path of the image")
@@ -28,15 +34,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams if > 1")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def check_options(args: argparse.Namespace) -> torch.device:
+    """The options' values that no model could run, as a ConfigError naming the option; the device."""
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.num_beams < 1:
+        raise ConfigError(f"--num-beams must be at least 1, got {args.num_beams}")
+    if args.num_beams > 1 and args.sample:
+        raise ConfigError("--num-beams > 1 with --sample: beam sampling is not supported; drop one of them")
+    if args.temperature <= 0:
+        raise ConfigError(
+            f"--temperature must be above 0, got {args.temperature} (greedy: leave out --sample)"
+        )
+    if args.top_k is not None and args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ConfigError(f"--top-p must be in (0, 1], got {args.top_p}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ConfigError(
+            f"--device: {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: this machine has no CUDA GPU (use --device cpu)")
+    return device
+
+
+def read_image(path: str) -> Image.Image:
+    try:
+        with Image.open(local_path(path)) as image:
+            image.load()
+            return image.copy()
+    except FileNotFoundError:
+        raise ConfigError(f"--image: {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ConfigError(f"--image: {path} is not a picture PIL can read ({one_line(error)})") from None
+
+
+def generate(args: argparse.Namespace) -> str:
+    device = check_options(args)
+    image = read_image(args.image)
     processor = PaliGemmaProcessor.from_pretrained(args.model)
     model = PaliGemmaForConditionalGeneration.from_pretrained(
-        args.model, dtype=DTYPES[args.dtype], device=args.device
+        args.model, dtype=DTYPES[args.dtype], device=device
     ).eval()
-    with Image.open(args.image) as image:
-        batch = processor(text=[args.prompt], images=[image], padding_side="left")
-    batch = {k: v.to(args.device) for k, v in batch.items()}
+    batch = processor(text=[args.prompt], images=[image], padding_side="left")
+    batch = {k: v.to(device) for k, v in batch.items()}
     new_tokens = model.generate(
         **batch,
         max_new_tokens=args.max_new_tokens,
@@ -47,7 +94,17 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         num_beams=args.num_beams,
     )
-    print(processor.batch_decode(new_tokens, skip_special_tokens=True)[0])
+    return processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        print(generate(args))
+    except Exception as error:
+        if (known := find_run_error(error)) is None:
+            raise
+        sys.exit(f"error: {one_line(known)}")
 
 
 if __name__ == "__main__":

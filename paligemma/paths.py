@@ -7,6 +7,7 @@ no network, gated, missing) become one :class:`HubError` line naming the repo an
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ HUB_MESSAGES = {
 }
 # Exception classes (by name, across requests, httpx and httpx2) that mean the network is unreachable.
 NETWORK_ERRORS = {"ConnectionError", "TimeoutError", "Timeout", "TransportError", "TimeoutException"}
+
+
+def read_json(file: Path):
+    """A JSON file's content; a damaged one (not JSON, not text) is a ConfigError naming it."""
+    try:
+        return json.loads(Path(file).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{file} is not JSON ({error}): the file is damaged; copy it again") from None
 
 
 def local_path(value: str | Path) -> Path:

@@ -10,6 +10,7 @@ the synthetic captions. ``random_batch`` makes prefix-LM batches of any config, 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from paligemma.data.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processor_files
+from paligemma.errors import ConfigError, RunError, one_line
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.gemma import GemmaRMSNorm
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
@@ -139,10 +141,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="gemma: PaliGemma 1; gemma2: PaliGemma 2")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    texts = synthetic_texts(make_shapes_dataset(num_train=2000, num_val=0, seed=args.seed))
-    text = TINY_TEXTS_BY_DECODER[args.decoder]
-    path = create_tiny_checkpoint(args.out, texts, vocab_size=args.vocab_size, text=text, seed=args.seed)
+    try:
+        out = writable_dir(args.out)
+        texts = synthetic_texts(make_shapes_dataset(num_train=2000, num_val=0, seed=args.seed))
+        text = TINY_TEXTS_BY_DECODER[args.decoder]
+        path = create_tiny_checkpoint(out, texts, vocab_size=args.vocab_size, text=text, seed=args.seed)
+    except RunError as error:
+        sys.exit(f"error: {one_line(error)}")
     print(f"wrote {path}")
+
+
+def writable_dir(out: str) -> Path:
+    """``out`` made (with its parents) as a directory, or a ConfigError saying why it cannot be."""
+    path = Path(out).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out: cannot make the directory {out} ({error.strerror})") from None
+    return path
 
 
 if __name__ == "__main__":

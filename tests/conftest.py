@@ -65,3 +65,27 @@ def other_tiny_checkpoint(tmp_path_factory):
     return create_tiny_checkpoint(
         path, ["caption en", "a red circle"] * 10, vocab_size=300, vision=vision, text=text
     )
+
+
+@pytest.fixture(scope="session")
+def packable_checkpoint(tmp_path_factory):
+    """A random tiny PaliGemma whose decoder projections bitsandbytes can repack for AVX512-BF16 (every dimension a
+    multiple of 64: hidden 256, MLP 1024, head_dim 64), as in every real checkpoint."""
+    from paligemma.tiny import create_tiny_checkpoint
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)  # fmt: skip
+    text = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=1, head_dim=64)  # fmt: skip
+    path = tmp_path_factory.mktemp("packable-checkpoint")
+    return create_tiny_checkpoint(path, TINY_TEXTS, vocab_size=400, vision=vision, text=text)
+
+
+@pytest.fixture
+def avx512_bf16_bitsandbytes(monkeypatch):
+    """bitsandbytes as it behaves on an AVX512-BF16 CPU, on any CPU: its 4-bit layers are made with the packed CPU
+    path on (``support_avx512bf16_for_cpu``). Only the detection is replaced: the repacking and the packed kernel
+    are bitsandbytes' own and run on AVX2 too (there with other numbers, which makes a change easier to see)."""
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)

@@ -1,4 +1,8 @@
-"""python -m paligemma.generate: one image, greedy or beam search, equal to the model's own generate."""
+"""python -m paligemma.generate: one image, greedy or beam search, equal to the model's own generate; bad options
+end in one line."""
+
+import pytest
+import torch
 
 from paligemma.generate import main
 
@@ -48,3 +52,55 @@ def test_command_line_beam_search(tiny_checkpoint, tmp_path, capsys):
     batch = processor(text=["caption en"], images=[Image.open(image_path)], padding_side="left")
     new_tokens = model.generate(**batch, max_new_tokens=6, num_beams=2)
     assert capsys.readouterr().out == processor.batch_decode(new_tokens, skip_special_tokens=True)[0] + "\n"
+
+
+def broken_model(checkpoint, target, fault: str):
+    """A copy of ``checkpoint`` with its weights cut short, or its config.json torn."""
+    import shutil
+
+    shutil.copytree(checkpoint, target)
+    name = {"truncated weights": "model.safetensors", "torn config": "config.json"}[fault]
+    data = (target / name).read_bytes()
+    (target / name).write_bytes(data[: len(data) // 2])
+    return target
+
+
+GENERATE_ERRORS = {
+    "missing image": (["--image", "{tmp}/none.jpg"], "--image: {tmp}/none.jpg does not exist"),
+    "not a picture": (["--image", "{tmp}/notes.txt"], "--image: {tmp}/notes.txt is not a picture PIL can read"),
+    "directory as image": (["--image", "{tmp}"], "--image: {tmp} is not a picture PIL can read"),
+    "missing model": (["--model", "{tmp}/none"], "{tmp}/none is not a directory, nor a hub id"),
+    "truncated weights": (["--model", "{tmp}/truncated weights"], "model.safetensors is truncated"),
+    "torn config": (["--model", "{tmp}/torn config"], "config.json is not JSON"),
+    "no new tokens": (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
+    "beams with sampling": (["--num-beams", "2", "--sample"], "--num-beams > 1 with --sample"),
+    "zero temperature": (["--temperature", "0"], "--temperature must be above 0"),
+    "top-p above 1": (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+    "no GPU": (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+    "no such device": (["--device", "gpu0"], "--device: 'gpu0' is not a torch device"),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(GENERATE_ERRORS))
+def test_bad_options_end_in_one_line_naming_the_culprit(tiny_checkpoint, tmp_path, case):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.helpers import assert_one_line_error
+
+    if case == "no GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    Image.new("RGB", (20, 20)).save(tmp_path / "picture.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    if case in ("truncated weights", "torn config"):
+        broken_model(tiny_checkpoint, tmp_path / case, case)
+    options, culprit = GENERATE_ERRORS[case]
+    args = ["--model", str(tiny_checkpoint), "--image", str(tmp_path / "picture.png")]
+    args += [o.format(tmp=tmp_path) for o in options]  # argparse: the last --model / --image wins
+    result = subprocess.run(
+        [sys.executable, "-m", "paligemma.generate", *args], capture_output=True, text=True
+    )
+    assert_one_line_error(result, culprit.format(tmp=tmp_path))

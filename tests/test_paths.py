@@ -5,6 +5,7 @@ import shutil
 import httpx2  # huggingface_hub's HTTP client: its errors carry an httpx2.Response
 import pytest
 import requests
+import torch
 from huggingface_hub.errors import (
     GatedRepoError,
     LocalEntryNotFoundError,
@@ -65,8 +66,7 @@ def test_home_relative_model_dir_loads_and_passes_the_checks(home_model, tmp_pat
     model = PaliGemmaForConditionalGeneration.from_pretrained(home_model)
     processor = PaliGemmaProcessor.from_pretrained(home_model)
     assert processor.image_token_id == model.config.image_token_index
-    ckpt = local_path("~/last.ckpt")
-    ckpt.write_bytes(b"")
+    torch.save({"state_dict": {}}, local_path("~/last.ckpt"))
     overrides = [f"model.path='{home_model}'", "ckpt_path='~/last.ckpt'"]  # as a yaml file would set them
     validate_config(compose_config(tmp_path / "run", overrides))
 

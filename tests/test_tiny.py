@@ -53,3 +53,22 @@ def test_cli_writes_a_tiny_paligemma2_that_transformers_loads_with_equal_logits(
     with torch.no_grad():
         diff = (reference.eval()(**batch).logits - ours(**batch).logits)[batch["attention_mask"].bool()]
     assert diff.abs().max() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, culprit",
+    [
+        (["--vocab-size", "10"], "vocab_size must exceed the 261 special and byte tokens, got 10"),
+        (["--out", "{tmp}/file"], "--out: cannot make the directory {tmp}/file (File exists)"),
+    ],
+)
+def test_cli_bad_options_end_in_one_line_naming_the_culprit(tmp_path, args, culprit):
+    from tests.helpers import assert_one_line_error
+
+    (tmp_path / "file").write_text("")
+    args = ["--out", str(tmp_path / "out"), *(a.format(tmp=tmp_path) for a in args)]
+    result = subprocess.run(
+        [sys.executable, "-m", "paligemma.tiny", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert_one_line_error(result, culprit.format(tmp=tmp_path))

@@ -34,9 +34,9 @@ from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
 from paligemma.data.settings import PROMPT_FIELDS, TASKS, DataSettings
-from paligemma.data.sources import load_split, local_splits
+from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
-from paligemma.errors import ConfigError
+from paligemma.errors import ConfigError, DataError
 from paligemma.paths import is_hub_id, local_path
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
     """``spec`` in the syntax of load_dataset(split=...): "train", "validation[:500]", "train[90%:]"."""
     available = {name: len(ds) for name, ds in splits.items()}
-    parts = [
-        splits[p.splitname].select(range(p.from_, p.to))
-        for p in datasets.ReadInstruction.from_spec(spec).to_absolute(available)
-    ]
+    try:
+        instructions = datasets.ReadInstruction.from_spec(spec).to_absolute(available)
+    except (ValueError, AssertionError) as error:
+        raise split_error(spec, error) from None
+    parts = [splits[p.splitname].select(range(p.from_, p.to)) for p in instructions]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
@@ -62,6 +63,24 @@ def check_template(template: str, task: str) -> None:
             f"data.prompt {template!r} does not format ({type(error).__name__}: {error}); "
             f"its fields for task {task}: {', '.join('{' + f + '}' for f in fields)}"
         ) from error
+
+
+FIRST_ROWS = 32  # a split whose first rows are all bad stops the run before it trains on placeholders
+
+
+def check_first_rows(rows: Rows, path: str) -> None:
+    """A DataError naming the split and the first row's reason when none of the first ``FIRST_ROWS`` rows is good:
+    a wrong column or a layout this code does not read, not a few bad rows (those are skipped)."""
+    if len(rows) == 0:
+        raise DataError(f"the {rows.split} split of {path!r} has no rows")
+    first = min(len(rows), FIRST_ROWS)
+    for row in range(first):
+        if "error" not in rows[row]:
+            return
+    raise DataError(
+        f"the first {first} rows of the {rows.split} split of {path!r} are all bad; row 0: "
+        f"{rows[0]['error']} (check the data.*_column options, data.max_length and the dataset's layout)"
+    )
 
 
 class PaliGemmaDataModule(L.LightningDataModule):
@@ -164,7 +183,9 @@ class PaliGemmaDataModule(L.LightningDataModule):
         image_column = self.settings.image_column
         if isinstance(data.features[image_column], datasets.Image):
             data = data.cast_column(image_column, datasets.Image(decode=False))  # decoded in Rows
-        return Rows(data, split, self.settings, self.processor, train)
+        rows = Rows(data, split, self.settings, self.processor, train)
+        check_first_rows(rows, self.settings.path)
+        return rows
 
     def setup(self, stage: str | None = None) -> None:
         s = self.settings
@@ -177,8 +198,8 @@ class PaliGemmaDataModule(L.LightningDataModule):
         s = self.settings
         options = dict(
             collate_fn=Collate(self.processor, rows.split, train, s.max_length),
-            num_workers=s.num_workers,
-            persistent_workers=s.num_workers > 0,
+            num_workers=s.workers,
+            persistent_workers=s.workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
         replicas, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)

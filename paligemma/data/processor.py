@@ -13,7 +13,6 @@ exactly as transformers' SiglipImageProcessor (PIL backend) does, except 16-bit 
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,8 +23,8 @@ from PIL import Image
 from tokenizers import AddedToken, Tokenizer
 
 from paligemma.data.tokenizer import EXTRA_TOKENS, IMAGE_TOKEN
-from paligemma.errors import MissingFileError
-from paligemma.paths import resolve_model_dir
+from paligemma.errors import ConfigError, MissingFileError, one_line
+from paligemma.paths import read_json, resolve_model_dir
 
 IGNORE_INDEX = -100
 # Everything a processor (ours or transformers') loads: the hub repos ship preprocessor_config.json,
@@ -54,9 +53,9 @@ def read_image_settings(path: Path) -> dict:
     """The image processor's settings: preprocessor_config.json (the hub repos), else the "image_processor"
     entry of processor_config.json (transformers 5 saves)."""
     if (path / "preprocessor_config.json").is_file():
-        return json.loads((path / "preprocessor_config.json").read_text(encoding="utf-8"))
+        return read_json(path / "preprocessor_config.json")
     if (path / "processor_config.json").is_file():
-        settings = json.loads((path / "processor_config.json").read_text(encoding="utf-8"))
+        settings = read_json(path / "processor_config.json")
         if "image_processor" in settings:
             return settings["image_processor"]
     raise MissingFileError(
@@ -135,7 +134,7 @@ class PaliGemmaProcessor:
         tok_cfg = {}  # special token names; tokenizer_config.json wins, as in transformers
         for name in ["special_tokens_map.json", "tokenizer_config.json"]:
             if (path / name).is_file():
-                tok_cfg.update(json.loads((path / name).read_text(encoding="utf-8")))
+                tok_cfg.update(read_json(path / name))
 
         def token(key: str, default: str) -> str:
             value = tok_cfg.get(key) or default
@@ -143,11 +142,17 @@ class PaliGemmaProcessor:
 
         size = image_cfg.get("size", {})
         if size.get("height") is None or size.get("height") != size.get("width"):
-            raise ValueError(f"{path}: image settings: expected a square size {{height, width}}, got {size}")
+            raise ConfigError(f"{path}: image settings: expected a square size {{height, width}}, got {size}")
         if "image_seq_length" not in image_cfg:
-            raise ValueError(f"{path}: image settings have no image_seq_length (the number of image tokens)")
+            raise ConfigError(f"{path}: image settings have no image_seq_length (the number of image tokens)")
+        try:
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as error:  # tokenizers raises a bare Exception on a file it cannot parse
+            raise ConfigError(
+                f"{path / 'tokenizer.json'} is no tokenizer ({one_line(error)}); copy it again"
+            ) from None
         return cls(
-            Tokenizer.from_file(str(path / "tokenizer.json")),
+            tokenizer,
             image_size=size["height"],
             num_image_tokens=image_cfg["image_seq_length"],
             bos_token=token("bos_token", "<bos>"),

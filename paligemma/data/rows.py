@@ -29,6 +29,11 @@ from paligemma.errors import DataError
 REFERENCE_KEYS = ("answer", "caption", "text", "raw")  # where a dict-shaped reference keeps its string
 
 
+def describe(error: Exception) -> str:
+    """Why a row is bad: our own reasons (ValueError) as they are, anything else with its type."""
+    return str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
+
+
 def references(value: Any) -> list[str]:
     """A target cell as a list of non-empty strings: str, list[str], list[dict] or dict of lists."""
     if value is None:
@@ -95,14 +100,17 @@ class Rows(Dataset):
         try:
             return self._sample(row, epoch)
         except Exception as error:  # any failure on a row makes it a bad row, never a dead loader
-            reason = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+            reason = describe(error)
             if self.settings.on_bad_sample == "raise":
                 raise DataError(f"bad {self.split} row {row}: {reason}") from error
             return {"row": row, "error": reason}
 
     def _sample(self, row: int, epoch: int) -> dict[str, Any]:
         item, s = self.data[row], self.settings
-        image = to_rgb(open_image(item[s.image_column]))
+        try:
+            image = to_rgb(open_image(item[s.image_column]))
+        except Exception as error:
+            raise ValueError(f"{describe(error)} in column {s.image_column!r}") from error
         fields, refs = self.fields(item, s, image.size)
         prompt = (s.prompt or PROMPTS[s.task]).format(lang=s.lang, **fields)
         if not refs:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from paligemma.errors import ConfigError
+
+MAX_DEFAULT_WORKERS = 4
 TASKS = ("vqa", "caption", "prefix_suffix", "detection")
 # The metric of each task unless data.metric names another (paligemma/training/scoring.py has them all).
 TASK_METRICS = {"vqa": "vqa_accuracy", "caption": "cider", "prefix_suffix": "exact_match", "detection": "map"}
@@ -61,11 +65,30 @@ class DataSettings:
     max_val_samples: int | None = None
     batch_size: int = 8
     val_batch_size: int | None = None  # None: batch_size
-    num_workers: int = 0
+    num_workers: int | None = None  # None: one per CPU core this process may use but one, at most 4
     max_length: int | None = None  # cap on prompt + target tokens; longer targets are cut, <eos> kept
     seed: int = 0
     on_bad_sample: str = "skip"  # or "raise"
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_shapes_dataset's arguments
+
+    def __post_init__(self):
+        counts = {"batch_size": self.batch_size, "val_batch_size": self.val_batch_size,
+                  "max_train_samples": self.max_train_samples, "max_val_samples": self.max_val_samples}  # fmt: skip
+        for key, value in counts.items():
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{key} must be at least 1, got {value}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(
+                f"data.num_workers must be 0 or more (null: the machine's), got {self.num_workers}"
+            )
+
+    @property
+    def workers(self) -> int:
+        """DataLoader worker processes: ``num_workers``, or by default what the machine has room for."""
+        if self.num_workers is not None:
+            return self.num_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(MAX_DEFAULT_WORKERS, cores - 1)
 
     @property
     def metric_name(self) -> str:

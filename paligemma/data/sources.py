@@ -24,18 +24,34 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetNotFoundError
 
+from paligemma.errors import ConfigError, one_line
 from paligemma.paths import hub_error, hub_failure, is_hub_id, local_path
+
+
+def split_error(spec: str, error: Exception) -> ConfigError:
+    """A split spec ``datasets`` cannot serve (unknown name, bad syntax, no rows), as the options to change."""
+    return ConfigError(
+        f"split {spec!r}: {one_line(error)}; check data.train_split, data.val_split or eval.split"
+    )
+
+
+def is_split_error(error: Exception) -> bool:
+    """What ``datasets`` raises for a split spec it cannot serve (its messages: "Unknown split", "Instruction
+    ... corresponds to no data", "Unrecognized split format")."""
+    return isinstance(error, ValueError | AssertionError) and any(
+        word in str(error) for word in ("split", "Instruction")
+    )
 
 
 def load_split(path: str, name: str | None, split: str) -> datasets.Dataset:
     """``datasets.load_dataset(path, name, split=split)``: a local ``path`` with ``~`` expanded, a hub id
     downloaded or read from the cache."""
-    if not is_hub_id(path):
-        return datasets.load_dataset(str(local_path(path)), name, split=split)
     try:
-        return datasets.load_dataset(path, name, split=split)
+        return datasets.load_dataset(path if is_hub_id(path) else str(local_path(path)), name, split=split)
     except Exception as error:
-        reason = dataset_failure(error)
+        if is_split_error(error):
+            raise split_error(split, error) from None
+        reason = dataset_failure(error) if is_hub_id(path) else None
         if reason is None:
             raise
         raise hub_error(path, reason, kind="dataset") from error

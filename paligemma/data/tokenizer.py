@@ -24,6 +24,8 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
 
+from paligemma.errors import ConfigError
+
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 IMAGE_TOKEN = "<image>"
@@ -36,7 +38,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     """Train a byte-fallback BPE on ``texts``; ``vocab_size`` caps specials + bytes + learned pieces."""
     n_fixed = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
     if vocab_size <= n_fixed:
-        raise ValueError(f"vocab_size must exceed the {n_fixed} special and byte tokens, got {vocab_size}")
+        raise ConfigError(f"vocab_size must exceed the {n_fixed} special and byte tokens, got {vocab_size}")
     # Learn pieces within words (as SentencePiece's split_by_whitespace), with spaces already "▁".
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.normalizer = normalizers.Replace(" ", "▁")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from paligemma.errors import MissingFileError, UnsupportedConfigError
+from paligemma.paths import read_json
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Every name the reference maps to the tanh approximation of GELU.
@@ -246,7 +247,7 @@ class PaliGemmaConfig:
         config_file = Path(path) / "config.json"
         if not config_file.is_file():
             raise MissingFileError(f"{path} is not a PaliGemma checkpoint directory: no config.json in it")
-        return cls.from_dict(json.loads(config_file.read_text()))
+        return cls.from_dict(read_json(config_file))
 
     def to_dict(self) -> dict[str, Any]:
         text = self.text_config.to_dict()

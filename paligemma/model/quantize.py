@@ -25,6 +25,7 @@ QUANTIZATIONS = ("nf4", "fp4", "int8")
 DECODER_LAYERS = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+")
 VISION_LAYERS = re.compile(r"model\.vision_tower\.encoder\.layers\.\d+\.(self_attn|mlp)\.\w+")
 INT8_THRESHOLD = 6.0
+PACKED_CPU_SWITCH = "support_avx512bf16_for_cpu"  # bitsandbytes' Linear4bit: see keep_off_packed_cpu_path_
 
 
 @dataclass
@@ -75,9 +76,23 @@ def quantized_linear(linear: nn.Linear, settings: QuantSettings) -> nn.Module:
         layer.weight = bnb.nn.Params4bit(
             weight, requires_grad=False, compress_statistics=True, quant_type=settings.kind, module=layer
         ).to(device)
+        keep_off_packed_cpu_path_(layer)
     if bias:
         layer.bias = linear.bias
     return layer
+
+
+def keep_off_packed_cpu_path_(module: nn.Module) -> None:
+    """Keep every ``Linear4bit`` in ``module`` computing as it was quantized, on every CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a ``Linear4bit`` weight in place the first time the layer runs
+    in eval mode on an input without grad (any validation pass). From then on it computes through ``gemv_4bit`` in
+    bf16, in training too, and its input gets no gradient, so LoRA layers below it train on part of their gradient.
+    Its attribute ``support_avx512bf16_for_cpu`` gates that; off, every CPU computes what an AVX2 one does.
+    """
+    for layer in module.modules():
+        if hasattr(layer, PACKED_CPU_SWITCH):
+            setattr(layer, PACKED_CPU_SWITCH, False)
 
 
 def quantize_layer_(model: nn.Module, tensor_name: str, settings: QuantSettings) -> None:

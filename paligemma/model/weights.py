@@ -16,7 +16,7 @@ from torch import nn
 
 from paligemma.errors import CheckpointError
 from paligemma.model.config import PaliGemmaConfig
-from paligemma.paths import resolve_model_dir
+from paligemma.paths import read_json, resolve_model_dir
 
 # checkpoint prefix -> our prefix; the first match wins, so longer prefixes come first.
 KEY_PREFIXES = [
@@ -60,7 +60,7 @@ def our_key(checkpoint_key: str) -> str | None:
 def checkpoint_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index)["weight_map"].values()))
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
             raise CheckpointError(f"{path}: shards listed in {index.name} are missing: {missing}")
@@ -85,16 +85,22 @@ def read_safetensors(file: Path):
     """
     with open(file, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError, MemoryError, OverflowError):
+            raise CheckpointError(
+                f"{file} has no safetensors header: the file is damaged; copy it again"
+            ) from None
         header.pop("__metadata__", None)
         data_start = 8 + header_len
 
-        def reader(info):
+        def reader(key, info):
             def read(dtype: torch.dtype) -> torch.Tensor:
                 begin, end = info["data_offsets"]
                 buffer = bytearray(end - begin)
                 f.seek(data_start + begin)
-                f.readinto(buffer)
+                if f.readinto(buffer) != len(buffer):
+                    raise CheckpointError(f"{file} is truncated: it ends inside tensor {key}; copy it again")
                 src = SAFETENSORS_DTYPES[info["dtype"]]
                 flat = torch.frombuffer(buffer, dtype=src) if buffer else torch.empty(0, dtype=src)
                 return flat.reshape(info["shape"]).to(dtype)
@@ -102,7 +108,7 @@ def read_safetensors(file: Path):
             return read
 
         for key, info in header.items():
-            yield key, tuple(info["shape"]), reader(info)
+            yield key, tuple(info["shape"]), reader(key, info)
 
 
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

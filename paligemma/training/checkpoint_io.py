@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from paligemma.errors import CheckpointError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` with atomic local writes and ``weights_only=True`` loading by default."""
@@ -46,4 +48,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path, *args: Any, weights_only: bool | None = None, **kwargs: Any
     ) -> dict[str, Any]:
         weights_only = True if weights_only is None else weights_only  # Trainer.fit passes None by default
-        return super().load_checkpoint(path, *args, weights_only=weights_only, **kwargs)
+        try:
+            return super().load_checkpoint(path, *args, weights_only=weights_only, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # whatever torch.load raises on bytes it cannot read
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise CheckpointError(f"ckpt_path: {path} cannot be read as a checkpoint ({reason})") from None

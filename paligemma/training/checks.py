@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from paligemma.errors import ConfigError
 from paligemma.model.precision import DTYPE_NAMES, resolve_dtype
-from paligemma.paths import is_hub_id, local_path
+from paligemma.paths import is_hub_id, local_path, read_json
 
 
 def _check_source(key: str, value: str, what: str) -> None:
@@ -37,15 +39,50 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.compute_dtype: {cfg.model.compute_dtype!r} is not one of {', '.join(DTYPE_NAMES)}"
         )
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not local_path(ckpt_path).is_file():
+    if (ckpt_path := cfg.get("ckpt_path")) is not None:
+        _check_checkpoint(ckpt_path)
+    if (adapter := cfg.get("adapter")) is not None:
+        _check_adapter(adapter)
+    _check_generation(cfg)
+    _check_fsdp(cfg)
+
+
+# Counts of validation generation (train.py) and of evaluate.py, the least each can be (null: the default).
+GENERATION_COUNTS = {"model.max_new_tokens": 1, "model.num_beams": 1, "model.log_predictions": 0,
+                     "eval.max_new_tokens": 1, "eval.num_beams": 1, "eval.batch_size": 1, "eval.max_samples": 1}  # fmt: skip
+
+
+def _check_generation(cfg: DictConfig) -> None:
+    for key, least in GENERATION_COUNTS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ConfigError(f"{key} must be a whole number of at least {least}, got {value!r}")
+
+
+def _check_checkpoint(ckpt_path: str) -> None:
+    """A file torch.save wrote whole: a zip archive (a kill or a full disk leaves one without its directory)."""
+    if not local_path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path: {ckpt_path} is not a file (a Lightning checkpoint, e.g. last.ckpt)")
-    adapter = cfg.get("adapter")
-    if adapter is not None and not (local_path(adapter) / "adapter_config.json").is_file():
+    if not zipfile.is_zipfile(local_path(ckpt_path)):
+        raise ConfigError(
+            f"ckpt_path: {ckpt_path} is not a whole checkpoint (truncated, or not written by torch.save); "
+            "resume from another one of the run's checkpoints/ (step<N>.ckpt)"
+        )
+
+
+def _check_adapter(adapter: str) -> None:
+    """A PEFT adapter dir: adapter_config.json, a JSON object naming its peft_type."""
+    config_file = local_path(adapter) / "adapter_config.json"
+    if not config_file.is_file():
         raise ConfigError(
             f"adapter: {adapter} has no adapter_config.json (a PEFT adapter dir, e.g. <run>/adapter)"
         )
-    _check_fsdp(cfg)
+    config = read_json(config_file)
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise ConfigError(
+            f"adapter: {config_file} names no peft_type, so it is no PEFT adapter config; point adapter= at a "
+            "dir that peft's save_pretrained wrote (train.py writes <run>/adapter)"
+        )
 
 
 USER_PATHS = ("model.path", "data.path", "ckpt_path", "adapter")
@@ -60,18 +97,37 @@ def expand_user_paths(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, str(local_path(value)))
 
 
-def _check_fsdp(cfg: DictConfig) -> None:
-    """FSDP flattens each unit's weights into one tensor (one dtype), and runs forward passes in lockstep."""
+def uses_fsdp(cfg: DictConfig) -> bool:
     strategy = (cfg.get("trainer") or {}).get("strategy")
     name = strategy if isinstance(strategy, str) or strategy is None else strategy.get("_target_")
-    if "fsdp" not in str(name).lower():
+    return "fsdp" in str(name).lower()
+
+
+def bf16_refusal(cfg: DictConfig, trains: bool = True) -> str | None:
+    """What in this run cannot take a bf16 base (``model.dtype=auto`` then picks float32), or None. ``trains``:
+    whether the run trains (train.py) or only evaluates (evaluate.py)."""
+    adapts = bool(cfg.get("lora") or cfg.get("adapter"))
+    if uses_fsdp(cfg) and adapts:
+        return "trainer=fsdp needs one dtype per decoder layer, and LoRA weights are float32"
+    if not trains or cfg.get("adapter") is not None:
+        return None
+    trained = [f"model.{key}=true" for key in ("train_vision", "train_projector") if cfg.model.get(key)]
+    trained = trained if adapts else ["lora=null", *trained]
+    return f"{' and '.join(trained)} would train base weights in bf16" if trained else None
+
+
+def _check_fsdp(cfg: DictConfig) -> None:
+    """FSDP flattens each unit's weights into one tensor (one dtype), and runs forward passes in lockstep."""
+    if not uses_fsdp(cfg):
         return
     if cfg.model.get("quantization"):
         raise ConfigError(
             f"model.quantization={cfg.model.quantization} with trainer=fsdp: FSDP flattens each decoder layer's "
             "weights into one float32 tensor, which bitsandbytes' packed weights cannot join; use trainer=ddp (each rank holds the quantized model) or model.quantization=null"
         )
-    if resolve_dtype(cfg.model.dtype)[0] != torch.float32 and (cfg.get("lora") or cfg.get("adapter")):
+    if resolve_dtype(cfg.model.dtype, bf16_refusal(cfg))[0] != torch.float32 and (
+        cfg.get("lora") or cfg.get("adapter")
+    ):
         raise ConfigError(
             f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
             "per decoder layer; set model.dtype=float32 (FSDP shards it; trainer.precision=bf16-mixed computes in bf16)"

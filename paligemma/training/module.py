@@ -58,6 +58,7 @@ class PaliGemmaLitModule(L.LightningModule):
         task: str = "vqa",
         processor: PaliGemmaProcessor | None = None,
         metric: str | None = None,
+        bf16_refused_by: str | None = None,
     ):
         """``path``: the base model (local dir or hub id). ``lora`` and ``optim``: the fields of ``LoraSettings``
         and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
@@ -66,7 +67,8 @@ class PaliGemmaLitModule(L.LightningModule):
         generations (default: the base's). ``final_logit_softcap=False`` turns PaliGemma 2's soft-capping of the
         logits off (big_vision fine-tunes so); exports then say so. ``quantization`` (nf4, fp4, int8) stores the
         frozen decoder's linear layers (and the vision tower's, with ``quantize_vision``) through bitsandbytes,
-        4-bit ones computing in ``compute_dtype`` (default: ``dtype``)."""
+        4-bit ones computing in ``compute_dtype`` (default: ``dtype``). ``bf16_refused_by``: what in the run
+        cannot take a bf16 base, so that ``dtype="auto"`` picks float32 (training.checks.bf16_refusal)."""
         super().__init__()
         self.save_hyperparameters(ignore=["processor"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
@@ -86,7 +88,9 @@ class PaliGemmaLitModule(L.LightningModule):
         self.optim = OptimSettings(**(optim or {}))
         optimizer_class(self.optim.name)  # an unknown name, or bitsandbytes missing, fails before loading
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
-        torch_dtype, self.precision = resolve_dtype(dtype)  # "auto": bf16 only on CPUs with native bf16
+        torch_dtype, self.precision = resolve_dtype(
+            dtype, bf16_refused_by
+        )  # "auto": bf16 on native-bf16 CPUs
         self.quantization = None  # or the QuantSettings of a quantized base
         if quantization is not None:
             self.quantization = QuantSettings(

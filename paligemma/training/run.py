@@ -83,11 +83,21 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
     return results
 
 
+def no_metric_reason(results: dict) -> str:
+    """Why validation gave no metric: no row of the validation split could be scored."""
+    return (
+        f"no validation row could be scored ({results.get('data/skipped', 0)} rows skipped as bad, see the "
+        "warnings above)"
+    )
+
+
 def print_summary(results: dict, monitor: str) -> None:
     name = monitor.removeprefix("val/")
-    print(
-        f"\n{name}: before {results.get(f'zero_shot/{name}', float('nan')):.4f}  after {results[monitor]:.4f}"
-    )
+    if monitor in results:
+        before = results.get(f"zero_shot/{name}", float("nan"))
+        print(f"\n{name}: before {before:.4f}  after {results[monitor]:.4f}")
+    else:
+        print(f"\n{name}: not measured: {no_metric_reason(results)}")
     for key in sorted(k for k in results if k.startswith(monitor + "/")):
         before = results.get(f"zero_shot/{key.removeprefix('val/')}", float("nan"))
         print(f"  {key.removeprefix(monitor + '/'):>10s}: before {before:.4f}  after {results[key]:.4f}")

@@ -1,18 +1,23 @@
+import bitsandbytes
 import peft
 import pytest
 import torch
 import transformers
+from bitsandbytes.functional import has_avx512bf16
 
 from paligemma import PaliGemmaForConditionalGeneration
 from paligemma.errors import ConfigError
 from paligemma.model.lora import LoraSettings, add_lora
 from paligemma.model.quantize import (
+    PACKED_CPU_SWITCH,
     QuantSettings,
     check_supported,
     dequantized_state_dict,
     dequantized_weight,
     is_quantized,
+    keep_off_packed_cpu_path_,
     load_quantized,
+    quantized_linear,
 )
 from paligemma.tiny import random_batch
 
@@ -67,6 +72,7 @@ def test_nf4_equals_transformers_bitsandbytes_on_the_same_checkpoint(checkpoint)
     theirs = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
         checkpoint, quantization_config=config, device_map="cpu", attn_implementation="eager"
     ).eval()
+    keep_off_packed_cpu_path_(theirs)  # as ours: an AVX512-BF16 CPU would repack it at the first no-grad pass
     ours = load_quantized(PaliGemmaForConditionalGeneration, checkpoint, QuantSettings("nf4", torch.float32))
     their_layers = {n: m for n, m in theirs.named_modules() if is_quantized(m)}
     our_layers = {n: m for n, m in ours.named_modules() if is_quantized(m)}
@@ -123,3 +129,82 @@ def test_a_device_bitsandbytes_cannot_run_is_one_line(kind):
         check_supported(QuantSettings(kind, torch.float32), torch.device("meta"))
     with pytest.raises(ConfigError, match="model.quantization: 'nf3' is not one of nf4, fp4, int8"):
         QuantSettings("nf3")
+
+
+def train_step(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss and every trainable parameter's gradient of one forward and backward pass in train mode."""
+    model.train()
+    model.zero_grad()
+    loss = model(**batch, return_logits=False).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def validation_pass(model: torch.nn.Module, batch: dict) -> None:
+    """What zero-shot and every validation do to the model: eval mode, no grad."""
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+
+
+def test_bitsandbytes_repacks_a_4bit_layer_in_place_at_its_first_eval_pass_on_an_avx512_bf16_cpu(
+    avx512_bf16_bitsandbytes,
+):
+    """What keep_off_packed_cpu_path_ switches off, as bitsandbytes does it: fails when a release renames the
+    switch or drops the path (the fix would then be looked at again)."""
+    assert getattr(bitsandbytes.nn.Linear4bit(64, 64, quant_type="nf4"), PACKED_CPU_SWITCH) is True
+    torch.manual_seed(0)
+    layer = quantized_linear(torch.nn.Linear(512, 256, bias=False), QuantSettings("nf4", torch.float32))
+    assert getattr(layer, PACKED_CPU_SWITCH) is False  # ours
+    setattr(layer, PACKED_CPU_SWITCH, True)  # bitsandbytes' own default here
+    x = torch.randn(4, 512)
+    before = layer(x)
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+    layer.train()
+    assert layer.weight.quant_state.packing_format_for_cpu
+    assert not torch.allclose(layer(x), before, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "cpu",
+    [
+        "emulated",
+        pytest.param(
+            "native",
+            marks=pytest.mark.skipif(
+                not has_avx512bf16(), reason="this CPU has no AVX512-BF16: bitsandbytes never repacks here"
+            ),
+        ),
+    ],
+)
+@pytest.mark.parametrize("kind", ["nf4", "fp4"])
+def test_a_validation_pass_leaves_every_quantized_layer_computing_and_backpropagating_as_before(
+    packable_checkpoint, request, cpu, kind
+):
+    """On a base whose projections bitsandbytes can repack, a QLoRA model's loss and every LoRA gradient after an
+    eval no-grad pass are those before it, bit for bit: on this CPU ("native", where it has AVX512-BF16) and
+    under bitsandbytes' AVX512-BF16 behaviour on any CPU ("emulated"). Fails without keep_off_packed_cpu_path_."""
+    if cpu == "emulated":
+        request.getfixturevalue("avx512_bf16_bitsandbytes")
+    model = load_quantized(
+        PaliGemmaForConditionalGeneration, packable_checkpoint, QuantSettings(kind, torch.float32)
+    )
+    layers = [m for m in model.modules() if hasattr(m, PACKED_CPU_SWITCH)]
+    assert len(layers) == 7 * model.config.text_config.num_hidden_layers
+    assert not any(getattr(m, PACKED_CPU_SWITCH) for m in layers)
+    peft_model = add_lora(model, LoraSettings(r=4, dropout=0.0))
+    with torch.no_grad():  # lora_B starts at 0: make every LoRA weight's gradient non-zero
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+    batch = random_batch(model.config, prefix_lens=[6, 4], suffix_lens=[4, 3])
+    loss, grads = train_step(peft_model, batch)
+    validation_pass(peft_model, batch)
+    loss_after, grads_after = train_step(peft_model, batch)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    assert torch.equal(loss_after, loss)
+    assert grads_after.keys() == grads.keys() and all(
+        torch.equal(grads_after[n], g) for n, g in grads.items()
+    )

@@ -1,5 +1,6 @@
 """Bad configs, bad rows and diverging runs end train.py / evaluate.py quickly with one line naming the culprit."""
 
+import io
 import json
 import re
 import shutil
@@ -13,9 +14,11 @@ from safetensors.torch import load_file, save_file
 
 import train
 from paligemma.errors import ConfigError, MissingFileError, RunError, find_run_error, one_line
+from paligemma.model import precision
 from paligemma.model.lora import load_adapter
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
-from paligemma.training.checks import expand_user_paths, validate_config
+from paligemma.model.precision import resolve_dtype
+from paligemma.training.checks import bf16_refusal, expand_user_paths, validate_config
 from tests.helpers import (
     FAST,
     SYNTHETIC,
@@ -35,14 +38,46 @@ BAD_CONFIGS = {
     "data path left unset": (["data=vqa"], "data.path is required"),
     "missing checkpoint": (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path: /nonexistent/last.ckpt"),
     "unknown dtype": (["model.dtype=float64"], "model.dtype: 'float64'"),
+    "truncated checkpoint": (["ckpt_path={tmp}/torn.ckpt"], "ckpt_path: {tmp}/torn.ckpt is not a whole checkpoint"),
+    "no new tokens": (["model.max_new_tokens=0"], "model.max_new_tokens must be a whole number of at least 1, got 0"),
+    "no beams": (["+model.num_beams=0"], "model.num_beams must be a whole number of at least 1, got 0"),
 }  # fmt: skip
+
+
+BAD_EVAL_CONFIGS = {
+    "adapter config without peft_type": (["adapter={tmp}/adapter"], "adapter_config.json names no peft_type"),
+    "no beams": (["eval.num_beams=0"], "eval.num_beams must be a whole number of at least 1, got 0"),
+    "no samples": (["eval.max_samples=0"], "eval.max_samples must be a whole number of at least 1, got 0"),
+}  # fmt: skip
+
+
+def bad_files(tmp_path: Path) -> None:
+    """What BAD_CONFIGS point at: the first 4 KB of a checkpoint (a kill mid-copy), an adapter config of no PEFT
+    adapter."""
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.zeros(4096)}}, buffer)
+    (tmp_path / "torn.ckpt").write_bytes(buffer.getvalue()[:4096])
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
 def test_bad_config_is_a_config_error_naming_the_culprit(tmp_path, tiny_checkpoint, case):
+    bad_files(tmp_path)
     overrides, culprit = BAD_CONFIGS[case]
+    culprit = culprit.format(tmp=tmp_path)
     overrides = [f"model.path={tiny_checkpoint}", *(o.format(tmp=tmp_path) for o in overrides)]
     cfg = compose_config(tmp_path / "run", overrides)
+    with pytest.raises(ConfigError, match=re.escape(culprit)):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EVAL_CONFIGS))
+def test_bad_evaluate_config_is_a_config_error_naming_the_culprit(tmp_path, tiny_checkpoint, case):
+    bad_files(tmp_path)
+    overrides, culprit = BAD_EVAL_CONFIGS[case]
+    overrides = [f"model.path={tiny_checkpoint}", *(o.format(tmp=tmp_path) for o in overrides)]
+    cfg = compose_config(tmp_path / "run", overrides, config_name="eval")
     with pytest.raises(ConfigError, match=re.escape(culprit)):
         validate_config(cfg)
 
@@ -164,3 +199,74 @@ def test_hub_ids_pass_without_network(tmp_path):
         ConfigError, match="model.path: paligemma-3b-pt-224 does not exist and is not a hub id"
     ):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, refused_by",
+    [
+        ([], None),
+        (["trainer=fsdp"], "trainer=fsdp needs one dtype per decoder layer, and LoRA weights are float32"),
+        (["lora=null"], "lora=null would train base weights in bf16"),
+        (["model.train_projector=true"], "model.train_projector=true would train base weights in bf16"),
+    ],
+)
+def test_auto_dtype_on_a_native_bf16_cpu_takes_float32_where_the_run_cannot_take_bf16(
+    tmp_path, tiny_checkpoint, monkeypatch, overrides, refused_by
+):
+    """What ``model.dtype=auto`` resolves to where the CPU has native bf16 (the detection replaced, so that this
+    holds on every CPU): bfloat16, unless the run would refuse it or train base weights in it. No error either way."""
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *overrides])
+    validate_config(cfg)
+    assert bf16_refusal(cfg) == refused_by
+    dtype, why = resolve_dtype(cfg.model.dtype, bf16_refusal(cfg))
+    assert dtype is (torch.bfloat16 if refused_by is None else torch.float32)
+    assert refused_by is None or refused_by in why
+    named = compose_config(
+        tmp_path, [f"model.path={tiny_checkpoint}", "trainer=fsdp", "model.dtype=bfloat16"]
+    )
+    with pytest.raises(ConfigError, match="model.dtype=bfloat16 with trainer=fsdp"):
+        validate_config(named)  # a dtype named is taken as asked, and FSDP cannot take it
+
+
+def two_pictures_per_row_parquet(directory: Path) -> Path:
+    """VQA parquet whose image column holds two pictures per row: a layout this code does not read."""
+    import datasets
+
+    from tests.helpers import noise, png, write_parquet
+
+    picture = {"bytes": png(noise()), "path": None}
+    features = datasets.Features(images=datasets.Sequence(datasets.Image()), question=datasets.Value("string"),
+                                 answers=[datasets.Value("string")])  # fmt: skip
+    rows = {
+        "images": [[picture, picture]] * 40,
+        "question": ["what is it?"] * 40,
+        "answers": [["noise"]] * 40,
+    }
+    return write_parquet(directory, {"train": (rows, features), "validation": (rows, features)})
+
+
+ENTRY_ERRORS = {
+    "train: truncated checkpoint": ("train.py", ["ckpt_path={tmp}/torn.ckpt"], "is not a whole checkpoint"),
+    "train: every row bad": (
+        "train.py",
+        ["data=vqa", "data.path={tmp}/two_pictures", "data.image_column=images"],
+        "the first 32 rows of the train split of '{tmp}/two_pictures' are all bad; row 0: AttributeError",
+    ),
+    "evaluate: adapter config without peft_type": ("evaluate.py", ["adapter={tmp}/adapter"], "names no peft_type"),
+    "evaluate: unknown split": ("evaluate.py", ["eval.split=valid"], "split 'valid': Unknown split"),
+    "evaluate: truncated checkpoint": ("evaluate.py", ["ckpt_path={tmp}/torn.ckpt"], "is not a whole checkpoint"),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(ENTRY_ERRORS))
+def test_bad_input_to_train_and_evaluate_ends_in_one_line_naming_the_culprit(tmp_path, tiny_checkpoint, case):
+    bad_files(tmp_path)
+    two_pictures_per_row_parquet(tmp_path / "two_pictures")
+    script, overrides, culprit = ENTRY_ERRORS[case]
+    data = [] if "data=vqa" in overrides else SYNTHETIC
+    overrides = [f"model.path={tiny_checkpoint}", *data, *(o.format(tmp=tmp_path) for o in overrides)]
+    result, _ = run_cli(script, overrides, tmp_path)
+    assert_one_line_error(result, culprit.format(tmp=tmp_path))

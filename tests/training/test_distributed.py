@@ -203,7 +203,9 @@ def shapes_questions(tmp_path_factory, tiny_checkpoint):
 
 
 def overrides(checkpoint: Path, data: Path, run: Path) -> list[str]:
-    return [f"model.path={checkpoint}", "logger=csv", *FAST, "data=vqa", f"data.path={data}",
+    # float32 pinned: ranks and one process must agree to 1e-5, which a bf16 base (auto, where the CPU has
+    # native bf16) cannot; FSDP would take float32 under auto anyway, a single process not
+    return [f"model.path={checkpoint}", "logger=csv", *FAST, "data=vqa", f"data.path={data}", "model.dtype=float32",
             "data.kind_column=kind", "data.max_val_samples=null", "lora.dropout=0", "optim.lr=1e-3",
             "export.merged=true", f"hydra.run.dir={run}"]  # fmt: skip
 

@@ -38,8 +38,9 @@ class QuantizedWeightsUnchanged(L.Callback):
 def test_qlora_run_resumes_keeps_the_4bit_base_and_exports_a_full_precision_adapter(
     tmp_path, tiny_checkpoint
 ):
+    # float32 pinned: the callback quantizes a float32 load afresh, and bits are compared
     overrides = [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC, "logger=none", "zero_shot=false",
-                 "model.quantization=nf4", "model.compute_dtype=float32", "optim.name=adamw8bit", "optim.lr=5e-2",
+                 "model.dtype=float32", "model.quantization=nf4", "model.compute_dtype=float32", "optim.name=adamw8bit", "optim.lr=5e-2",
                  "optim.warmup_ratio=0", "export.merged=true", "callbacks.model_checkpoint.save_top_k=-1",
                  "+callbacks.unchanged._target_=tests.training.test_qlora.QuantizedWeightsUnchanged"]  # fmt: skip
     run, resumed = tmp_path / "run", tmp_path / "resumed"
@@ -72,6 +73,26 @@ def test_qlora_run_resumes_keeps_the_4bit_base_and_exports_a_full_precision_adap
         assert (merged(**batch).logits - trained)[mask].abs().max() < 1e-4  # merged into the dequantized base
         plain = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint)(**batch).logits
     assert (full_precision - plain)[mask].abs().max() > 1e-3  # the adapter does something there too
+
+
+@pytest.mark.slow
+def test_zero_shot_validation_leaves_the_qlora_adapter_as_without_it(
+    tmp_path, packable_checkpoint, avx512_bf16_bitsandbytes
+):
+    """On a base bitsandbytes can repack, under its AVX512-BF16 behaviour (on any CPU): a run with zero-shot
+    validation trains the very adapter of a run without it (the validation pass once repacked every 4-bit layer,
+    which then trained on a bf16 kernel and passed no gradient down)."""
+    overrides = [f"model.path={packable_checkpoint}", *FAST, *SYNTHETIC, "logger=none", "model.dtype=float32",
+                 "model.quantization=nf4",
+                 "model.compute_dtype=float32", "optim.lr=5e-2", "lora.dropout=0"]  # fmt: skip
+    adapters = {}
+    for zero_shot in (True, False):
+        run = tmp_path / f"zero_shot_{zero_shot}"
+        train.train(compose_config(run, [*overrides, f"zero_shot={zero_shot}"]))
+        adapters[zero_shot] = load_file(run / "adapter/adapter_model.safetensors")
+    assert adapters[True].keys() == adapters[False].keys()
+    for name, tensor in adapters[True].items():
+        assert torch.equal(tensor, adapters[False][name]), name
 
 
 def test_impossible_quantization_settings_are_one_line(tmp_path, tiny_checkpoint):
