@@ -18,7 +18,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from paligemma.errors import find_run_error, one_line  # noqa: E402
-from paligemma.training.checks import bf16_refusal, expand_user_paths, validate_config  # noqa: E402
+from paligemma.training.checks import bf16_refusal, expand_user_paths, run_entry, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
 register_configs()
@@ -28,8 +28,7 @@ def load_module(cfg: DictConfig, datamodule):
     from paligemma.training.module import PaliGemmaLitModule
 
     overrides = {
-        "max_new_tokens": cfg.eval.max_new_tokens,
-        "num_beams": cfg.eval.num_beams,
+        **cfg.generation,
         "task": datamodule.task,
         "processor": datamodule.processor,
         "metric": datamodule.metric,
@@ -111,4 +110,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -31,7 +31,7 @@ from paligemma.errors import (  # noqa: E402
     find_run_error,
     one_line,
 )
-from paligemma.training.checks import bf16_refusal, expand_user_paths, validate_config  # noqa: E402
+from paligemma.training.checks import bf16_refusal, expand_user_paths, run_entry, validate_config  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
 register_configs()
@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> dict:
     import lightning as L  # the training stack loads after the checks: a bad config fails in seconds
     from lightning.pytorch.callbacks import LearningRateMonitor
 
+    from paligemma.model.build import ModelSettings, build_model
+    from paligemma.model.lora import LoraSettings
     from paligemma.training.faults import lost_ranks_fail_the_job
     from paligemma.training.module import PaliGemmaLitModule
     from paligemma.training.preemption import sigterm_outside_training_is_preemption
@@ -77,14 +79,19 @@ def train(cfg: DictConfig) -> dict:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")  # missing splits or columns fail here, before the model loads
+    lora = OmegaConf.to_container(cfg.lora) if cfg.lora else None
+    built = build_model(
+        ModelSettings(**cfg.model), LoraSettings(**lora) if lora else None, bf16_refused_by=bf16_refusal(cfg)
+    )
     module = PaliGemmaLitModule(
         **cfg.model,
-        lora=OmegaConf.to_container(cfg.lora) if cfg.lora else None,
+        **cfg.generation,
+        lora=lora,
         optim=OmegaConf.to_container(cfg.optim),
         task=datamodule.task,
         processor=datamodule.processor,
         metric=datamodule.metric,
-        bf16_refused_by=bf16_refusal(cfg),
+        built=built,
     )
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.callbacks)
@@ -140,4 +147,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -17,16 +17,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_decode import SHAPES  # noqa: E402
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
+from paligemma.model.feature_cache import ImageFeatureCache  # noqa: E402
 from paligemma.model.lora import add_lora  # noqa: E402
 from paligemma.tiny import random_batch  # noqa: E402
-from paligemma.training.feature_cache import attach_feature_cache  # noqa: E402
 
 
 def epochs(config, batches, cached: bool, n_epochs: int = 2) -> tuple[list[float], list[float]]:
     torch.manual_seed(0)
     model = PaliGemmaForConditionalGeneration(config)
     if cached:
-        attach_feature_cache(model, train_vision=False, train_projector=False)
+        model.model.feature_cache = ImageFeatureCache()
     lora = add_lora(model).train()
     model.model.vision_tower.eval()
     seconds, losses = [], []

@@ -44,7 +44,7 @@ def make_inputs(tmp: Path) -> tuple[Path, Path]:
 def train(run: Path, model: Path, data: Path, *overrides: str) -> dict[str, torch.Tensor]:
     command = [sys.executable, "train.py", f"model.path={model}", "data=vqa", f"data.path={data}",
                "data.kind_column=kind", "data.max_val_samples=null", "data.val_batch_size=4", "data.num_workers=0",
-               "logger=csv", "lora.dropout=0", "optim.lr=1e-3", "trainer.max_steps=3", "model.max_new_tokens=4",
+               "logger=csv", "lora.dropout=0", "optim.lr=1e-3", "trainer.max_steps=3", "generation.max_new_tokens=4",
                "checkpoint.every_n_steps=2", "export.merged=true", f"hydra.run.dir={run}", *overrides]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

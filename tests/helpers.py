@@ -192,7 +192,7 @@ def awkward_and_bad_rows() -> datasets.DatasetDict:
 # ---- Hydra and the entry scripts ----
 
 FAST = ["data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=3", "trainer.accelerator=cpu",
-        "trainer.log_every_n_steps=1", "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8",
+        "trainer.log_every_n_steps=1", "generation.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8",
         "checkpoint.every_n_steps=2"]  # fmt: skip
 
 

@@ -14,7 +14,7 @@ EVAL_FAST = [
     "data.num_workers=0",
     "data.val_batch_size=8",
     "data.max_val_samples=8",
-    "model.max_new_tokens=4",
+    "generation.max_new_tokens=4",
 ]
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from paligemma.model import generation, weights
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.decode_state import DecodeState
+from paligemma.model.feature_cache import ImageFeatureCache
 from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, causal_lm_loss, softcap
 from paligemma.model.siglip import SiglipVisionModel
 
@@ -62,9 +63,15 @@ class PaliGemmaModel(nn.Module):
         self.vision_tower = SiglipVisionModel(config.vision_config)
         self.multi_modal_projector = PaliGemmaMultiModalProjector(config)
         self.language_model = GemmaModel(config.text_config)
+        self.feature_cache: ImageFeatureCache | None = None  # frozen towers: features of images seen before
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, num_image_tokens, text hidden); projected, not scaled."""
+        if self.feature_cache is not None:
+            return self.feature_cache(pixel_values, self.project_images)
+        return self.project_images(pixel_values)
+
+    def project_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.multi_modal_projector(self.vision_tower(pixel_values))
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:

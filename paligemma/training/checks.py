@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
 import zipfile
+from collections.abc import Callable
 
 import torch
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from paligemma.errors import ConfigError
-from paligemma.model.precision import DTYPE_NAMES, resolve_dtype
+from paligemma.model.build import ModelSettings
+from paligemma.model.precision import resolve_dtype
 from paligemma.paths import is_hub_id, local_path, read_json
+from paligemma.training.scoring import GenerationSettings
 
 
 def _check_source(key: str, value: str, what: str) -> None:
@@ -23,6 +30,31 @@ def _check_source(key: str, value: str, what: str) -> None:
         raise ConfigError(f"{key}: {value} has no config.json (expected {what})")
 
 
+def run_entry(main: Callable[[], object]) -> None:
+    """Run a ``@hydra.main`` entry point so that a config Hydra cannot compose (a misspelt key, a malformed
+    override, a missing config file) ends in one line, as every other config error does. Hydra then raises instead
+    of printing its own report (``HYDRA_FULL_ERROR``), which also leaves bugs their whole traceback."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        main()
+    except (ConfigCompositionException, OverrideParseException, MissingConfigException) as error:
+        cause = error.__cause__  # OmegaConf's: the key and the schema; its full_key lines repeat them
+        message = str(error) + (f" ({str(cause).split('full_key:')[0].strip()})" if cause else "")
+        message = message.split("Config search path:")[0]  # Hydra's internals
+        sys.exit(f"error: {' '.join(message.split())}")
+
+
+def typed(cls, node: DictConfig, key: str):
+    """``cls(**node)``, a key that ``cls`` has no field for (added with ``+key.name=...``) a ConfigError naming it."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(node) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"{key}.{unknown[0]} is not a setting of {key} ({cls.__name__}: {', '.join(names)})"
+        )
+    return cls(**node)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of a train.py / evaluate.py config (no weights or data are read): required values, model,
     data, checkpoint and adapter paths, dtype. Raises :class:`ConfigError` naming the key."""
@@ -30,33 +62,28 @@ def validate_config(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(own))
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
+    settings = typed(
+        ModelSettings, cfg.model, "model"
+    )  # its own checks, then those against LoRA or an adapter
+    settings.check_adapters(bool(cfg.get("lora")), cfg.get("adapter"))
+    typed(GenerationSettings, cfg.generation, "generation")
     _check_source("model.path", cfg.model.path, "a model dir with config.json and safetensors, or a hub id")
     if cfg.data.path != "synthetic":
         _check_source("data.path", cfg.data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
-    if cfg.model.dtype not in DTYPE_NAMES:
-        raise ConfigError(f"model.dtype: {cfg.model.dtype!r} is not one of {', '.join(DTYPE_NAMES)}")
-    if cfg.model.get("compute_dtype") not in (None, *DTYPE_NAMES):
-        raise ConfigError(
-            f"model.compute_dtype: {cfg.model.compute_dtype!r} is not one of {', '.join(DTYPE_NAMES)}"
-        )
     if (ckpt_path := cfg.get("ckpt_path")) is not None:
         _check_checkpoint(ckpt_path)
     if (adapter := cfg.get("adapter")) is not None:
         _check_adapter(adapter)
-    _check_generation(cfg)
+    _check_eval_counts(cfg)
     _check_fsdp(cfg)
 
 
-# Counts of validation generation (train.py) and of evaluate.py, the least each can be (null: the default).
-GENERATION_COUNTS = {"model.max_new_tokens": 1, "model.num_beams": 1, "model.log_predictions": 0,
-                     "eval.max_new_tokens": 1, "eval.num_beams": 1, "eval.batch_size": 1, "eval.max_samples": 1}  # fmt: skip
-
-
-def _check_generation(cfg: DictConfig) -> None:
-    for key, least in GENERATION_COUNTS.items():
+def _check_eval_counts(cfg: DictConfig) -> None:
+    """evaluate.py's ``eval.batch_size`` and ``eval.max_samples``: at least 1, or null (data's / every row)."""
+    for key in ("eval.batch_size", "eval.max_samples"):
         value = OmegaConf.select(cfg, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            raise ConfigError(f"{key} must be a whole number of at least {least}, got {value!r}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{key} must be a whole number of at least 1, got {value!r}")
 
 
 def _check_checkpoint(ckpt_path: str) -> None:
@@ -132,7 +159,7 @@ def _check_fsdp(cfg: DictConfig) -> None:
             f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
             "per decoder layer; set model.dtype=float32 (FSDP shards it; trainer.precision=bf16-mixed computes in bf16)"
         )
-    if (cfg.get("eval") or {}).get("num_beams", 1) > 1:
+    if cfg.generation.num_beams > 1:
         raise ConfigError(
-            "eval.num_beams > 1 with trainer=fsdp: beam search stops early, unlike the other ranks"
+            "generation.num_beams > 1 with trainer=fsdp: beam search stops early, unlike the other ranks"
         )

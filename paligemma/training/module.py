@@ -7,6 +7,7 @@ merged model written by ``export``.
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 
 import lightning as L
 import torch
@@ -14,12 +15,10 @@ import torch
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.data.settings import TASK_METRICS
 from paligemma.errors import ConfigError, NonFiniteError
-from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
-from paligemma.model.lora import LoraSettings, add_lora, load_adapter
-from paligemma.model.precision import resolve_dtype
-from paligemma.model.quantize import QuantSettings, check_supported, load_quantized
+from paligemma.model.build import BuiltModel, ModelSettings, build_model
+from paligemma.model.lora import LoraSettings
+from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
-from paligemma.training.feature_cache import attach_feature_cache
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
 
@@ -59,65 +58,31 @@ class PaliGemmaLitModule(L.LightningModule):
         processor: PaliGemmaProcessor | None = None,
         metric: str | None = None,
         bf16_refused_by: str | None = None,
+        built: BuiltModel | None = None,
     ):
-        """``path``: the base model (local dir or hub id). ``lora`` and ``optim``: the fields of ``LoraSettings``
-        and ``OptimSettings`` (plain dicts, so that checkpoints hold no classes); ``lora=None`` trains the whole
-        decoder; ``adapter`` loads a saved PEFT adapter (frozen) instead. ``metric`` (a key of scoring.METRICS;
-        None: the metric of ``task``, "vqa" or "caption") picks the validation metrics; ``processor`` decodes
-        generations (default: the base's). ``final_logit_softcap=False`` turns PaliGemma 2's soft-capping of the
-        logits off (big_vision fine-tunes so); exports then say so. ``quantization`` (nf4, fp4, int8) stores the
-        frozen decoder's linear layers (and the vision tower's, with ``quantize_vision``) through bitsandbytes,
-        4-bit ones computing in ``compute_dtype`` (default: ``dtype``). ``bf16_refused_by``: what in the run
-        cannot take a bf16 base, so that ``dtype="auto"`` picks float32 (training.checks.bf16_refusal)."""
+        """The fields of ``ModelSettings`` (``path`` .. ``final_logit_softcap``: what checkpoints save, so that
+        ``load_from_checkpoint`` builds the network again), ``lora`` and ``optim`` (the fields of ``LoraSettings``
+        and ``OptimSettings``, plain dicts so that checkpoints hold no classes; ``lora=None`` trains the whole
+        decoder, ``adapter`` loads a saved PEFT adapter frozen), and the validation generation (``max_new_tokens``,
+        ``num_beams``, ``log_predictions``: ``GenerationSettings``). ``built``: the network ``build_model`` made of
+        these settings (None: built here). ``metric`` (a key of scoring.METRICS; None: the metric of ``task``) picks
+        the validation metrics; ``processor`` decodes generations (default: the base's)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["processor"])
+        self.save_hyperparameters(ignore=["processor", "built"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
         self.metric = metric or TASK_METRICS.get(task, task)  # modules saved before data.metric have a task
         if self.metric not in MONITORED_METRIC:
             raise ConfigError(f"data.metric must be one of {sorted(MONITORED_METRIC)}, got {self.metric!r}")
-        if train_vision and lora is not None and adapter is None:
-            raise ConfigError(
-                "model.train_vision=true needs lora=null: a LoRA adapter would not hold the vision weights"
-            )
-        if quantization is not None and lora is None and adapter is None:
-            raise ConfigError(
-                f"model.quantization={quantization} needs LoRA: quantized weights are frozen, and lora=null "
-                "trains the whole decoder; set lora.r=... or model.quantization=null"
-            )
         self.task = task
         self.optim = OptimSettings(**(optim or {}))
         optimizer_class(self.optim.name)  # an unknown name, or bitsandbytes missing, fails before loading
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
-        torch_dtype, self.precision = resolve_dtype(
-            dtype, bf16_refused_by
-        )  # "auto": bf16 on native-bf16 CPUs
-        self.quantization = None  # or the QuantSettings of a quantized base
-        if quantization is not None:
-            self.quantization = QuantSettings(
-                quantization, DTYPES[compute_dtype] if compute_dtype else torch_dtype, quantize_vision
-            )
-        if self.quantization is None:
-            self.net = PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=torch_dtype)
-        else:
-            self.net = load_quantized(PaliGemmaForConditionalGeneration, path, self.quantization, torch_dtype)
-        if not final_logit_softcap:
-            self.net.config.text_config.final_logit_softcapping = None
-        self.net.requires_grad_(False)
-        self.net.model.multi_modal_projector.requires_grad_(train_projector)
-        if adapter is not None:
-            peft_model = load_adapter(self.net, adapter, base=path)
-        elif lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
-            self.net.model.language_model.requires_grad_(True)
-            peft_model = None
-        else:
-            peft_model = add_lora(self.net, LoraSettings(**lora), train_projector=train_projector)
+        if built is None:
+            settings = ModelSettings(**{f.name: self.hparams[f.name] for f in fields(ModelSettings)})
+            built = build_model(settings, LoraSettings(**lora) if lora else None, adapter, bf16_refused_by)
+        self.net, self.precision, self.quantization = built.net, built.precision, built.quantization
         # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
-        self.__dict__["peft_model"] = peft_model
-        self.net.model.vision_tower.requires_grad_(train_vision)
-        if gradient_checkpointing:
-            self.net.gradient_checkpointing_enable()
-        if cache_image_features:  # frozen towers: each image's features computed once (feature_cache.py)
-            attach_feature_cache(self.net, train_vision, train_projector)
+        self.__dict__["peft_model"] = built.peft_model
         # Names and shapes before any wrapping: FSDP renames parameters and shards them in place.
         self.param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
         self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}

@@ -1,4 +1,4 @@
-"""Validation metrics over generated records, and the predictions shown in W&B.
+"""Validation metrics over generated records, how they are generated, and the predictions shown in W&B.
 
 ``data.metric`` (or the task's default) names one entry of ``METRICS``: its scorer, and the value it monitors.
 Metrics that average a score per row (exact match, VQA accuracy, ANLS, box accuracy) are reported per kind
@@ -10,9 +10,26 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from paligemma import metrics
 from paligemma.data.boxes import parse_boxes
+from paligemma.errors import ConfigError
+
+
+@dataclass
+class GenerationSettings:
+    """``generation.*``: how validation (train.py) and evaluate.py generate, and how many rows W&B shows."""
+
+    max_new_tokens: int = 8
+    num_beams: int = 1  # beam search with this many beams if > 1 (upstream scores captions with 2)
+    log_predictions: int = 16  # rows of the W&B predictions table
+
+    def __post_init__(self):
+        for key, least in (("max_new_tokens", 1), ("num_beams", 1), ("log_predictions", 0)):
+            value = getattr(self, key)
+            if value < least:
+                raise ConfigError(f"generation.{key} must be at least {least}, got {value}")
 
 
 def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[dict]], dict]:

@@ -39,14 +39,15 @@ BAD_CONFIGS = {
     "missing checkpoint": (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path: /nonexistent/last.ckpt"),
     "unknown dtype": (["model.dtype=float64"], "model.dtype: 'float64'"),
     "truncated checkpoint": (["ckpt_path={tmp}/torn.ckpt"], "ckpt_path: {tmp}/torn.ckpt is not a whole checkpoint"),
-    "no new tokens": (["model.max_new_tokens=0"], "model.max_new_tokens must be a whole number of at least 1, got 0"),
-    "no beams": (["+model.num_beams=0"], "model.num_beams must be a whole number of at least 1, got 0"),
+    "no new tokens": (["generation.max_new_tokens=0"], "generation.max_new_tokens must be at least 1, got 0"),
+    "no beams": (["generation.num_beams=0"], "generation.num_beams must be at least 1, got 0"),
+    "unknown model key": (["+model.dtyp=float32"], "model.dtyp is not a setting of model (ModelSettings: path, dtype"),
+    "quantization without LoRA": (["model.quantization=nf4", "lora=null"], "model.quantization=nf4 needs LoRA"),
 }  # fmt: skip
 
 
 BAD_EVAL_CONFIGS = {
     "adapter config without peft_type": (["adapter={tmp}/adapter"], "adapter_config.json names no peft_type"),
-    "no beams": (["eval.num_beams=0"], "eval.num_beams must be a whole number of at least 1, got 0"),
     "no samples": (["eval.max_samples=0"], "eval.max_samples must be a whole number of at least 1, got 0"),
 }  # fmt: skip
 
@@ -146,10 +147,15 @@ def test_user_paths_are_expanded_once_for_everything_after_the_checks(tmp_path, 
     assert cfg.data.path == "synthetic"
 
 
-def test_unknown_key_is_rejected_by_hydra_naming_it(tmp_path):
-    with pytest.raises(ConfigCompositionException, match="Could not override 'lora.rr'") as error:
-        compose_config(tmp_path, ["lora.rr=3"])
-    assert "Key 'rr' not in 'LoraSettings'" in str(error.value.__cause__)
+@pytest.mark.parametrize(
+    "override, schema", [("lora.rr=3", "LoraSettings"), ("model.dtyp=float32", "ModelSettings"),
+                         ("generation.max_tokens=4", "GenerationSettings")]
+)  # fmt: skip
+def test_unknown_key_is_rejected_by_hydra_naming_it(tmp_path, override, schema):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigCompositionException, match=f"Could not override '{key}'") as error:
+        compose_config(tmp_path, [override])
+    assert f"Key '{key.split('.')[1]}' not in '{schema}'" in str(error.value.__cause__)
 
 
 def test_evaluate_rejects_an_adapter_of_another_base(tmp_path, tiny_checkpoint, other_tiny_checkpoint):
@@ -270,3 +276,15 @@ def test_bad_input_to_train_and_evaluate_ends_in_one_line_naming_the_culprit(tmp
     overrides = [f"model.path={tiny_checkpoint}", *data, *(o.format(tmp=tmp_path) for o in overrides)]
     result, _ = run_cli(script, overrides, tmp_path)
     assert_one_line_error(result, culprit.format(tmp=tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override, culprit",
+    [("model.dtyp=float32", "Could not override 'model.dtyp'. To append to your config use +model.dtyp=float32 "
+                            "(Key 'dtyp' not in 'ModelSettings')"),
+     ("data=nosuch", "Could not find 'data/nosuch' Available options in 'data': captioning")],
+)  # fmt: skip
+def test_a_config_hydra_cannot_compose_is_one_line_too(tmp_path, override, culprit):
+    result, seconds = run_cli("train.py", [override], tmp_path)
+    assert_one_line_error(result, culprit)

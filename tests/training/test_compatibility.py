@@ -14,7 +14,7 @@ from tests.helpers import compose_config
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "made_before_layers"
 RUN = ["logger=none", "data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=4", "trainer.accelerator=cpu",
-       "model.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8", "checkpoint.every_n_steps=2",
+       "generation.max_new_tokens=4", "data.num_workers=0", "data.max_val_samples=8", "checkpoint.every_n_steps=2",
        "data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32",
        "zero_shot=false"]  # fmt: skip
 

@@ -16,7 +16,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["data.val_batch_size=4", "trainer.max_steps=3", "trainer.accelerator=cpu", "trainer.precision=32-true",
-        "trainer.log_every_n_steps=1", "model.max_new_tokens=4", "data.num_workers=0", "checkpoint.every_n_steps=2"]  # fmt: skip
+        "trainer.log_every_n_steps=1", "generation.max_new_tokens=4", "data.num_workers=0", "checkpoint.every_n_steps=2"]  # fmt: skip
 SYNTHETIC = ["data.synthetic.num_train=24", "data.synthetic.num_val=8", "data.synthetic.image_size=32",
              "data.max_val_samples=8", "data.batch_size=4"]  # fmt: skip
 

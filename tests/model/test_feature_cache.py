@@ -1,10 +1,8 @@
-import pytest
 import torch
 
 from paligemma import PaliGemmaConfig
-from paligemma.errors import ConfigError
+from paligemma.model.feature_cache import ImageFeatureCache
 from paligemma.tiny import random_batch
-from paligemma.training.feature_cache import attach_feature_cache
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
 
 
@@ -19,7 +17,7 @@ def test_cached_features_and_losses_equal_uncached_ones_and_repeat_images_skip_t
     with torch.no_grad():
         expected_features = model.model.image_features(batch["pixel_values"])
         expected_loss = model(**batch).loss
-    cache = attach_feature_cache(model, train_vision=False, train_projector=False)
+    cache = model.model.feature_cache = ImageFeatureCache()
     tower_calls = []
     model.model.vision_tower.register_forward_hook(lambda *args: tower_calls.append(1))
     with torch.no_grad():
@@ -33,15 +31,9 @@ def test_a_full_cache_computes_what_it_cannot_store():
     model, batch = model_and_batch()
     with torch.no_grad():
         expected = model.model.image_features(batch["pixel_values"])
-        cache = attach_feature_cache(model, train_vision=False, train_projector=False)
-        cache.max_bytes = expected[0].numel() * expected.element_size()  # room for one image
+        cache = model.model.feature_cache = ImageFeatureCache(
+            max_bytes=expected[0].numel() * expected.element_size()
+        )
         for _ in range(2):
             assert torch.equal(model.model.image_features(batch["pixel_values"]), expected)
     assert len(cache.features) == 1 and cache.hits == 1
-
-
-@pytest.mark.parametrize("trained", ["train_vision", "train_projector"])
-def test_trained_towers_refuse_the_cache(trained):
-    model, _ = model_and_batch()
-    with pytest.raises(ConfigError, match=f"model.{trained}=true"):
-        attach_feature_cache(model, **{"train_vision": False, "train_projector": False, trained: True})

@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 import torch
 
-from paligemma.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 
@@ -27,24 +25,27 @@ def image_key(pixels: torch.Tensor) -> bytes:
 
 
 class ImageFeatureCache:
-    """Stands in for ``PaliGemmaModel.image_features``: (B, C, H, W) pixels -> (B, N, D) projected features."""
+    """The projected features of images seen before: ``PaliGemmaModel.image_features`` consults it when one is set
+    (``PaliGemmaModel.feature_cache``), computing only the images it misses."""
 
-    def __init__(self, compute: Callable[[torch.Tensor], torch.Tensor], max_bytes: int = 2 * 2**30):
-        self.compute = compute
+    def __init__(self, max_bytes: int = 2 * 2**30):
         self.max_bytes = max_bytes
         self.features: dict[bytes, torch.Tensor] = {}
         self.stored_bytes = 0
         self.full = False
         self.hits = self.misses = 0
 
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, pixel_values: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """(B, C, H, W) pixels -> (B, N, D) features, ``compute`` running on the images not stored yet."""
         keys = [image_key(image) for image in pixel_values]
         found = {key: self.features[key] for key in keys if key in self.features}
         missing = [i for i, key in enumerate(keys) if key not in found]
         self.hits, self.misses = self.hits + len(keys) - len(missing), self.misses + len(missing)
         if missing:
             with torch.no_grad():
-                fresh = self.compute(pixel_values[missing])  # (M, N, D)
+                fresh = compute(pixel_values[missing])  # (M, N, D)
             for i, features in zip(missing, fresh, strict=True):
                 found[keys[i]] = features
                 self._store(keys[i], features)
@@ -64,15 +65,3 @@ class ImageFeatureCache:
             return
         self.features[key] = features.detach().clone()
         self.stored_bytes += size
-
-
-def attach_feature_cache(model, train_vision: bool, train_projector: bool) -> ImageFeatureCache:
-    """Put a feature cache in front of ``model.model.image_features`` (a PaliGemmaForConditionalGeneration)."""
-    if train_vision or train_projector:
-        trained = "model.train_vision" if train_vision else "model.train_projector"
-        raise ConfigError(
-            f"model.cache_image_features=true needs a frozen vision tower and projector, but {trained}=true"
-        )
-    cache = ImageFeatureCache(model.model.image_features)
-    model.model.image_features = cache  # the instance attribute shadows the method
-    return cache
