@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader
 from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
-from paligemma.data.settings import PROMPT_FIELDS, TASKS, DataSettings
+from paligemma.data.settings import DataSettings
 from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
+from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError, DataError
 from paligemma.paths import is_hub_id, local_path
 
@@ -55,7 +56,8 @@ def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
 
 def check_template(template: str, task: str) -> None:
     """A ``data.prompt`` that formats with the fields of the task, else a ConfigError naming the field."""
-    fields = {"lang": "en"} | ({PROMPT_FIELDS[task]: "x"} if PROMPT_FIELDS[task] else {})
+    field = TASKS[task].prompt_field
+    fields = {"lang": "en"} | ({field: "x"} if field else {})
     try:
         template.format(**fields)
     except (KeyError, IndexError, ValueError) as error:
@@ -91,8 +93,6 @@ class PaliGemmaDataModule(L.LightningDataModule):
         super().__init__()
         self.settings = settings if settings is not None else DataSettings(**fields)
         s = self.settings
-        if s.task not in TASKS:
-            raise ConfigError(f"data.task must be one of {sorted(TASKS)}, got {s.task!r}")
         if s.prompt is not None:
             check_template(s.prompt, s.task)
         if s.box_format not in ("xywh", "xyxy"):

@@ -1,17 +1,13 @@
 """Rows of one split: a row's picture, prompt and references, or the reason it is bad; and their collation.
 
-Prompts follow big_vision's PaliGemma transfers: captioning ``caption {lang}``, VQA ``answer {lang} {question}``,
-detection ``detect a ; b`` (targets: paligemma/data/boxes.py), prefix_suffix the row's prefix; ``data.prompt``
-is a template instead. The target (suffix) is one reference answer or caption. A reference column may hold a
-string, a list of strings, or a list of dicts with an ``answer`` / ``caption`` / ``text`` key (VQAv2's ``answers``).
-Training draws one reference per row per epoch, seeded by (seed, epoch, row) -- with VQAv2's 10 annotator
+What a row's prompt and references are is its task's (paligemma/data/tasks.py). The target (suffix) is one
+reference answer or caption. Training draws one reference per row per epoch, seeded by (seed, epoch, row) -- with VQAv2's 10 annotator
 answers this samples by frequency; validation scores against all references and computes the loss on the
 most common one (first on ties): for VQAv2, its ``multiple_choice_answer`` up to ties.
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import random
 from collections import Counter
@@ -21,28 +17,15 @@ import datasets
 from PIL import Image
 from torch.utils.data import Dataset
 
-from paligemma.data.boxes import detection_example, relative_box
 from paligemma.data.processor import PaliGemmaProcessor, to_rgb
-from paligemma.data.settings import PROMPTS, TASK_COLUMNS, DataSettings
+from paligemma.data.settings import DataSettings
+from paligemma.data.tasks import TASKS
 from paligemma.errors import DataError
-
-REFERENCE_KEYS = ("answer", "caption", "text", "raw")  # where a dict-shaped reference keeps its string
 
 
 def describe(error: Exception) -> str:
     """Why a row is bad: our own reasons (ValueError) as they are, anything else with its type."""
     return str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
-
-
-def references(value: Any) -> list[str]:
-    """A target cell as a list of non-empty strings: str, list[str], list[dict] or dict of lists."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
-    if isinstance(value, dict):
-        return references(next((value[k] for k in REFERENCE_KEYS if k in value), None))
-    return [ref for item in value for ref in references(item)]
 
 
 def open_image(value: Any) -> Image.Image:
@@ -86,9 +69,8 @@ class Rows(Dataset):
             processor,
             train,
         )
-        self.fields = TASK_FIELDS[settings.task]
-        if settings.task == "detection":
-            self.fields = functools.partial(_detection, labels=category_names(data, settings.objects_column))
+        self.task = TASKS[settings.task]
+        self.class_names = category_names(data, settings.objects_column) if self.task.class_names else None
 
     def __len__(self) -> int:
         return len(self.data)
@@ -111,10 +93,10 @@ class Rows(Dataset):
             image = to_rgb(open_image(item[s.image_column]))
         except Exception as error:
             raise ValueError(f"{describe(error)} in column {s.image_column!r}") from error
-        fields, refs = self.fields(item, s, image.size)
-        prompt = (s.prompt or PROMPTS[s.task]).format(lang=s.lang, **fields)
+        fields, refs = self.task.row_fields(item, s, image.size, self.class_names)
+        prompt = (s.prompt or self.task.prompt).format(lang=s.lang, **fields)
         if not refs:
-            raise ValueError(f"missing or empty target in column {getattr(s, TASK_COLUMNS[s.task][-1])!r}")
+            raise ValueError(f"missing or empty target in column {getattr(s, self.task.columns[-1])!r}")
         if s.max_length is not None:
             n_prompt = self.processor.prompt_length(prompt)
             if n_prompt + 1 > s.max_length:  # no room left for the target's <eos>
@@ -136,46 +118,6 @@ class Rows(Dataset):
             "references": refs,
             "kind": kind,
         }
-
-
-def _text(item: dict, column: str, what: str) -> str:
-    value = item[column]
-    if not (isinstance(value, str) and value.strip()):
-        raise ValueError(f"missing {what} in column {column!r}")
-    return value.strip()
-
-
-def _vqa(item: dict, s: DataSettings, size: tuple[int, int]) -> tuple[dict, list[str]]:
-    return {"question": _text(item, s.question_column, "question")}, references(item[s.answer_column])
-
-
-def _caption(item: dict, s: DataSettings, size: tuple[int, int]) -> tuple[dict, list[str]]:
-    return {}, references(item[s.caption_column])
-
-
-def _prefix_suffix(item: dict, s: DataSettings, size: tuple[int, int]) -> tuple[dict, list[str]]:
-    return {"prefix": _text(item, s.prefix_column, "prefix")}, references(item[s.suffix_column])
-
-
-def _detection(
-    item: dict, s: DataSettings, size: tuple[int, int], labels: list[str] | None = None
-) -> tuple[dict, list[str]]:
-    """The picture's classes, and its boxes as loc tokens + class name (paligemma/data/boxes.py). ``labels``:
-    the names of integer categories (a ClassLabel feature)."""
-    objects = item[s.objects_column] or {}
-    bboxes, names = objects.get("bbox") or [], objects.get("category") or []
-    if len(bboxes) != len(names):
-        raise ValueError(f"{len(bboxes)} boxes for {len(names)} categories in column {s.objects_column!r}")
-    if not bboxes:
-        return {"classes": ""}, []
-    width, height = size
-    names = [labels[n] if labels is not None else str(n) for n in names]
-    boxes = [relative_box(b, width, height, s.box_format, n) for b, n in zip(bboxes, names, strict=True)]
-    prompt, target = detection_example(boxes)
-    return {"classes": prompt.removeprefix("detect ")}, [target]
-
-
-TASK_FIELDS = {"vqa": _vqa, "caption": _caption, "prefix_suffix": _prefix_suffix, "detection": _detection}
 
 
 class Collate:

@@ -6,28 +6,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError
 
 MAX_DEFAULT_WORKERS = 4
-TASKS = ("vqa", "caption", "prefix_suffix", "detection")
-# The metric of each task unless data.metric names another (paligemma/training/scoring.py has them all).
-TASK_METRICS = {"vqa": "vqa_accuracy", "caption": "cider", "prefix_suffix": "exact_match", "detection": "map"}
-# The columns each task reads (options of DataSettings), the target's last.
-TASK_COLUMNS = {
-    "vqa": ("question_column", "answer_column"),
-    "caption": ("caption_column",),
-    "prefix_suffix": ("prefix_column", "suffix_column"),
-    "detection": ("objects_column",),
-}
-# Prompts unless data.prompt gives a template: fields {lang}, {question} (VQA), {prefix} (prefix_suffix), and
-# {classes} (detection: the class names of the picture, sorted, joined by " ; ").
-PROMPTS = {
-    "vqa": "answer {lang} {question}",
-    "caption": "caption {lang}",
-    "prefix_suffix": "{prefix}",
-    "detection": "detect {classes}",
-}
-PROMPT_FIELDS = {"vqa": "question", "caption": None, "prefix_suffix": "prefix", "detection": "classes"}
 
 
 @dataclass
@@ -56,8 +38,8 @@ class DataSettings:
     objects_column: str = "objects"  # detection: {"bbox": [[4 numbers]...], "category": [names or class ids]}
     box_format: str = "xywh"  # detection boxes in pixels: "xywh" (COCO: x, y, width, height) or "xyxy"
     lang: str = "en"  # the language code of the VQA and captioning prompts
-    prompt: str | None = None  # a prompt template instead of the task's (PROMPTS)
-    metric: str | None = None  # None: the task's (TASK_METRICS)
+    prompt: str | None = None  # a prompt template instead of the task's (paligemma/data/tasks.py)
+    metric: str | None = None  # None: the task's
     kind_column: str | None = None  # e.g. a question-type column, for per-kind metrics
     train_split: str = "train"
     val_split: str = "validation"
@@ -72,6 +54,8 @@ class DataSettings:
     synthetic: dict[str, Any] = field(default_factory=dict)  # make_shapes_dataset's arguments
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"data.task must be one of {sorted(TASKS)}, got {self.task!r}")
         counts = {"batch_size": self.batch_size, "val_batch_size": self.val_batch_size,
                   "max_train_samples": self.max_train_samples, "max_val_samples": self.max_val_samples}  # fmt: skip
         for key, value in counts.items():
@@ -92,13 +76,13 @@ class DataSettings:
 
     @property
     def metric_name(self) -> str:
-        return self.metric or TASK_METRICS[self.task]
+        return self.metric or TASKS[self.task].metric
 
     @property
     def columns(self) -> dict[str, str]:
         """The columns this task reads, by option name."""
         wanted = {"image_column": self.image_column}
-        for option in TASK_COLUMNS[self.task]:
+        for option in TASKS[self.task].columns:
             wanted[option] = getattr(self, option)
         if self.kind_column is not None:
             wanted["kind_column"] = self.kind_column

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
-from paligemma.data.settings import TASK_METRICS
+from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model.build import BuiltModel, ModelSettings, build_model
 from paligemma.model.lora import LoraSettings
@@ -70,7 +70,7 @@ class PaliGemmaLitModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["processor", "built"])
         self.strict_loading = False  # checkpoints hold the trainable parameters only
-        self.metric = metric or TASK_METRICS.get(task, task)  # modules saved before data.metric have a task
+        self.metric = metric or (TASKS[task].metric if task in TASKS else task)  # saved before data.metric
         if self.metric not in MONITORED_METRIC:
             raise ConfigError(f"data.metric must be one of {sorted(MONITORED_METRIC)}, got {self.metric!r}")
         self.task = task

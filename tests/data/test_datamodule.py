@@ -17,8 +17,8 @@ from PIL import Image
 from paligemma.data.boxes import Box, parse_boxes
 from paligemma.data.datamodule import PaliGemmaDataModule
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
-from paligemma.data.rows import references
 from paligemma.data.synthetic import COLORS, POSITIONS, make_shapes_dataset, synthetic_texts
+from paligemma.data.tasks import references
 from paligemma.data.tokenizer import build_tokenizer, save_processor_files
 from paligemma.errors import ConfigError, DataError
 from tests.helpers import (
