@@ -49,7 +49,9 @@ def check_launch(trainer) -> None:
     """Lightning starts the other ranks of a one-node DDP / FSDP run by re-running this script's command line,
     which in a multirun would start a second sweep: multi-device jobs of a sweep need a launcher that starts
     every rank itself (SLURM through hydra/launcher=slurm, with one task per device)."""
-    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+    from lightning.pytorch.strategies.launchers import (
+        _SubprocessScriptLauncher,
+    )  # private: no public launcher
 
     launcher = trainer.strategy.launcher
     spawns = isinstance(launcher, _SubprocessScriptLauncher)

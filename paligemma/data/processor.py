@@ -1,7 +1,7 @@
 """PaliGemma inputs: prompt/suffix tokenization, labels and SigLIP image preprocessing.
 
 Outputs equal transformers' ``PaliGemmaProcessor(..., padding="longest", return_tensors="pt")`` for the
-same files (DESIGN §3, §4.9):
+same files (tests/data/test_processor.py compares them):
 
     prompt = "<image>" * num_image_tokens + "<bos>" + prefix + "\\n"     token_type_ids 0, labels -100
     suffix = suffix + "<eos>"                                           token_type_ids 1, labels = ids

@@ -1,7 +1,8 @@
 """Model configuration: one dataclass per tower, read from and written to HF ``config.json``.
 
 Hub files written by transformers 4.4x leave many fields to their class defaults; the defaults
-below are PaliGemma-3B's, so those files read correctly (see DESIGN §4.7). One ``GemmaConfig``
+below are PaliGemma-3B's, so those files read correctly (SigLIP: gelu_pytorch_tanh, layer_norm_eps 1e-6, image
+224; Gemma: head_dim 256, rope_theta 10000, rms_norm_eps 1e-6, a tied LM head). One ``GemmaConfig``
 describes both decoders: ``model_type`` "gemma2" (PaliGemma 2) turns on the four norms per layer,
 soft-capping and sliding-window attention, with Gemma 2's defaults for the fields a file leaves out.
 """

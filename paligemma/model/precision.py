@@ -17,7 +17,8 @@ DTYPE_NAMES = (*DTYPES, "auto")
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX tiles)."""
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX tiles). Private torch functions: the
+    public ``torch.backends.cpu.get_cpu_capability()`` says "AVX512" either way (test_private_apis.py checks them)."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 

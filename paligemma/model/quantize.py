@@ -153,7 +153,7 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
 
 def dequantized_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` as a full-precision model has it: bitsandbytes weights dequantized, all in ``dtype``."""
-    tensors = {}
+    tensors, persistent = {}, model.state_dict(keep_vars=True).keys()
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if is_quantized(module):
@@ -161,11 +161,7 @@ def dequantized_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, to
             if module.bias is not None:
                 tensors[prefix + "bias"] = module.bias.detach()
             continue
-        buffers = [
-            (k, b)
-            for k, b in module.named_buffers(recurse=False)
-            if k not in module._non_persistent_buffers_set
-        ]
+        buffers = [(k, b) for k, b in module.named_buffers(recurse=False) if prefix + k in persistent]
         for key, tensor in [*module.named_parameters(recurse=False), *buffers]:
             tensors[prefix + key] = tensor.detach()
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}

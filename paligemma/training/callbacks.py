@@ -25,6 +25,7 @@ class ExactResume(L.Callback):
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # private: Lightning has no public way to restore the loader's state (#20550); test_private_apis.py checks it
         trainer.fit_loop._load_combined_loader_states()  # a no-op when there is none, or Lightning loaded it
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

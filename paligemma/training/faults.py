@@ -82,6 +82,7 @@ def roll_call(seconds: float = ROLL_CALL_SECONDS) -> list[int]:
     """The ranks that do not check in within ``seconds``, after this one did. Rank 0, whose process hosts the
     store, then waits for the others to be done with theirs before it goes. Raises when the store cannot be
     reached."""
+    # private: torch.distributed has no public accessor of the process group's store (test_private_apis.py)
     store, rank, world = dist.distributed_c10d._get_default_store(), dist.get_rank(), dist.get_world_size()
     store.set_timeout(timedelta(seconds=seconds))
     store.set(f"paligemma/alive/{rank}", "1")

@@ -2,6 +2,12 @@
 
 Both start this machine's other ranks with :class:`WatchedLauncher`, which watches them with
 paligemma/training/faults.py's ``RankWatch`` rather than Lightning's observer.
+
+Private Lightning APIs, for want of public ones (tests/training/test_private_apis.py checks each): Lightning has
+no public launcher to subclass nor a hook to replace a strategy's launcher (``_SubprocessScriptLauncher``,
+``_call_children_scripts``, ``_configure_launcher``, ``_launcher``, ``_set_num_threads_if_needed``), and no hook
+to wrap a model in FSDP on CPU (``_setup_model``, ``_setup_activation_checkpointing``,
+``_activation_checkpointing_kwargs``, ``_state_dict_type``).
 """
 
 from __future__ import annotations
