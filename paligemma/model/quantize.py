@@ -12,6 +12,9 @@ only, when a model is quantized (tests/test_layers.py checks it); training/optim
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,8 @@ import torch
 from torch import nn
 
 from paligemma.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
 DECODER_LAYERS = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+")
@@ -59,7 +64,10 @@ def bitsandbytes():
 
 
 def quantized_linear(linear: nn.Linear, settings: QuantSettings) -> nn.Module:
-    """A bitsandbytes layer holding ``linear``'s weight quantized on its device (the bias stays as it is)."""
+    """A bitsandbytes layer holding ``linear``'s weight quantized on its device (the bias stays as it is).
+
+    Where bitsandbytes cannot dequantize rows of this width exactly here (see ``dequantizes_exactly``), a frozen
+    ``nn.Linear`` holding the 4-bit values, dequantized in ``linear``'s dtype, stands in for it."""
     bnb = bitsandbytes()
     bias, device = linear.bias is not None, linear.weight.device
     weight = linear.weight.detach()
@@ -77,9 +85,50 @@ def quantized_linear(linear: nn.Linear, settings: QuantSettings) -> nn.Module:
             weight, requires_grad=False, compress_statistics=True, quant_type=settings.kind, module=layer
         ).to(device)
         keep_off_packed_cpu_path_(layer)
+        if not dequantizes_exactly(linear.in_features, settings.kind, settings.compute_dtype, device.type):
+            values = reference_dequantize_4bit(layer.weight, layer.weight.quant_state).to(weight.dtype)
+            layer = nn.Linear(linear.in_features, linear.out_features, bias, device="meta")
+            layer.weight = nn.Parameter(values, requires_grad=False)
     if bias:
         layer.bias = linear.bias
     return layer
+
+
+@functools.cache
+def dequantizes_exactly(width: int, kind: str, dtype: torch.dtype, device: str) -> bool:
+    """Whether bitsandbytes' 4-bit dequantization (which every 4-bit matmul runs through) of rows ``width`` wide
+    gives on ``device`` the values it stored, as ``reference_dequantize_4bit`` reads them.
+
+    bitsandbytes 0.50's AVX512 CPU kernel does not for widths that are a multiple of 16 but not of the block (64):
+    4304, the MLP width of SigLIP So400m, or 32 (max |d| 1.7 on weights of magnitude 3). A 64-row probe decides."""
+    bnb = bitsandbytes()
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(64, width, generator=generator).to(device, dtype)
+    packed, state = bnb.functional.quantize_4bit(
+        probe, blocksize=64, compress_statistics=True, quant_type=kind
+    )
+    return torch.equal(
+        bnb.functional.dequantize_4bit(packed, state), reference_dequantize_4bit(packed, state)
+    )
+
+
+def reference_dequantize_4bit(packed: torch.Tensor, state) -> torch.Tensor:
+    """bitsandbytes' 4-bit layout read in plain torch: the weight flattened into blocks, two codes per byte (high
+    nibble first), each block scaled by its absmax (itself 8-bit quantized in blocks of 256 when nested)."""
+    absmax = state.absmax
+    if state.nested:
+        scales = state.state2
+        absmax = scales.code[absmax.long()] * scales.absmax[blocks(absmax, scales.blocksize)] + state.offset
+    codes = packed.view(torch.uint8).flatten()
+    codes = torch.stack([codes >> 4, codes & 0xF], dim=-1).flatten()[: math.prod(state.shape)]
+    values = bitsandbytes().functional.get_4bit_type(state.quant_type, device=codes.device)[codes.long()]
+    values = values * absmax[blocks(values, state.blocksize)]
+    return values.reshape(state.shape).to(state.dtype)
+
+
+def blocks(flat: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """The block each element of ``flat`` belongs to."""
+    return torch.arange(flat.numel(), device=flat.device) // blocksize
 
 
 def keep_off_packed_cpu_path_(module: nn.Module) -> None:
@@ -122,6 +171,14 @@ def load_quantized(
         cls, path, dtype=dtype, device=device, on_loaded=lambda m, name: quantize_layer_(m, name, settings)
     )
     mark_quantized_(model, settings)
+    dequantized = [n for n, m in model.named_modules() if settings.covers(n) and not is_quantized(m)]
+    if dequantized:
+        widths = sorted({model.get_submodule(n).in_features for n in dequantized})
+        log.warning(
+            f"bitsandbytes {bitsandbytes().__version__} dequantizes {settings.kind} rows {widths} wide wrongly on "
+            f"this {device} ({torch.backends.cpu.get_cpu_capability()}): {len(dequantized)} layers, e.g. "
+            f"{dequantized[0]}, hold their {settings.kind} values dequantized in {dtype} instead"
+        )
     return model
 
 
