@@ -28,9 +28,10 @@ import torch
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.model import DTYPES
-from paligemma.model.lora import LoraSettings, add_lora
+from paligemma.model.build import ModelSettings, build_model
+from paligemma.model.lora import LoraSettings
 from paligemma.model.presets import hub_config
-from paligemma.model.quantize import QUANTIZATIONS, QuantSettings, load_quantized
+from paligemma.model.quantize import QUANTIZATIONS
 from paligemma.tiny import init_weights_, random_batch
 
 
@@ -106,13 +107,13 @@ def parameter_count(model) -> int:
     )
 
 
-def load(path: Path, args, load_dtype: torch.dtype):
-    if args.quantization is None:
-        return PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=load_dtype, device=args.device)
-    settings = QuantSettings(args.quantization, DTYPES[args.compute_dtype], args.quantize_vision)
-    return load_quantized(
-        PaliGemmaForConditionalGeneration, path, settings, dtype=load_dtype, device=args.device
-    )
+def build(path: Path, args, load_dtype: torch.dtype):
+    """The training network as train.py builds it (LoRA r=8 on the decoder, gradient checkpointing)."""
+    settings = ModelSettings(
+        path=str(path), dtype=str(load_dtype).removeprefix("torch."), quantization=args.quantization,
+        compute_dtype=args.compute_dtype, quantize_vision=args.quantize_vision, gradient_checkpointing=True,
+    )  # fmt: skip
+    return build_model(settings, LoraSettings(r=8, alpha=16, dropout=0.0), device=args.device).net
 
 
 def run(name: str, args, dtype: torch.dtype, load_dtype: torch.dtype, out: Path) -> list:
@@ -123,10 +124,8 @@ def run(name: str, args, dtype: torch.dtype, load_dtype: torch.dtype, out: Path)
         shard_bytes = int(args.shard_gb * 2**30)
         stage("save sharded", device, lambda: model.save_pretrained(out, max_shard_bytes=shard_bytes), report)
         del model
-    model = stage("load", device, lambda: load(out, args, load_dtype), report)
+    model = stage("load, add LoRA", device, lambda: build(out, args, load_dtype), report)
     n_params, weights_gb = parameter_count(model), model_gb(model)
-    add_lora(model, LoraSettings(r=8, alpha=16, dropout=0.0))
-    model.gradient_checkpointing_enable()
     model.train()
     batch = {k: v.to(device) for k, v in random_batch(config, prefix_lens=[10], suffix_lens=[6]).items()}
     batch["pixel_values"] = batch["pixel_values"].to(load_dtype)

@@ -6,16 +6,18 @@ import json
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import datasets
 import huggingface_hub
+import hydra
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
@@ -329,3 +331,19 @@ def write_jsonl_dir(directory: Path) -> Path:
         text = "".join(json.dumps(row) + "\n" for row in lines)
         (directory / f"{split}.jsonl").write_text(text + ("{not json\n" if split == "validation" else ""))
     return directory
+
+
+IMAGE_SIZE, NUM_IMAGE_TOKENS = 32, 16  # of the data tests' processor (tests/data/conftest.py)
+
+
+def batches(dm, loader) -> list[dict]:
+    """What the LightningModule receives: each batch after the data module's on_before_batch_transfer."""
+    return [dm.on_before_batch_transfer(batch, 0) for batch in loader]
+
+
+def from_config(name: str, processor_dir: Path, **data_overrides):
+    """Instantiate conf/data/<name>.yaml as train.py would, with ``model.path`` = processor_dir."""
+    cfg = compose_config(Path(tempfile.mkdtemp()), [f"data={name}", f"model.path={processor_dir}"])
+    for key, value in data_overrides.items():
+        OmegaConf.update(cfg, f"data.{key}", value)
+    return hydra.utils.instantiate(cfg.data)

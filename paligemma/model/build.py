@@ -93,10 +93,12 @@ def build_model(
     lora: LoraSettings | None,
     adapter: str | None = None,
     bf16_refused_by: str | None = None,
+    device: str = "cpu",
 ) -> BuiltModel:
     """The base loaded and frozen, then LoRA added (``lora``), a saved adapter loaded frozen (``adapter``), or the
     decoder left to train fully (both None). ``bf16_refused_by``: what in the run cannot take a bf16 base, so that
-    ``dtype=auto`` picks float32 (training.checks.bf16_refusal)."""
+    ``dtype=auto`` picks float32 (training.checks.bf16_refusal). ``device``: where the weights are loaded to
+    (Lightning moves them later; the benchmarks load straight onto the GPU)."""
     settings.check_adapters(lora is not None, adapter)
     dtype, precision = resolve_dtype(settings.dtype, bf16_refused_by)
     quantization = None
@@ -105,7 +107,7 @@ def build_model(
             resolve_dtype(settings.compute_dtype, bf16_refused_by)[0] if settings.compute_dtype else dtype
         )
         quantization = QuantSettings(settings.quantization, compute_dtype, settings.quantize_vision)
-    net = load_base(settings.path, dtype, quantization)
+    net = load_base(settings.path, dtype, quantization, device)
     if not settings.final_logit_softcap:
         net.config.text_config.final_logit_softcapping = None
     net.requires_grad_(False)
@@ -126,8 +128,8 @@ def build_model(
 
 
 def load_base(
-    path: str, dtype: torch.dtype, quantization: QuantSettings | None
+    path: str, dtype: torch.dtype, quantization: QuantSettings | None, device: str = "cpu"
 ) -> PaliGemmaForConditionalGeneration:
     if quantization is None:
-        return PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    return load_quantized(PaliGemmaForConditionalGeneration, path, quantization, dtype)
+        return PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
+    return load_quantized(PaliGemmaForConditionalGeneration, path, quantization, dtype, device)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from paligemma.errors import ConfigError, MissingFileError
@@ -76,6 +78,32 @@ def load_adapter(model: nn.Module, adapter: str | Path, base: str) -> peft.PeftM
     except (RuntimeError, ValueError, KeyError) as e:
         reason = str(e).strip().splitlines()[-1][:300]
         raise ConfigError(f"adapter {adapter} does not fit the base model {base}: {reason}") from None
+
+
+def save_adapter(
+    peft_model: peft.PeftModel, directory: str | Path, weights: dict[str, torch.Tensor] | None = None
+):
+    """The adapter files ``PeftModel.save_pretrained`` writes (adapter_config.json, adapter_model.safetensors).
+
+    ``weights``: the LoRA tensors under the base model's own names (``model.<...>.q_proj.lora_A.default.weight``),
+    where the model's parameters cannot give them (FSDP gathers them to rank 0 under those names, and PEFT finds
+    a model's adapter by module names, which FSDP changes). They are written in PEFT's format, without the adapter
+    name under ``base_model.model.``; tests check that it is the file ``save_pretrained`` writes."""
+    if weights is None:
+        peft_model.save_pretrained(directory)
+        return
+    adapter = {
+        "base_model.model." + name.replace(".default.", "."): v.contiguous()
+        for name, v in weights.items()
+        if "lora_" in name
+    }
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    save_file(adapter, Path(directory) / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.inference_mode = True  # as PeftModel.save_pretrained writes it
+    base = peft_model.get_base_model()
+    mapping = {"base_model_class": type(base).__name__, "parent_library": type(base).__module__}
+    config.save_pretrained(directory, auto_mapping_dict=mapping if config.task_type is None else None)
 
 
 class LoraDropout(nn.Dropout):

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import peft
 import torch
-from safetensors.torch import save_file
 
 from paligemma.data.processor import copy_processor_files
-from paligemma.model import PaliGemmaForConditionalGeneration
+from paligemma.model import PaliGemmaForConditionalGeneration, lora
 from paligemma.model.quantize import dequantized_state_dict
 from paligemma.training.distributed import clean_name
 
@@ -23,26 +22,16 @@ log = logging.getLogger(__name__)
 
 
 def save_adapter(module, directory: str | Path, state_dict: dict | None = None) -> Path:
-    """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run.
-
-    PEFT finds adapter weights by module names, which FSDP changes, so a gathered ``state_dict`` is written
-    here in PEFT's format (tests compare the two)."""
-    config = module.peft_model.peft_config["default"]
-    config.base_model_name_or_path = str(module.hparams.path)
-    if state_dict is None:
-        module.peft_model.save_pretrained(directory)
-        return Path(directory).resolve()
-    adapter = {  # net.model.<...>.q_proj.lora_A.default.weight -> base_model.model.model.<...>.q_proj.lora_A.weight
-        "base_model.model." + k.removeprefix("net.").replace(".default.", "."): v.contiguous()
-        for k, v in ((clean_name(k), v) for k, v in state_dict.items())
-        if k in module.trainable_names and "lora_" in k
-    }
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    save_file(adapter, Path(directory) / "adapter_model.safetensors", metadata={"format": "pt"})
-    saved = copy.deepcopy(config)
-    saved.inference_mode = True  # as PeftModel.save_pretrained writes it
-    base = {"base_model_class": type(module.net).__name__, "parent_library": type(module.net).__module__}
-    saved.save_pretrained(directory, auto_mapping_dict=base if saved.task_type is None else None)
+    """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run; a gathered
+    ``state_dict`` (FSDP) gives its weights."""
+    module.peft_model.peft_config["default"].base_model_name_or_path = str(module.hparams.path)
+    if state_dict is not None:
+        state_dict = {
+            name.removeprefix("net."): v
+            for name, v in ((clean_name(k), v) for k, v in state_dict.items())
+            if name in module.trainable_names
+        }
+    lora.save_adapter(module.peft_model, directory, state_dict)
     return Path(directory).resolve()
 
 

@@ -1,122 +1,33 @@
-"""Synthetic shapes and PaliGemmaDataModule: determinism, task templates, hub schemas, bad rows, seeding."""
+"""PaliGemmaDataModule: configs on hub-schema files, bad rows, truncation, per-epoch reference draws, split errors."""
 
 import json
-import re
-import tempfile
 from pathlib import Path
 
 import datasets
-import hydra
 import lightning as L
-import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
-from paligemma.data.boxes import Box, parse_boxes
 from paligemma.data.datamodule import PaliGemmaDataModule
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
-from paligemma.data.synthetic import COLORS, POSITIONS, make_shapes_dataset, synthetic_texts
 from paligemma.data.tasks import references
-from paligemma.data.tokenizer import build_tokenizer, save_processor_files
 from paligemma.errors import ConfigError, DataError
 from tests.helpers import (
     COCO_FEATURES,
+    IMAGE_SIZE,
+    NUM_IMAGE_TOKENS,
     VQAV2_FEATURES,
     awkward_and_bad_rows,
-    compose_config,
+    batches,
+    from_config,
     noise,
     png,
     vqav2_rows,
-    write_jsonl_dir,
     write_parquet,
 )
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
-IMAGE_SIZE, NUM_IMAGE_TOKENS = 32, 16
-SHAPE = re.compile(r"an? (\w+) (\w+) at the ([a-z ]+?)(?:,| and |$)")
-REPHRASED = {  # each rephrasing's pattern of one shape, as (colour, shape, position) groups
-    "color first": (re.compile(r"(\w+) (\w+) at the ([a-z ]+?)(?:,| and |$)"), (0, 1, 2)),
-    "shape first": (re.compile(r"(\w+) in (\w+) at the ([a-z ]+?)(?:,| and |$)"), (1, 0, 2)),
-    "position first": (re.compile(r"([a-z]+ [a-z]+) has a (\w+) (\w+)(?:,| and |$)"), (1, 2, 0)),
-}
-
-
-def batches(dm: PaliGemmaDataModule, loader):
-    """What the LightningModule receives: each batch after the data module's on_before_batch_transfer."""
-    return [dm.on_before_batch_transfer(batch, 0) for batch in loader]
-
-
-def from_config(name: str, processor_dir: Path, **data_overrides) -> PaliGemmaDataModule:
-    """Instantiate conf/data/<name>.yaml as train.py would, with ``model.path`` = processor_dir."""
-    cfg = compose_config(Path(tempfile.mkdtemp()), [f"data={name}", f"model.path={processor_dir}"])
-    for key, value in data_overrides.items():
-        OmegaConf.update(cfg, f"data.{key}", value)
-    return hydra.utils.instantiate(cfg.data)
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    return make_shapes_dataset(num_train=200, num_val=12, image_size=IMAGE_SIZE * 2, seed=0)
-
-
-@pytest.fixture(scope="module")
-def processor_dir(tmp_path_factory, shapes):
-    path = tmp_path_factory.mktemp("processor")
-    corpus = synthetic_texts(shapes) + ["a cat on a mat", "what is on the table?", "yes", "two"] * 20
-    save_processor_files(path, build_tokenizer(corpus, vocab_size=400), IMAGE_SIZE, NUM_IMAGE_TOKENS)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------- synthetic
-
-
-def test_synthetic_is_deterministic_and_splits_differ():
-    a = make_shapes_dataset(16, 8, seed=3)
-    b = make_shapes_dataset(16, 8, seed=3)
-    raw = datasets.Image(decode=False)
-    for split in ("train", "validation"):
-        assert a[split].cast_column("image", raw)[:] == b[split].cast_column("image", raw)[:]
-    images = {split: a[split].cast_column("image", raw)["image"] for split in a}
-    assert not {im["bytes"] for im in images["train"]} & {im["bytes"] for im in images["validation"]}
-    assert make_shapes_dataset(16, 8, seed=4)["train"]["caption"] != a["train"]["caption"]
-
-
-def test_synthetic_questions_are_balanced_and_answered_by_the_picture(shapes):
-    train, val = shapes["train"], shapes["validation"]
-    kinds = list(train["kind"])
-    assert {k: kinds.count(k) for k in set(kinds)} == dict.fromkeys(
-        ["color", "shape", "count", "position"], 50
-    )
-    assert set(val["kind"]) == {"color", "shape", "count", "position"}
-    for row in train:
-        scene = SHAPE.findall(row["caption"].split(": ", 1)[1])
-        assert len(scene) == ["one", "two", "three"].index(row["caption"].split()[0]) + 1
-        caption, digits, *rephrased = row["captions"]
-        assert caption == row["caption"] and digits == str(len(scene)) + caption[caption.index(" ") :]
-        for text, (pattern, order) in zip(rephrased, REPHRASED.values(), strict=True):
-            assert sorted(tuple(m[i] for i in order) for m in pattern.findall(text)) == sorted(scene), text
-        assert row["answers"] == [row["answer"]]
-        q, a = row["question"], row["answer"]
-        if m := re.fullmatch(r"what color is the shape at the (.+)\?", q):
-            assert [c for c, _, p in scene if p == m[1]] == [a]
-        elif m := re.fullmatch(r"what color is the (\w+)\?", q):
-            assert [c for c, s, _ in scene if s == m[1]] == [a]
-        elif m := re.fullmatch(r"what shape is at the (.+)\?", q):
-            assert [s for _, s, p in scene if p == m[1]] == [a]
-        elif m := re.fullmatch(r"what shape is the (\w+) object\?", q):
-            assert [s for c, s, _ in scene if c == m[1]] == [a]
-        elif m := re.fullmatch(r"where is the (\w+) (\w+)\?", q):
-            assert [p for c, s, p in scene if (c, s) == m.groups()] == [a] and a in POSITIONS
-        else:
-            assert q == "how many shapes are there?" and a == str(len(scene))
-        pixels = np.asarray(row["image"], dtype=int)  # every named colour is drawn
-        for color, _, _ in scene:
-            assert (np.abs(pixels - COLORS[color]).sum(-1) < 10).any()
-
-
-# ------------------------------------------------------------------------------------------ data module
 
 
 def test_synthetic_config_batches(processor_dir):
@@ -390,112 +301,6 @@ def test_references_normalisation():
     assert references({"answer": ["a", "b"], "answer_id": [1, 2]}) == ["a", "b"]  # Sequence-of-dict layout
     assert references([{"raw": "A man.", "tokens": ["a", "man"]}]) == ["A man."]
     assert references(None) == [] and references("  ") == []
-
-
-# ---------------------------------------------------------------------------- prompts, prefix / suffix, detection
-
-
-def test_prompt_language_and_template(processor_dir):
-    sizes = {"synthetic.num_train": 4, "synthetic.num_val": 4}
-    dm = from_config("synthetic", processor_dir, lang="fr", **sizes)
-    dm.setup("validate")
-    (val,) = batches(dm, dm.val_dataloader())
-    assert all(p.startswith("answer fr ") for p in val["prompts"])
-    dm = from_config("synthetic_captions", processor_dir, prompt="describe in {lang}:", lang="de", **sizes)
-    dm.setup("validate")
-    assert batches(dm, dm.val_dataloader())[0]["prompts"] == ["describe in de:"] * 4
-    with pytest.raises(
-        ConfigError, match=r"data.prompt 'answer {question} in {language}'.*\{lang\}, \{question\}"
-    ):
-        PaliGemmaDataModule(path="synthetic", prompt="answer {question} in {language}")
-
-
-def test_prefix_suffix_from_jsonl_plus_images(tmp_path, processor_dir):
-    dm = from_config(
-        "prefix_suffix", processor_dir, path=str(write_jsonl_dir(tmp_path / "jsonl")), num_workers=0
-    )
-    dm.setup("fit")
-    assert dm.metric == "exact_match"
-    (train,) = batches(dm, dm.train_dataloader())
-    decoded = dm.processor.batch_decode(train["input_ids"], skip_special_tokens=True)
-    assert sorted(decoded) == [f"answer fr combien ?\n{i}" for i in range(3)]
-    (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["ocr"] and val["references"] == [["STOP", "stop"]]
-    assert dm.skipped == 2  # the missing image and the line that is not JSON
-
-
-def write_coco_dir(directory: Path) -> Path:
-    """Roboflow's COCO export: <split>/_annotations.coco.json beside the images."""
-    for split, n in (("train", 2), ("valid", 1)):
-        (directory / split).mkdir(parents=True)
-        for i in range(n):
-            noise(size=(40, 20), seed=i).save(directory / split / f"{i}.png")
-        coco = {
-            "images": [{"id": i, "file_name": f"{i}.png", "width": 40, "height": 20} for i in range(n)],
-            "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "cat"}],
-            "annotations": [
-                {"id": 1, "image_id": 0, "category_id": 2, "bbox": [4, 2, 20, 10], "iscrowd": 0},
-                {"id": 2, "image_id": 0, "category_id": 1, "bbox": [0, 10, 40, 10], "iscrowd": 0},
-                {"id": 3, "image_id": 0, "category_id": 1, "bbox": [0, 0, 40, 20], "iscrowd": 1},
-            ],
-        }
-        (directory / split / "_annotations.coco.json").write_text(json.dumps(coco))
-    return directory
-
-
-def test_detection_from_coco_annotations(tmp_path, processor_dir):
-    dm = from_config("detection", processor_dir, path=str(write_coco_dir(tmp_path / "coco")), num_workers=0,
-                     val_split="valid")  # fmt: skip
-    dm.setup("fit")
-    assert dm.metric == "map"
-    (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["detect cat ; dog"]  # the crowd box is left out, as COCO's evaluation does
-    (target,) = val["references"][0]
-    assert parse_boxes(target) == [  # pixels / side, then round(v * 1023) / 1023; 511.5 rounds to even
-        Box(102 / 1023, 102 / 1023, 614 / 1023, 614 / 1023, "cat"),
-        Box(512 / 1023, 0.0, 1.0, 1.0, "dog"),
-    ]
-    (train,) = batches(dm, dm.train_dataloader())
-    assert dm.skipped == 1  # the second training picture has no boxes: no target
-
-
-def test_detection_from_a_hub_objects_column_with_class_ids(tmp_path, processor_dir):
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "objects": {"bbox": datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4)),
-                    "category": datasets.Sequence(datasets.ClassLabel(names=["person", "helmet"]))},
-    })  # fmt: skip
-    rows = {"image": [{"bytes": png(noise(size=(10, 10))), "path": None}],
-            "objects": [{"bbox": [[0, 0, 5, 10], [5, 5, 10, 10]], "category": [1, 0]}]}  # fmt: skip
-    for split in ("train", "validation"):
-        datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / f"{split}.parquet")
-    dm = from_config("detection", processor_dir, path=str(tmp_path), box_format="xyxy", num_workers=0)
-    dm.setup("validate")
-    (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["detect helmet ; person"]
-    boxes = parse_boxes(val["references"][0][0])
-    assert [(b.name, b.x_max) for b in boxes] == [("helmet", 512 / 1023), ("person", 1.0)]
-
-
-def test_synthetic_detection_targets_are_the_drawn_shapes(processor_dir):
-    dm = from_config("synthetic_detection", processor_dir, **{"synthetic.num_train": 8, "synthetic.num_val": 8,
-                                                              "synthetic.image_size": 64})  # fmt: skip
-    dm.setup("validate")
-    (val,) = batches(dm, dm.val_dataloader())
-    rows = make_shapes_dataset(8, 8, image_size=64)["validation"]
-    for prompt, (target,), row in zip(val["prompts"], val["references"], rows, strict=True):
-        assert prompt == "detect " + " ; ".join(sorted(set(row["objects"]["category"])))
-        boxes = parse_boxes(target)
-        assert [b.name for b in boxes] == row["objects"]["category"]
-        pixels = np.asarray(row["image"], dtype=int)
-        for b in boxes:  # the box's centre is painted in a shape colour, not the light background
-            centre = pixels[int((b.y_min + b.y_max) / 2 * 64), int((b.x_min + b.x_max) / 2 * 64)]
-            assert min(np.abs(centre - c).sum() for c in COLORS.values()) < 10 or b.name == "triangle"
-    mixture = make_shapes_dataset(8, 4, image_size=64, detect_every=4)
-    assert [p.split()[0] for p in mixture["train"]["prefix"]] == ["caption"] * 3 + ["detect"] + [
-        "caption"
-    ] * 3 + ["detect"]
-    assert set(mixture["validation"]["prefix"]) == {"caption en"}
 
 
 def two_pictures_per_row(n: int) -> dict:
