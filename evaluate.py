@@ -1,7 +1,7 @@
 """Score a base model, a PEFT adapter or a training checkpoint with the metrics papers report.
 
-    python evaluate.py adapter=logs/train/runs/<date>/adapter
-    python evaluate.py model=paligemma-3b-pt-224 data=coco_captions adapter=DIR eval.num_beams=2
+    python evaluate.py model.adapter=logs/train/runs/<date>/adapter
+    python evaluate.py model=paligemma-3b-pt-224 data=coco_captions model.adapter=DIR generation.num_beams=2
 
 Writes predictions.jsonl and metrics.json to the run dir (and to W&B as a summary and a table).
 """
@@ -39,7 +39,7 @@ def load_module(cfg: DictConfig, datamodule):
             cfg.ckpt_path, map_location="cpu", weights_only=True, **overrides
         )
     model = {**OmegaConf.to_container(cfg.model, resolve=True), **overrides}
-    return PaliGemmaLitModule(**model, adapter=cfg.adapter)
+    return PaliGemmaLitModule(**model)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -80,7 +80,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "eval/samples_per_sec": len(records) / seconds if seconds > 0 else 0.0,
         "data/skipped": datamodule.skipped,
         "model_path": str(module.hparams.path),
-        "adapter_path": str(Path(cfg.adapter).resolve()) if cfg.adapter else None,
+        "adapter_path": str(Path(cfg.model.adapter).resolve()) if cfg.model.adapter else None,
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path else None,
     }
     write_json(out_dir / "metrics.json", results)

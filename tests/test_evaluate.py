@@ -30,10 +30,10 @@ def trained_run(tmp_path_factory, tiny_checkpoint):
     return run, train.train(cfg)
 
 
-@pytest.mark.parametrize("source", ["adapter", "ckpt_path"])
+@pytest.mark.parametrize("source", ["model.adapter", "ckpt_path"])
 def test_evaluating_a_run_reproduces_its_val_metric(tmp_path, tiny_checkpoint, trained_run, source):
     run, trained = trained_run
-    target = run / "adapter" if source == "adapter" else run / "checkpoints" / "last.ckpt"
+    target = run / "adapter" if source == "model.adapter" else run / "checkpoints" / "last.ckpt"
     cfg = compose_eval(tmp_path, [f"model.path={tiny_checkpoint}", f"{source}={target}", "logger=csv",
                                   *SYNTHETIC, *EVAL_FAST])  # fmt: skip
     results = evaluate.evaluate(cfg)
@@ -57,7 +57,7 @@ def test_zero_shot_evaluation_of_the_base(tmp_path, tiny_checkpoint, trained_run
 def test_adapter_for_another_base_is_a_clear_error(tmp_path, trained_run, other_tiny_checkpoint):
     overrides = [
         f"model.path={other_tiny_checkpoint}",
-        f"adapter={trained_run[0] / 'adapter'}",
+        f"model.adapter={trained_run[0] / 'adapter'}",
         "logger=none",
     ]
     cfg = compose_eval(tmp_path / "eval", [*overrides, *SYNTHETIC, *EVAL_FAST])

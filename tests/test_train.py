@@ -301,7 +301,7 @@ def test_prefix_suffix_data_trains_and_evaluates(tmp_path, tiny_checkpoint, layo
     results = train.train(compose_config(tmp_path / "run", [*common, *FAST]))
     assert results["monitor"] == f"val/{metric}" and 0 <= results[f"val/{metric}"] <= 1
     assert results["data/skipped"] == 2  # jsonl: a missing image, a line that is not JSON; parquet: no target
-    eval_overrides = [*common, f"adapter={tmp_path / 'run' / 'adapter'}", "data.num_workers=0",
+    eval_overrides = [*common, f"model.adapter={tmp_path / 'run' / 'adapter'}", "data.num_workers=0",
                       "data.val_batch_size=8", "generation.max_new_tokens=4"]  # fmt: skip
     evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
     assert evaluated[f"val/{metric}"] == results[f"val/{metric}"] and evaluated["monitor"] == f"val/{metric}"

@@ -29,7 +29,8 @@ class ModelSettings:
     precision.py). ``quantization`` (nf4, fp4, int8) stores the decoder's linear layers (and the vision tower's,
     with ``quantize_vision``) through bitsandbytes, 4-bit ones computing in ``compute_dtype`` (null: ``dtype``).
     ``final_logit_softcap=False`` turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so).
-    ``cache_image_features`` computes each image's features once (frozen towers only).
+    ``cache_image_features`` computes each image's features once (frozen towers only). ``adapter``: a saved PEFT
+    adapter dir (train.py writes <run>/adapter), loaded frozen on the base: what evaluate.py scores.
     """
 
     path: str
@@ -42,6 +43,7 @@ class ModelSettings:
     gradient_checkpointing: bool = False
     cache_image_features: bool = False
     final_logit_softcap: bool = True
+    adapter: str | None = None
 
     def __post_init__(self):
         for key in ("dtype", "compute_dtype"):
@@ -62,9 +64,14 @@ class ModelSettings:
                 "model.train_vision=true with model.quantize_vision=true: quantized weights are frozen"
             )
 
-    def check_adapters(self, lora: bool, adapter: str | None = None) -> None:
-        """The conflicts of these settings with LoRA (``lora``: whether new LoRA weights train) or a saved adapter."""
-        if adapter is not None:
+    def check_adapters(self, lora: bool) -> None:
+        """The conflicts of these settings with LoRA (``lora``: whether new LoRA weights train)."""
+        if self.adapter is not None and lora:
+            raise ConfigError(
+                f"model.adapter={self.adapter} loads a saved adapter frozen (evaluate.py), and lora.* would add new "
+                "LoRA weights to train: drop model.adapter, or set lora=null; ckpt_path=... resumes a run"
+            )
+        if self.adapter is not None:
             return
         if self.train_vision and lora:
             raise ConfigError(
@@ -91,15 +98,14 @@ class BuiltModel:
 def build_model(
     settings: ModelSettings,
     lora: LoraSettings | None,
-    adapter: str | None = None,
     bf16_refused_by: str | None = None,
     device: str = "cpu",
 ) -> BuiltModel:
-    """The base loaded and frozen, then LoRA added (``lora``), a saved adapter loaded frozen (``adapter``), or the
+    """The base loaded and frozen, then LoRA added (``lora``), a saved adapter loaded frozen (``settings.adapter``), or the
     decoder left to train fully (both None). ``bf16_refused_by``: what in the run cannot take a bf16 base, so that
     ``dtype=auto`` picks float32 (training.checks.bf16_refusal). ``device``: where the weights are loaded to
     (Lightning moves them later; the benchmarks load straight onto the GPU)."""
-    settings.check_adapters(lora is not None, adapter)
+    settings.check_adapters(lora is not None)
     dtype, precision = resolve_dtype(settings.dtype, bf16_refused_by)
     quantization = None
     if settings.quantization is not None:
@@ -112,8 +118,8 @@ def build_model(
         net.config.text_config.final_logit_softcapping = None
     net.requires_grad_(False)
     net.model.multi_modal_projector.requires_grad_(settings.train_projector)
-    if adapter is not None:
-        peft_model = load_adapter(net, adapter, base=settings.path)
+    if settings.adapter is not None:
+        peft_model = load_adapter(net, settings.adapter, base=settings.path)
     elif lora is None:  # full fine-tuning of the decoder (pre-training the tiny base, for example)
         net.model.language_model.requires_grad_(True)
         peft_model = None

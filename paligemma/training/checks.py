@@ -65,15 +65,15 @@ def validate_config(cfg: DictConfig) -> None:
     settings = typed(
         ModelSettings, cfg.model, "model"
     )  # its own checks, then those against LoRA or an adapter
-    settings.check_adapters(bool(cfg.get("lora")), cfg.get("adapter"))
+    settings.check_adapters(bool(cfg.get("lora")))
     typed(GenerationSettings, cfg.generation, "generation")
     _check_source("model.path", cfg.model.path, "a model dir with config.json and safetensors, or a hub id")
     if cfg.data.path != "synthetic":
         _check_source("data.path", cfg.data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
     if (ckpt_path := cfg.get("ckpt_path")) is not None:
         _check_checkpoint(ckpt_path)
-    if (adapter := cfg.get("adapter")) is not None:
-        _check_adapter(adapter)
+    if settings.adapter is not None:
+        _check_adapter(settings.adapter)
     _check_eval_counts(cfg)
     _check_fsdp(cfg)
 
@@ -102,17 +102,17 @@ def _check_adapter(adapter: str) -> None:
     config_file = local_path(adapter) / "adapter_config.json"
     if not config_file.is_file():
         raise ConfigError(
-            f"adapter: {adapter} has no adapter_config.json (a PEFT adapter dir, e.g. <run>/adapter)"
+            f"model.adapter: {adapter} has no adapter_config.json (a PEFT adapter dir, e.g. <run>/adapter)"
         )
     config = read_json(config_file)
     if not isinstance(config, dict) or "peft_type" not in config:
         raise ConfigError(
-            f"adapter: {config_file} names no peft_type, so it is no PEFT adapter config; point adapter= at a "
+            f"model.adapter: {config_file} names no peft_type, so it is no PEFT adapter config; point it at a "
             "dir that peft's save_pretrained wrote (train.py writes <run>/adapter)"
         )
 
 
-USER_PATHS = ("model.path", "data.path", "ckpt_path", "adapter")
+USER_PATHS = ("model.path", "data.path", "ckpt_path", "model.adapter")
 
 
 def expand_user_paths(cfg: DictConfig) -> None:
@@ -133,10 +133,10 @@ def uses_fsdp(cfg: DictConfig) -> bool:
 def bf16_refusal(cfg: DictConfig, trains: bool = True) -> str | None:
     """What in this run cannot take a bf16 base (``model.dtype=auto`` then picks float32), or None. ``trains``:
     whether the run trains (train.py) or only evaluates (evaluate.py)."""
-    adapts = bool(cfg.get("lora") or cfg.get("adapter"))
+    adapts = bool(cfg.get("lora") or cfg.model.get("adapter"))
     if uses_fsdp(cfg) and adapts:
         return "trainer=fsdp needs one dtype per decoder layer, and LoRA weights are float32"
-    if not trains or cfg.get("adapter") is not None:
+    if not trains or cfg.model.get("adapter") is not None:
         return None
     trained = [f"model.{key}=true" for key in ("train_vision", "train_projector") if cfg.model.get(key)]
     trained = trained if adapts else ["lora=null", *trained]
@@ -153,7 +153,7 @@ def _check_fsdp(cfg: DictConfig) -> None:
             "weights into one float32 tensor, which bitsandbytes' packed weights cannot join; use trainer=ddp (each rank holds the quantized model) or model.quantization=null"
         )
     if resolve_dtype(cfg.model.dtype, bf16_refusal(cfg))[0] != torch.float32 and (
-        cfg.get("lora") or cfg.get("adapter")
+        cfg.get("lora") or cfg.model.get("adapter")
     ):
         raise ConfigError(
             f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "

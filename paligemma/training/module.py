@@ -48,22 +48,22 @@ class PaliGemmaLitModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         cache_image_features: bool = False,
         final_logit_softcap: bool = True,
+        adapter: str | None = None,
         lora: dict | None = None,
         optim: dict | None = None,
         max_new_tokens: int = 8,
         num_beams: int = 1,
         log_predictions: int = 16,
-        adapter: str | None = None,
         task: str = "vqa",
         processor: PaliGemmaProcessor | None = None,
         metric: str | None = None,
         bf16_refused_by: str | None = None,
         built: BuiltModel | None = None,
     ):
-        """The fields of ``ModelSettings`` (``path`` .. ``final_logit_softcap``: what checkpoints save, so that
+        """The fields of ``ModelSettings`` (``path`` .. ``adapter``: what checkpoints save, so that
         ``load_from_checkpoint`` builds the network again), ``lora`` and ``optim`` (the fields of ``LoraSettings``
         and ``OptimSettings``, plain dicts so that checkpoints hold no classes; ``lora=None`` trains the whole
-        decoder, ``adapter`` loads a saved PEFT adapter frozen), and the validation generation (``max_new_tokens``,
+        decoder), and the validation generation (``max_new_tokens``,
         ``num_beams``, ``log_predictions``: ``GenerationSettings``). ``built``: the network ``build_model`` made of
         these settings (None: built here). ``metric`` (a key of scoring.METRICS; None: the metric of ``task``) picks
         the validation metrics; ``processor`` decodes generations (default: the base's)."""
@@ -79,7 +79,7 @@ class PaliGemmaLitModule(L.LightningModule):
         self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
         if built is None:
             settings = ModelSettings(**{f.name: self.hparams[f.name] for f in fields(ModelSettings)})
-            built = build_model(settings, LoraSettings(**lora) if lora else None, adapter, bf16_refused_by)
+            built = build_model(settings, LoraSettings(**lora) if lora else None, bf16_refused_by)
         self.net, self.precision, self.quantization = built.net, built.precision, built.quantization
         # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
         self.__dict__["peft_model"] = built.peft_model

@@ -43,11 +43,12 @@ BAD_CONFIGS = {
     "no beams": (["generation.num_beams=0"], "generation.num_beams must be at least 1, got 0"),
     "unknown model key": (["+model.dtyp=float32"], "model.dtyp is not a setting of model (ModelSettings: path, dtype"),
     "quantization without LoRA": (["model.quantization=nf4", "lora=null"], "model.quantization=nf4 needs LoRA"),
+    "saved adapter with new LoRA": (["model.adapter={tmp}/adapter"], "loads a saved adapter frozen (evaluate.py)"),
 }  # fmt: skip
 
 
 BAD_EVAL_CONFIGS = {
-    "adapter config without peft_type": (["adapter={tmp}/adapter"], "adapter_config.json names no peft_type"),
+    "adapter config without peft_type": (["model.adapter={tmp}/adapter"], "adapter_config.json names no peft_type"),
     "no samples": (["eval.max_samples=0"], "eval.max_samples must be a whole number of at least 1, got 0"),
 }  # fmt: skip
 
@@ -163,7 +164,7 @@ def test_evaluate_rejects_an_adapter_of_another_base(tmp_path, tiny_checkpoint, 
     peft.get_peft_model(
         PaliGemmaForConditionalGeneration.from_pretrained(other_tiny_checkpoint), config
     ).save_pretrained(tmp_path / "adapter")
-    overrides = [f"model.path={tiny_checkpoint}", f"adapter={tmp_path / 'adapter'}", *SYNTHETIC]
+    overrides = [f"model.path={tiny_checkpoint}", f"model.adapter={tmp_path / 'adapter'}", *SYNTHETIC]
     result, _ = run_cli("evaluate.py", overrides, tmp_path)
     assert_one_line_error(result, f"adapter {tmp_path / 'adapter'} does not fit the base model")
     model = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint)
@@ -260,7 +261,7 @@ ENTRY_ERRORS = {
         ["data=vqa", "data.path={tmp}/two_pictures", "data.image_column=images"],
         "the first 32 rows of the train split of '{tmp}/two_pictures' are all bad; row 0: AttributeError",
     ),
-    "evaluate: adapter config without peft_type": ("evaluate.py", ["adapter={tmp}/adapter"], "names no peft_type"),
+    "evaluate: adapter config without peft_type": ("evaluate.py", ["model.adapter={tmp}/adapter"], "names no peft_type"),
     "evaluate: unknown split": ("evaluate.py", ["eval.split=valid"], "split 'valid': Unknown split"),
     "evaluate: truncated checkpoint": ("evaluate.py", ["ckpt_path={tmp}/torn.ckpt"], "is not a whole checkpoint"),
 }  # fmt: skip
