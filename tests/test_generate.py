@@ -7,6 +7,7 @@ import torch
 from paligemma.generate import main
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_command_line_generates_for_one_image(tiny_checkpoint, tmp_path):
     import subprocess
     import sys

@@ -77,6 +77,7 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
     ]
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_the_model_layer_loads_without_the_training_stack():
     code = (
         "import sys, paligemma.model, paligemma.model.generation, paligemma.model.lora;"
@@ -87,6 +88,7 @@ def test_the_model_layer_loads_without_the_training_stack():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_the_config_checks_load_without_peft_or_lightning():
     """train.py composes and checks the config before it reads anything: a config error comes in seconds."""
     code = (

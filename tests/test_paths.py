@@ -139,6 +139,7 @@ def test_dataset_messages_name_data_path():
     assert "point data.path at a local copy (a parquet dir or a save_to_disk dir)" in message
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_train_offline_with_an_empty_cache_ends_with_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))

@@ -37,6 +37,7 @@ def test_init_weights_refuses_a_module_it_has_no_rule_for():
         init_weights_(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_cli_writes_a_tiny_paligemma2_that_transformers_loads_with_equal_logits(tmp_path):
     out = tmp_path / "tiny2"
     args = ["--out", str(out), "--decoder", "gemma2", "--vocab-size", "300"]

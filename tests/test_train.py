@@ -271,6 +271,7 @@ def test_paligemma2_trains_resumes_and_exports_a_merged_model_transformers_reads
     assert diff.abs().max() < 1e-4
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_multirun_sweep_runs_two_jobs_in_one_wandb_group(tmp_path, tiny_checkpoint):
     command = [sys.executable, "train.py", "-m", "lora.r=2,4", f"model.path={tiny_checkpoint}",
                f"hydra.sweep.dir={tmp_path}", *FAST, *SYNTHETIC]  # fmt: skip

@@ -163,6 +163,7 @@ def test_bad_rows_skipped_once_and_awkward_images_kept(tmp_path, processor_dir, 
         batches(strict, strict.val_dataloader())
 
 
+@pytest.mark.slow  # DataLoader worker processes: seconds of start-up
 def test_bad_rows_counted_across_worker_processes(tmp_path, processor_dir):
     awkward_and_bad_rows().save_to_disk(tmp_path)
     dm = PaliGemmaDataModule(

@@ -84,6 +84,7 @@ def test_bad_evaluate_config_is_a_config_error_naming_the_culprit(tmp_path, tiny
         validate_config(cfg)
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_bad_config_exits_quickly_naming_the_culprit(tmp_path, tiny_checkpoint):
     result, seconds = run_cli("train.py", ["model.path=/nonexistent/paligemma"], tmp_path)
     assert_one_line_error(result, "model.path: /nonexistent/paligemma")
@@ -159,6 +160,7 @@ def test_unknown_key_is_rejected_by_hydra_naming_it(tmp_path, override, schema):
     assert f"Key '{key.split('.')[1]}' not in '{schema}'" in str(error.value.__cause__)
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_evaluate_rejects_an_adapter_of_another_base(tmp_path, tiny_checkpoint, other_tiny_checkpoint):
     config = peft.LoraConfig(r=2, target_modules=r".*\.language_model\..*\.(q_proj|v_proj)")
     peft.get_peft_model(

@@ -110,6 +110,7 @@ except Preempted as stop:
 """
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_signals_during_the_checkpoint_write_leave_a_whole_last_ckpt(tmp_path):
     """SIGTERM stops the run; while last.ckpt is being written (its temporary file exists) the test sends SIGTERM,
     SIGINT and SIGUSR1 again and again: the write finishes and the run exits as preempted."""

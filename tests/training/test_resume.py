@@ -67,6 +67,7 @@ def test_checkpoint_loads_with_weights_only_and_holds_what_resuming_needs(uninte
     assert not list((uninterrupted / "checkpoints").glob(".*.tmp"))
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_sigkill_mid_epoch_then_resume_gives_the_same_adapter(tmp_path, tiny_checkpoint, uninterrupted):
     command = [sys.executable, "train.py", f"model.path={tiny_checkpoint}", *RUN]
     last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
@@ -94,6 +95,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_adapter(tmp_path, tiny_che
     assert_same_adapter(tmp_path / "resumed", uninterrupted)
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_sigterm_mid_epoch_writes_last_ckpt_for_that_step_and_resuming_gives_the_same_adapter(
     tmp_path, tiny_checkpoint, uninterrupted
 ):
@@ -143,6 +145,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_a_kill_while_saving_leaves_a_whole_checkpoint(tmp_path):
     path = tmp_path / "last.ckpt"
     process = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path)], cwd=ROOT)
