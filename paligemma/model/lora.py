@@ -25,11 +25,11 @@ DECODER_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "u
 
 @dataclass
 class LoraSettings:
-    """LoRA on the decoder (``lora.*`` in the Hydra config, whose defaults these are)."""
+    """LoRA on the decoder (``lora.*`` in the Hydra config, whose defaults these are; ``dropout`` 0, as peft's)."""
 
     r: int = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(DECODER_LINEAR_LAYERS))
 
 

@@ -28,7 +28,7 @@ class OptimSettings:
     ``lr`` suits LoRA on the embedded tiny model; the 3B model configs set their own (2e-4)."""
 
     name: str = "adamw"  # adamw | adamw8bit | paged_adamw8bit (the last two: bitsandbytes)
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     min_lr_ratio: float = 0.0
