@@ -86,8 +86,16 @@ def create_tiny_checkpoint(
     return out_dir
 
 
-def random_batch(config: PaliGemmaConfig, prefix_lens, suffix_lens, seed: int = 0, padding_side="right"):
+def random_batch(
+    config: PaliGemmaConfig,
+    prefix_lens,
+    suffix_lens,
+    seed: int = 0,
+    padding_side="right",
+    images_per_row=None,
+):
     """A training-style batch: image tokens + <bos> + prefix + "\\n" | suffix + <eos>, then padding.
+    ``images_per_row``: how many images each row's prompt starts with (default one each).
 
     Text ids avoid the special ids (0-3) and the image token; "\\n" is played by id 4.
     """
@@ -95,10 +103,11 @@ def random_batch(config: PaliGemmaConfig, prefix_lens, suffix_lens, seed: int = 
     text = config.text_config
     n_img = config.num_image_tokens
     rows = []
-    for p_len, s_len in zip(prefix_lens, suffix_lens, strict=True):
+    images_per_row = images_per_row or [1] * len(prefix_lens)
+    for p_len, s_len, n_images in zip(prefix_lens, suffix_lens, images_per_row, strict=True):
         prefix = torch.randint(5, config.image_token_index, (p_len,), generator=gen).tolist()
         suffix = torch.randint(5, config.image_token_index, (s_len,), generator=gen).tolist()
-        prompt = [config.image_token_index] * n_img + [text.bos_token_id] + prefix + [4]
+        prompt = [config.image_token_index] * (n_img * n_images) + [text.bos_token_id] + prefix + [4]
         target = suffix + text.stop_token_ids[:1] if s_len else []
         rows.append((prompt, target))
     width = max(len(p) + len(t) for p, t in rows)
@@ -119,7 +128,7 @@ def random_batch(config: PaliGemmaConfig, prefix_lens, suffix_lens, seed: int = 
             types.append([0] * pad + row_types)
             labels.append([-100] * pad + row_labels)
     vision = config.vision_config
-    pixels = torch.randn(len(rows), 3, vision.image_size, vision.image_size, generator=gen)
+    pixels = torch.randn(sum(images_per_row), 3, vision.image_size, vision.image_size, generator=gen)
     return {
         "input_ids": torch.tensor(ids),
         "attention_mask": torch.tensor(mask),

@@ -3,7 +3,7 @@
 Outputs equal transformers' ``PaliGemmaProcessor(..., padding="longest", return_tensors="pt")`` for the
 same files (tests/data/test_processor.py compares them):
 
-    prompt = "<image>" * num_image_tokens + "<bos>" + prefix + "\\n"     token_type_ids 0, labels -100
+    prompt = "<image>" * (num_image_tokens * images) + "<bos>" + prefix + "\\n"   token_type_ids 0, labels -100
     suffix = suffix + "<eos>"                                           token_type_ids 1, labels = ids
     padding: pad id, attention_mask 0, token_type_ids 0, labels -100
 
@@ -76,6 +76,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
     return image.convert("RGB")
+
+
+def images_per_prompt(images, n_prompts: int) -> list[list[Image.Image]]:
+    """``images`` as one list per prompt, read as transformers reads them: one image (one prompt), one image per
+    prompt, or a list of images per prompt (1..N each, mixed within a batch)."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    nested = [list(i) if isinstance(i, list | tuple) else [i] for i in images]
+    if len(nested) != n_prompts:
+        raise ValueError(
+            f"got {len(nested)} images (or lists of images) for {n_prompts} texts; each text needs its own"
+        )
+    for i, row in enumerate(nested):
+        if not row:
+            raise ValueError(f"text {i} has an empty list of images; each text needs at least one image")
+        if not all(isinstance(im, Image.Image) for im in row):
+            bad = next(im for im in row if not isinstance(im, Image.Image))
+            raise TypeError(
+                f"images must be PIL images (or lists of them), got {type(bad).__name__} for text {i}"
+            )
+    return nested
 
 
 def _pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
@@ -175,28 +196,31 @@ class PaliGemmaProcessor:
     def __call__(
         self,
         text: str | Sequence[str],
-        images: Image.Image | Sequence[Image.Image],
+        images: Image.Image | Sequence[Image.Image] | Sequence[Sequence[Image.Image]],
         suffix: str | Sequence[str] | None = None,
         padding_side: str = "right",
         max_length: int | None = None,
         return_lengths: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Batch of prompts (``text``, one image each) and optional target ``suffix``es.
+        """Batch of prompts (``text``, with one image or a list of images each) and optional target ``suffix``es.
+        ``pixel_values`` holds every image of the batch, prompt after prompt; each prompt's image tokens come
+        first, one run of ``num_image_tokens`` per image, in its order.
 
         ``max_length`` caps each row: a too-long suffix loses tokens from its end but keeps ``<eos>``; a
         prompt that cannot fit (with its ``<eos>`` when a suffix is given) raises. ``return_lengths`` adds
         "prompt_lengths" (B,), the tokens of each prompt, and "truncated" (B,), whether its suffix was cut.
         """
         texts = [text] if isinstance(text, str) else list(text)
-        images = [images] if isinstance(images, Image.Image) else list(images)
-        if len(texts) != len(images):
-            raise ValueError(f"got {len(texts)} texts for {len(images)} images; each text needs one image")
+        per_prompt = images_per_prompt(images, len(texts))
         if any(IMAGE_TOKEN in t for t in texts):
             raise ValueError(f"text is the prefix only; the processor adds the {IMAGE_TOKEN} tokens itself")
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
 
-        prompts = [IMAGE_TOKEN * self.num_image_tokens + self.bos_token + t + "\n" for t in texts]
+        prompts = [
+            IMAGE_TOKEN * (self.num_image_tokens * len(ims)) + self.bos_token + t + "\n"
+            for t, ims in zip(texts, per_prompt, strict=True)
+        ]
         prompt_ids = [e.ids for e in self.tokenizer.encode_batch(prompts, add_special_tokens=False)]
         suffix_ids = [[] for _ in texts]
         if suffix is not None:
@@ -219,7 +243,9 @@ class PaliGemmaProcessor:
         out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
         if suffix is not None:
             out["labels"] = out["input_ids"].masked_fill(out["token_type_ids"] == 0, IGNORE_INDEX)
-        out["pixel_values"] = torch.from_numpy(np.stack([self.preprocess_image(im) for im in images]))
+        out["pixel_values"] = torch.from_numpy(
+            np.stack([self.preprocess_image(im) for ims in per_prompt for im in ims])
+        )
         if return_lengths:
             out["prompt_lengths"] = torch.tensor([len(p) for p in prompt_ids])
             out["truncated"] = torch.tensor(
@@ -227,9 +253,10 @@ class PaliGemmaProcessor:
             )
         return out
 
-    def prompt_length(self, prefix: str) -> int:
+    def prompt_length(self, prefix: str, num_images: int = 1) -> int:
         """Tokens of the prompt ``prefix`` becomes: image tokens, ``<bos>``, the prefix and "\\n"."""
-        return self.num_image_tokens + 1 + len(self.tokenizer.encode(prefix + "\n", add_special_tokens=False))
+        text_tokens = len(self.tokenizer.encode(prefix + "\n", add_special_tokens=False))
+        return self.num_image_tokens * num_images + 1 + text_tokens
 
     def _truncate(self, ids: list[int], types: list[int], max_length: int) -> tuple[list[int], list[int]]:
         if len(ids) <= max_length:

@@ -83,6 +83,29 @@ def test_batch_matches_reference(ours, ref, padding_side, with_suffix):
     assert out["input_ids"].shape[0] == len(TEXTS) and out["pixel_values"].dtype == torch.float32
 
 
+def nested_images(seed: int = 0) -> list[list[Image.Image]]:
+    """3, 1, 2 and 1 pictures for the four TEXTS, each of its own size."""
+    counts = [3, 1, 2, 1]
+    images = [random_image(seed + i, size=(20 + 3 * i, 30 - 2 * i)) for i in range(sum(counts))]
+    return [images[sum(counts[:i]) : sum(counts[: i + 1])] for i in range(len(counts))]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("with_suffix", [True, False])
+def test_several_images_per_prompt_match_the_reference(ours, ref, padding_side, with_suffix):
+    images, suffix = nested_images(), SUFFIXES if with_suffix else None
+    out = ours(text=TEXTS, images=images, suffix=suffix, padding_side=padding_side)
+    assert_same(out, run_ref(ref, TEXTS, images, suffix, padding_side))
+    assert out["pixel_values"].shape[0] == 7
+    image_tokens = (out["input_ids"] == ours.image_token_id).sum(1)
+    assert image_tokens.tolist() == [NUM_IMAGE_TOKENS * n for n in (3, 1, 2, 1)]
+
+
+def test_one_image_per_prompt_is_the_same_as_lists_of_one(ours):
+    images = [random_image(i) for i in range(len(TEXTS))]
+    assert_same(ours(text=TEXTS, images=images), ours(text=TEXTS, images=[[im] for im in images]))
+
+
 def test_layout_and_labels(ours):
     out = ours(text=["a", "a"], images=[random_image(0)] * 2, suffix=["cat on a mat", "x"])
     ids, types, labels, mask = out["input_ids"], out["token_type_ids"], out["labels"], out["attention_mask"]
@@ -231,7 +254,7 @@ def test_max_length_keeps_eos(ours):
 
 
 def test_count_mismatch(ours):
-    with pytest.raises(ValueError, match=r"2 texts for 3 images"):
+    with pytest.raises(ValueError, match=r"3 images \(or lists of images\) for 2 texts"):
         ours(text=["a", "b"], images=[random_image(0)] * 3)
     with pytest.raises(ValueError, match=r"1 suffixes for 2 texts"):
         ours(text=["a", "b"], images=[random_image(0)] * 2, suffix=["x"])
@@ -244,6 +267,10 @@ def test_bad_inputs(ours):
         ours(text="a", images=random_image(0), padding_side="middle")
     with pytest.raises(TypeError, match="PIL"):
         ours(text="a", images=[np.zeros((4, 4, 3), dtype=np.uint8)])
+    with pytest.raises(TypeError, match="got ndarray for text 1"):
+        ours(text=["a", "b"], images=[[random_image(0)], [random_image(1), np.zeros((4, 4, 3))]])
+    with pytest.raises(ValueError, match="text 0 has an empty list of images"):
+        ours(text=["a"], images=[[]])
 
 
 @pytest.mark.parametrize("missing", ["tokenizer.json", "preprocessor_config.json"])
@@ -268,9 +295,10 @@ def transformers5_dir(tiny_checkpoint, tmp_path_factory):
     return path
 
 
-def test_transformers5_layout_matches_reference(transformers5_dir):
+@pytest.mark.parametrize("nested", [False, True])
+def test_transformers5_layout_matches_reference(transformers5_dir, nested):
     ours, ref = PaliGemmaProcessor.from_pretrained(transformers5_dir), hf_processor(transformers5_dir)
-    images = [random_image(i) for i in range(len(TEXTS))]
+    images = nested_images() if nested else [random_image(i) for i in range(len(TEXTS))]
     assert_same(ours(text=TEXTS, images=images, suffix=SUFFIXES), run_ref(ref, TEXTS, images, SUFFIXES))
 
 

@@ -20,6 +20,24 @@ def test_forward_matches_transformers(small_config):
     assert abs(ref.loss.item() - out["loss"].item()) < 1e-5
 
 
+def test_several_images_per_prompt_match_transformers(small_config):
+    """3, 1 and 2 images in one batch: each prompt's image tokens take its images' features, in order."""
+    hf = hf_reference(small_config)
+    ours = ours_from_hf(hf)
+    batch = random_batch(small_config, [3, 7, 5], [4, 0, 2], images_per_row=[3, 1, 2])
+    assert batch["pixel_values"].shape[0] == 6
+    with torch.no_grad():
+        ref, out = hf(**batch), ours(**batch)
+    assert non_pad_diff(ref.logits, out.logits, batch["attention_mask"]) < 1e-4
+    assert abs(ref.loss.item() - out["loss"].item()) < 1e-5
+    prompt = random_batch(small_config, [3, 7, 5], [0, 0, 0], padding_side="left", images_per_row=[3, 1, 2])
+    prompt.pop("labels")
+    with torch.no_grad():
+        theirs = hf.generate(**prompt, max_new_tokens=5, do_sample=False)
+    mine = ours.generate(**prompt, max_new_tokens=5, eos_token_id=[])
+    assert torch.equal(mine, theirs[:, prompt["input_ids"].shape[1] :])
+
+
 def test_loss_without_full_logits_is_the_same(small_config):
     """The lean path also skips the last layer's queries before the first answer: same loss and gradients."""
     model = ours_from_hf(hf_reference(small_config))
