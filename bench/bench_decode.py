@@ -80,8 +80,9 @@ def sync(device: str) -> None:
 
 def interleaved_medians(fns: dict, new_tokens: int, repeats: int, device: str) -> dict:
     """name -> (median prefill seconds, median per-token decode seconds), the names run alternately."""
-    for fn in fns.values():  # warm-up (and compilation, where a path compiles)
-        fn(2)
+    for fn in fns.values():  # warm-up of both lengths measured (and compilation, where a path compiles)
+        for n in (1, new_tokens):
+            fn(n)
     times = {name: {1: [], new_tokens: []} for name in fns}
     for _ in range(repeats):
         for n in (1, new_tokens):

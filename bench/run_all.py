@@ -1,6 +1,6 @@
-"""Every speed ratio of bench/ in one run, as the README's markdown tables, headed by the machine it ran on.
+"""Every speed ratio of bench/ in one run, as the markdown page docs/benchmarks.md, headed by the machine it ran on.
 
-    python bench/run_all.py [--threads 2 --repeats 3 --out bench/results.md]
+    python bench/run_all.py [--threads 2 --repeats 3] --out docs/benchmarks.md
 
 Runs, each side by side with transformers (+ peft) in this process: the LoRA training step and its peak memory
 (bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode and prefill
@@ -99,6 +99,9 @@ def main() -> None:
     start = time.perf_counter()
     dtypes = ["float32", "bfloat16"] if native_bf16_cpu() else ["float32"]
     sections = [
+        "# Benchmarks\n\nThis page is generated: `python bench/run_all.py --out docs/benchmarks.md` measures each "
+        "row side by side with transformers (+ peft) in one process and writes it. Speed-ups are transformers' "
+        "time / ours (> 1: we are faster), medians of interleaved repeats after a warm-up of each row.",
         f"Measured on: {machine(torch.get_num_threads())}.",
         "LoRA r=8 training step (forward + backward, train mode; peak = resident high-water mark growth of one "
         "step, each implementation alone in a fresh process):\n\n" + training_table(dtypes, args.repeats),

@@ -1,4 +1,4 @@
-"""Generate text for one image with a PaliGemma checkpoint:
+"""Generate text for one image (or several, for one prompt) with a PaliGemma checkpoint:
 
 python -m paligemma.generate --model DIR --image PATH --prompt "caption en"
 
@@ -23,7 +23,8 @@ from paligemma.paths import local_path
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate text for one image with a PaliGemma checkpoint.")
     parser.add_argument("--model", required=True, help="HF-format checkpoint directory or hub id")
-    parser.add_argument("--image", required=True, help="path of the image")
+    parser.add_argument("--image", required=True, action="append",
+                        help="path of the image; repeat it for several images in one prompt, in order")  # fmt: skip
     parser.add_argument("--prompt", default="caption en", help='task prefix, e.g. "caption en"')
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -77,12 +78,12 @@ def read_image(path: str) -> Image.Image:
 
 def generate(args: argparse.Namespace) -> str:
     device = check_options(args)
-    image = read_image(args.image)
+    images = [read_image(path) for path in args.image]
     processor = PaliGemmaProcessor.from_pretrained(args.model)
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         args.model, dtype=DTYPES[args.dtype], device=device
     ).eval()
-    batch = processor(text=[args.prompt], images=[image], padding_side="left")
+    batch = processor(text=[args.prompt], images=[images], padding_side="left")
     batch = {k: v.to(device) for k, v in batch.items()}
     new_tokens = model.generate(
         **batch,

@@ -322,15 +322,16 @@ def detection_map(predictions: Sequence[Sequence], targets: Sequence[Sequence]) 
     if not names:
         return {"map": -1.0, "map_50": -1.0, "map_75": -1.0}
     truth = COCO()
+    # types-pycocotools' TypedDicts require fields (segmentation, width, ...) that box evaluation never reads
     truth.dataset = {
         "images": [{"id": i} for i in range(len(targets))],
-        "annotations": annotations(targets, scored=False),
+        "annotations": annotations(targets, scored=False),  # pyright: ignore[reportAttributeAccessIssue] -- see above
         "categories": [{"id": i, "name": name} for name, i in category.items()],
     }
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and the summary
         truth.createIndex()
         found = annotations(predictions, scored=True)
-        evaluation = COCOeval(truth, truth.loadRes(found) if found else COCO(), "bbox")
+        evaluation = COCOeval(truth, truth.loadRes(found) if found else COCO(), "bbox")  # pyright: ignore[reportArgumentType] -- loadRes takes a list of results too, not only a file
         evaluation.params.imgIds = list(range(len(targets)))
         evaluation.evaluate()
         evaluation.accumulate()

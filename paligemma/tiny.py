@@ -54,8 +54,9 @@ def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
                 module.weight.zero_()
             elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
-                if getattr(module, "bias", None) is not None:
-                    module.bias.zero_()
+                bias = getattr(module, "bias", None)  # nn.Embedding has none
+                if bias is not None:
+                    bias.zero_()
             else:
                 raise TypeError(f"init_weights_ has no rule for {type(module).__name__}")
             done.update(id(p) for p in params)
@@ -73,10 +74,12 @@ def create_tiny_checkpoint(
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
     text_config = dict(TINY_TEXT if text is None else text, vocab_size=tokenizer.get_vocab_size())
+    image_token_index = tokenizer.token_to_id(IMAGE_TOKEN)
+    assert image_token_index is not None  # build_tokenizer adds it
     config = PaliGemmaConfig(
         vision_config=dict(TINY_VISION if vision is None else vision),
         text_config=text_config,
-        image_token_index=tokenizer.token_to_id(IMAGE_TOKEN),
+        image_token_index=image_token_index,
         projection_dim=text_config["hidden_size"],
     )
     model = PaliGemmaForConditionalGeneration(config)

@@ -105,3 +105,23 @@ def test_bad_options_end_in_one_line_naming_the_culprit(tiny_checkpoint, tmp_pat
         [sys.executable, "-m", "paligemma.generate", *args], capture_output=True, text=True
     )
     assert_one_line_error(result, culprit.format(tmp=tmp_path))
+
+
+def test_several_images_generate_for_one_prompt_as_the_processor_batches_them(tiny_checkpoint, tmp_path):
+    from PIL import Image
+
+    from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from paligemma.generate import generate, parse_args
+
+    paths = [tmp_path / "red.png", tmp_path / "blue.png"]
+    for path, color in zip(paths, [(200, 30, 30), (30, 30, 200)], strict=True):
+        Image.new("RGB", (50, 40), color).save(path)
+    args = parse_args(["--model", str(tiny_checkpoint), "--image", str(paths[0]), "--image", str(paths[1]),
+                       "--prompt", "caption en", "--max-new-tokens", "5"])  # fmt: skip
+    processor = PaliGemmaProcessor.from_pretrained(tiny_checkpoint)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    images = [[Image.open(p) for p in paths]]
+    batch = processor(text=["caption en"], images=images, padding_side="left")
+    assert batch["pixel_values"].shape[0] == 2
+    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
+    assert generate(args) == expected

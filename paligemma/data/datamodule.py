@@ -7,7 +7,8 @@ Train batches are the processor's dict (right padded, with labels). Validation b
                    token_type_ids, pixel_values,
      "references": list[list[str]], "kinds": list[str] (the kind column, else the task name),
      "prompts":    list[str] (prefix text), "row_ids": list[int] (row in the loaded split),
-     "images":     list[PIL.Image] (RGB at the model's input size, for a predictions table)}
+     "images":     list[PIL.Image] (RGB at the model's input size, a row's pictures side by side, for a
+                   predictions table)}
 
 Bad rows (missing or undecodable image, missing question, empty target, a prompt longer than
 ``max_length``) are dropped by the collate function (paligemma/data/rows.py), which reports them (and
@@ -85,6 +86,18 @@ def check_first_rows(rows: Rows, path: str) -> None:
     )
 
 
+def undecoded_images(data: datasets.Dataset, column: str) -> datasets.Dataset:
+    """The image column, one image or a list of them per row, left undecoded: Rows decodes it, so that a bad
+    image is one bad row."""
+    feature = data.features[column]
+    if isinstance(feature, datasets.Image):
+        return data.cast_column(column, datasets.Image(decode=False))
+    inner = getattr(feature, "feature", None)  # datasets.List / Sequence of images
+    if isinstance(inner, datasets.Image):
+        return data.cast_column(column, datasets.List(datasets.Image(decode=False)))
+    return data
+
+
 class PaliGemmaDataModule(L.LightningDataModule):
     """Captioning, VQA, prefix -> suffix or detection over ``datasets``, configured by :class:`DataSettings`: pass one, or its fields
     (as Hydra's ``data`` config does)."""
@@ -152,7 +165,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
         if (saved_dir := self._saved_dataset()) is not None:
             saved = datasets.load_from_disk(str(saved_dir))
             if isinstance(saved, datasets.Dataset):
-                saved = datasets.DatasetDict(train=saved)
+                saved = datasets.DatasetDict({"train": saved})
             return select_split(saved, split)
         if self._generated is None and not is_hub_id(s.path):
             self._generated = local_splits(local_path(s.path))
@@ -180,9 +193,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
         data = data.select_columns(list(self.settings.columns.values()))
         if limit is not None:
             data = data.select(range(min(limit, len(data))))
-        image_column = self.settings.image_column
-        if isinstance(data.features[image_column], datasets.Image):
-            data = data.cast_column(image_column, datasets.Image(decode=False))  # decoded in Rows
+        data = undecoded_images(data, self.settings.image_column)
         rows = Rows(data, split, self.settings, self.processor, train)
         check_first_rows(rows, self.settings.path)
         return rows
@@ -196,7 +207,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
 
     def _loader(self, rows: Rows, train: bool) -> DataLoader:
         s = self.settings
-        options = dict(
+        options: dict[str, Any] = dict(
             collate_fn=Collate(self.processor, rows.split, train, s.max_length),
             num_workers=s.workers,
             persistent_workers=s.workers > 0,
@@ -214,11 +225,13 @@ class PaliGemmaDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_data is None:
             self.setup("fit")
+        assert self.train_data is not None  # setup made it
         return self._loader(self.train_data, train=True)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_data is None:
             self.setup("validate")
+        assert self.val_data is not None  # setup made it
         return self._loader(self.val_data, train=False)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

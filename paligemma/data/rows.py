@@ -1,4 +1,7 @@
-"""Rows of one split: a row's picture, prompt and references, or the reason it is bad; and their collation.
+"""Rows of one split: a row's pictures, prompt and references, or the reason it is bad; and their collation.
+
+A row's image cell holds one image or a list of them (a ``Sequence(Image())`` column, a parquet list, a JSONL
+list of paths); an empty list, or any image in it that does not decode, makes the row bad.
 
 What a row's prompt and references are is its task's (paligemma/data/tasks.py). The target (suffix) is one
 reference answer or caption. Training draws one reference per row per epoch, seeded by (seed, epoch, row) -- with VQAv2's 10 annotator
@@ -11,7 +14,7 @@ from __future__ import annotations
 import io
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, overload
 
 import datasets
 from PIL import Image
@@ -41,12 +44,39 @@ def open_image(value: Any) -> Image.Image:
     return image
 
 
+def open_images(value: Any) -> list[Image.Image]:
+    """The RGB pictures of an image cell: one image, or a list of them in order."""
+    cells = list(value) if isinstance(value, list | tuple) else [value]
+    if not cells:
+        raise ValueError("empty list of images")
+    images = []
+    for i, cell in enumerate(cells):
+        try:
+            images.append(to_rgb(open_image(cell)))
+        except Exception as error:
+            if len(cells) == 1:
+                raise
+            raise ValueError(f"image {i} of {len(cells)}: {describe(error)}") from error
+    return images
+
+
+def strip(images: list[Image.Image]) -> Image.Image:
+    """A row's pictures side by side, for a predictions table (one picture: itself)."""
+    if len(images) == 1:
+        return images[0]
+    out = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
+    for i, im in enumerate(images):
+        out.paste(im, (sum(other.width for other in images[:i]), 0))
+    return out
+
+
 def category_names(data: datasets.Dataset, column: str) -> list[str] | None:
     """The class names of a ClassLabel ``category`` inside the objects column (hub detection sets), else None."""
     feature = data.features[column]
     category = feature.get("category") if isinstance(feature, dict) else None
-    if isinstance(feature, datasets.Sequence) and isinstance(feature.feature, dict):
-        category = feature.feature.get("category")  # a sequence of dicts: stored as a dict of lists
+    # datasets >= 4: a Sequence is a List, which declares the ``feature`` that the Sequence class does not
+    if isinstance(feature, datasets.Sequence) and isinstance(feature.feature, dict):  # pyright: ignore[reportAttributeAccessIssue] -- see above
+        category = feature.feature.get("category")  # pyright: ignore[reportAttributeAccessIssue] -- see above. A sequence of dicts: stored as a dict of lists
     label = getattr(category, "feature", category)
     return label.names if isinstance(label, datasets.ClassLabel) else None
 
@@ -75,6 +105,10 @@ class Rows(Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    @overload
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, key: None) -> None: ...
     def __getitem__(self, key: int | tuple[int, int] | None) -> dict[str, Any] | None:
         if key is None:  # a filler that evens out the ranks' shards (ShardSampler): no row
             return None
@@ -90,15 +124,15 @@ class Rows(Dataset):
     def _sample(self, row: int, epoch: int) -> dict[str, Any]:
         item, s = self.data[row], self.settings
         try:
-            image = to_rgb(open_image(item[s.image_column]))
+            images = open_images(item[s.image_column])
         except Exception as error:
             raise ValueError(f"{describe(error)} in column {s.image_column!r}") from error
-        fields, refs = self.task.row_fields(item, s, image.size, self.class_names)
+        fields, refs = self.task.row_fields(item, s, images[0].size, self.class_names)
         prompt = (s.prompt or self.task.prompt).format(lang=s.lang, **fields)
         if not refs:
             raise ValueError(f"missing or empty target in column {getattr(s, self.task.columns[-1])!r}")
         if s.max_length is not None:
-            n_prompt = self.processor.prompt_length(prompt)
+            n_prompt = self.processor.prompt_length(prompt, len(images))
             if n_prompt + 1 > s.max_length:  # no room left for the target's <eos>
                 raise ValueError(f"prompt of {n_prompt} tokens leaves no room in max_length={s.max_length}")
         if self.train:
@@ -108,11 +142,11 @@ class Rows(Dataset):
         # Convert and resize here, exactly as the processor would (it then finds nothing left to do), so a
         # failure is this row's and validation can return small preview images.
         size = (self.processor.image_size, self.processor.image_size)
-        image = image.resize(size, resample=self.processor.resample)
+        images = [image.resize(size, resample=self.processor.resample) for image in images]
         kind = str(item[s.kind_column]) if s.kind_column else s.task
         return {
             "row": row,
-            "image": image,
+            "images": images,
             "prompt": prompt,
             "target": target,
             "references": refs,
@@ -133,13 +167,13 @@ class Collate:
 
     def placeholder(self) -> dict[str, Any]:
         size = (self.processor.image_size, self.processor.image_size)
-        return {"row": -1, "image": Image.new("RGB", size), "prompt": "", "target": ""}
+        return {"row": -1, "images": [Image.new("RGB", size)], "prompt": "", "target": ""}
 
     def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
-        items = [it for it in items if it is not None]
-        good = [it for it in items if "error" not in it]
+        present = [it for it in items if it is not None]
+        good = [it for it in present if "error" not in it]
         rows = good or [self.placeholder()]
-        images = [it["image"] for it in rows]
+        images = [it["images"] for it in rows]
         prompts = [it["prompt"] for it in rows]
         targets = [it["target"] for it in rows]
         batch = self.processor(
@@ -148,7 +182,7 @@ class Collate:
         del batch["prompt_lengths"]
         truncated = batch.pop("truncated").tolist()[: len(good)]  # none for a placeholder
         stats = {
-            "skipped": [(self.split, it["row"], it["error"]) for it in items if "error" in it],
+            "skipped": [(self.split, it["row"], it["error"]) for it in present if "error" in it],
             "truncated": [(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut],
         }
         if self.train:
@@ -160,7 +194,7 @@ class Collate:
             "kinds": [it["kind"] for it in good],
             "prompts": prompts[: len(good)],
             "row_ids": [it["row"] for it in good],
-            "images": images[: len(good)],
+            "images": [strip(ims) for ims in images[: len(good)]],
             "rows": len(good),
             "stats": stats,
         }

@@ -9,8 +9,8 @@ a checkpoint (``on_train_batch_end``) the count is exactly the batches trained o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sized
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -38,7 +38,7 @@ class ShardSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
     def __iter__(self) -> Iterator[int | None]:
-        rows = list(range(self.rank, len(self.dataset), self.num_replicas))
+        rows = list(range(self.rank, len(cast(Sized, self.dataset)), self.num_replicas))  # Rows has a length
         return iter(rows + [None] * (self.num_samples - len(rows)))
 
 
@@ -47,6 +47,9 @@ class ResumableDataLoader(DataLoader):
 
     Worker seeds come from a generator seeded by (seed, epoch) rather than from torch's global RNG, so that
     starting an epoch (here or after a resume) leaves the global RNG, and with it dropout, untouched."""
+
+    sampler: EpochSampler  # what __init__ hands to DataLoader's
+    generator: torch.Generator
 
     def __init__(self, dataset, sampler: EpochSampler, seed: int = 0, **kwargs: Any):
         super().__init__(dataset, sampler=sampler, generator=torch.Generator(), **kwargs)
@@ -65,6 +68,7 @@ class ResumableDataLoader(DataLoader):
         # A generator: this runs at the first batch, after Lightning's set_epoch for the epoch it starts.
         epoch, resume, self._resume = self.sampler.epoch, self._resume, None
         skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
+        assert self.batch_size is not None  # batched: the data module passes batch_size
         self.sampler.skip = skip * self.batch_size
         self.generator.manual_seed(self.seed + epoch)
         self._batches = skip

@@ -3,7 +3,8 @@
 Besides what ``datasets.load_dataset`` reads (parquet, arrow, imagefolder, ...), a local dir may hold
 
 * JSONL-plus-images, as big_vision's fine-tuning configs and other tools write it: ``<split>.jsonl``, one
-  ``{"image": "file.jpg", "prefix": "...", "suffix": "..."}`` per line, image paths relative to the dir;
+  ``{"image": "file.jpg", "prefix": "...", "suffix": "..."}`` per line, image paths relative to the dir
+  (``"image": ["a.jpg", "b.jpg"]``: several pictures for the prompt);
 * COCO-style detection annotations: ``<split>.json`` (images relative to the dir, or in ``<split>/``) or
   Roboflow's ``<split>/_annotations.coco.json`` (images beside it); each image becomes a row with ``image``
   (its path), ``image_id`` and ``objects`` ({"bbox": COCO's [x, y, width, height] in pixels, "category":
@@ -22,6 +23,7 @@ import json
 from pathlib import Path
 
 import datasets
+import datasets.config  # imported by datasets itself: named here for type checkers
 from datasets.exceptions import DatasetNotFoundError
 
 from paligemma.errors import ConfigError, one_line
@@ -85,8 +87,10 @@ def local_splits(directory: Path) -> datasets.DatasetDict | None:
         return datasets.DatasetDict({path.stem: _jsonl_split(path) for path in jsonl})
     coco = {path.stem: path for path in directory.glob("*.json") if path.name not in NOT_ANNOTATIONS}
     coco |= {path.parent.name: path for path in directory.glob("*/_annotations.coco.json")}
-    splits = {split: _coco_split(path, directory / split) for split, path in sorted(coco.items())}
-    splits = {split: data for split, data in splits.items() if data is not None}
+    found = {split: _coco_split(path, directory / split) for split, path in sorted(coco.items())}
+    splits: dict[str | datasets.NamedSplit, datasets.Dataset] = {  # DatasetDict's key type
+        split: data for split, data in found.items() if data is not None
+    }
     return datasets.DatasetDict(splits) if splits else None
 
 
@@ -104,6 +108,8 @@ def _jsonl_split(path: Path) -> datasets.Dataset:
     for row in rows:
         if isinstance(row.get("image"), str):
             row["image"] = str(path.parent / row["image"])
+        elif isinstance(row.get("image"), list):  # several pictures for one prompt
+            row["image"] = [str(path.parent / p) if isinstance(p, str) else p for p in row["image"]]
         for key in listed & row.keys():  # "x" beside ["a", "b"] in one column: every value a list
             row[key] = row[key] if isinstance(row[key], list) or row[key] is None else [row[key]]
     return datasets.Dataset.from_list(rows)

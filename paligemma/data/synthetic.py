@@ -190,7 +190,7 @@ def _make_split(
         rows["objects"].append({"bbox": bboxes, "category": names})
         rows["prefix"].append(prompt if detect else "caption en")
         rows["suffix"].append([target] if detect else captions)
-    return datasets.Dataset.from_dict(rows, features=FEATURES, split=split)
+    return datasets.Dataset.from_dict(rows, features=FEATURES, split=split)  # pyright: ignore[reportArgumentType] -- datasets annotates NamedSplit, takes and keeps a str
 
 
 def make_shapes_dataset(
@@ -203,8 +203,10 @@ def make_shapes_dataset(
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 px to draw shapes, got {image_size}")
     return datasets.DatasetDict(
-        train=_make_split(num_train, image_size, seed, 0, "train", detect_every),
-        validation=_make_split(num_val, image_size, seed, 1, "validation", 0),
+        {
+            "train": _make_split(num_train, image_size, seed, 0, "train", detect_every),
+            "validation": _make_split(num_val, image_size, seed, 1, "validation", 0),
+        }
     )
 
 

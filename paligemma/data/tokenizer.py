@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers.trainers import BpeTrainer
@@ -52,7 +53,11 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     # A piece spelling a reserved token (say "<eos>" in the corpus) could never be produced anyway.
     reserved = set(SPECIAL_TOKENS + BYTE_TOKENS + EXTRA_TOKENS + [IMAGE_TOKEN])
     pieces = [p for p in sorted(learned["vocab"], key=learned["vocab"].get) if p not in reserved]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    # each a pair, "a b" or ["a", "b"] as tokenizers' versions write it
+    merges = cast(
+        list[tuple[str, str]],
+        [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]],
+    )
     merges = [m for m in merges if "".join(m) not in reserved]
 
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + BYTE_TOKENS + pieces + EXTRA_TOKENS + [IMAGE_TOKEN])}
@@ -102,7 +107,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
         "spaces_between_special_tokens": False,
         "tokenizer_class": "GemmaTokenizer",
     }
-    special_map = {"additional_special_tokens": [_token_dict(IMAGE_TOKEN)]}
+    special_map: dict[str, dict | list[dict]] = {"additional_special_tokens": [_token_dict(IMAGE_TOKEN)]}
     special_map.update({k: _token_dict(v) for k, v in names.items()})
     _write_json(directory / "tokenizer_config.json", config)
     _write_json(directory / "special_tokens_map.json", special_map)

@@ -58,7 +58,9 @@ class Finished:
 
 
 class BeamSearch:
-    def __init__(self, num_beams, max_new_tokens, stop_ids, length_penalty=1.0, early_stopping=False):
+    def __init__(
+        self, num_beams, max_new_tokens, stop_ids, length_penalty=1.0, early_stopping: bool | str = False
+    ):
         self.K, self.max_new_tokens, self.stop_ids = num_beams, max_new_tokens, stop_ids
         self.length_penalty, self.early_stopping = length_penalty, early_stopping
         self.C = max(2, 1 + stop_ids.numel()) * num_beams  # keeps K live beams if the top ones stop

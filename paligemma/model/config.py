@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -195,11 +195,24 @@ class GemmaConfig:
 
 @dataclass
 class PaliGemmaConfig:
-    vision_config: SiglipVisionConfig | dict = field(default_factory=SiglipVisionConfig)
-    text_config: GemmaConfig | dict = field(default_factory=GemmaConfig)
+    vision_config: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
+    text_config: GemmaConfig = field(default_factory=GemmaConfig)
     image_token_index: int = 257152
     projection_dim: int = 2048
     ignore_index: int = -100
+
+    # The generated __init__ as type checkers should see it (keep it in step with the fields): __post_init__
+    # converts dicts.
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            vision_config: SiglipVisionConfig | dict[str, Any] = ...,
+            text_config: GemmaConfig | dict[str, Any] = ...,
+            image_token_index: int = ...,
+            projection_dim: int = ...,
+            ignore_index: int = ...,
+        ) -> None: ...
 
     def __post_init__(self):
         if isinstance(self.vision_config, dict):

@@ -217,6 +217,7 @@ class GemmaModel(nn.Module):
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
+        assert config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         self.layers = nn.ModuleList(
             GemmaDecoderLayer(config, layer_type) for layer_type in config.layer_types
         )
@@ -235,6 +236,7 @@ class GemmaModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The (B, 1, T, L) masks of ``attention_mask_4d``, one per layer type the decoder has."""
         windows = {"full_attention": None, "sliding_attention": self.config.sliding_window}
+        assert self.config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         return {
             layer_type: attention_mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
             for layer_type in set(self.config.layer_types)

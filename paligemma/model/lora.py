@@ -90,7 +90,7 @@ def save_adapter(
     a model's adapter by module names, which FSDP changes). They are written in PEFT's format, without the adapter
     name under ``base_model.model.``; tests check that it is the file ``save_pretrained`` writes."""
     if weights is None:
-        peft_model.save_pretrained(directory)
+        peft_model.save_pretrained(str(directory))
         return
     adapter = {
         "base_model.model." + name.replace(".default.", "."): v.contiguous()
@@ -103,7 +103,7 @@ def save_adapter(
     config.inference_mode = True  # as PeftModel.save_pretrained writes it
     base = peft_model.get_base_model()
     mapping = {"base_model_class": type(base).__name__, "parent_library": type(base).__module__}
-    config.save_pretrained(directory, auto_mapping_dict=mapping if config.task_type is None else None)
+    config.save_pretrained(str(directory), auto_mapping_dict=mapping if config.task_type is None else None)
 
 
 class LoraDropout(nn.Dropout):

@@ -18,11 +18,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from paligemma.errors import ConfigError
+
+if TYPE_CHECKING:
+    from paligemma.model.weights import ModelT
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class QuantSettings:
 def bitsandbytes():
     try:
         import bitsandbytes
+        import bitsandbytes.functional  # imported by bitsandbytes itself: named here for type checkers
 
         return bitsandbytes
     except ImportError:
@@ -71,22 +76,25 @@ def quantized_linear(linear: nn.Linear, settings: QuantSettings) -> nn.Module:
     bnb = bitsandbytes()
     bias, device = linear.bias is not None, linear.weight.device
     weight = linear.weight.detach()
+    # bitsandbytes' annotations (py.typed) are wrong three ways below: bnb.nn imports its classes without
+    # re-exporting them; Int8Params and Params4bit take their arguments in __new__ but leave torch's
+    # Parameter.__init__ to be checked; and their .to() overloads bind self to nn.Module.
     if settings.kind == "int8":
-        layer = bnb.nn.Linear8bitLt(
+        layer = bnb.nn.Linear8bitLt(  # pyright: ignore[reportPrivateImportUsage] -- not re-exported
             linear.in_features, linear.out_features, bias, False, INT8_THRESHOLD, device="meta"
         )
-        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)  # pyright: ignore[reportPrivateImportUsage, reportCallIssue, reportAttributeAccessIssue] -- the three above
     else:
-        layer = bnb.nn.Linear4bit(
+        layer = bnb.nn.Linear4bit(  # pyright: ignore[reportPrivateImportUsage] -- not re-exported
             linear.in_features, linear.out_features, bias, settings.compute_dtype,
             compress_statistics=True, quant_type=settings.kind, device="meta",
         )  # fmt: skip
-        layer.weight = bnb.nn.Params4bit(
-            weight, requires_grad=False, compress_statistics=True, quant_type=settings.kind, module=layer
-        ).to(device)
+        layer.weight = bnb.nn.Params4bit(  # pyright: ignore[reportPrivateImportUsage] -- not re-exported
+            weight, requires_grad=False, compress_statistics=True, quant_type=settings.kind, module=layer  # pyright: ignore[reportCallIssue] -- __new__ takes them
+        ).to(device)  # pyright: ignore[reportAttributeAccessIssue] -- .to() typed for nn.Module  # fmt: skip
         keep_off_packed_cpu_path_(layer)
         if not dequantizes_exactly(linear.in_features, settings.kind, settings.compute_dtype, device.type):
-            values = reference_dequantize_4bit(layer.weight, layer.weight.quant_state).to(weight.dtype)
+            values = reference_dequantize_4bit(layer.weight, layer.weight.quant_state).to(weight.dtype)  # pyright: ignore[reportAttributeAccessIssue] -- a Params4bit, typed as nn.Linear's Parameter
             layer = nn.Linear(linear.in_features, linear.out_features, bias, device="meta")
             layer.weight = nn.Parameter(values, requires_grad=False)
     if bias:
@@ -156,13 +164,18 @@ def quantize_layer_(model: nn.Module, tensor_name: str, settings: QuantSettings)
 
 def mark_quantized_(model: nn.Module, settings: QuantSettings) -> None:
     """What peft reads to wrap bitsandbytes layers in its bitsandbytes LoRA layers (as transformers sets it)."""
-    model.is_loaded_in_4bit = settings.kind != "int8"
-    model.is_loaded_in_8bit = settings.kind == "int8"
+    # torch annotates Module.__setattr__ for tensors and modules; any other value is set as a plain attribute
+    model.is_loaded_in_4bit = settings.kind != "int8"  # pyright: ignore[reportArgumentType] -- see above
+    model.is_loaded_in_8bit = settings.kind == "int8"  # pyright: ignore[reportArgumentType] -- see above
 
 
 def load_quantized(
-    cls, path: str | Path, settings: QuantSettings, dtype: torch.dtype = torch.float32, device="cpu"
-) -> nn.Module:
+    cls: type[ModelT],
+    path: str | Path,
+    settings: QuantSettings,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> ModelT:
     """``cls.from_pretrained(path, dtype)`` with the layers ``settings`` cover quantized as they are read."""
     from paligemma.model import weights
 
@@ -173,7 +186,7 @@ def load_quantized(
     mark_quantized_(model, settings)
     dequantized = [n for n, m in model.named_modules() if settings.covers(n) and not is_quantized(m)]
     if dequantized:
-        widths = sorted({model.get_submodule(n).in_features for n in dequantized})
+        widths = sorted({cast(nn.Linear, model.get_submodule(n)).in_features for n in dequantized})
         log.warning(
             f"bitsandbytes {bitsandbytes().__version__} dequantizes {settings.kind} rows {widths} wide wrongly on "
             f"this {device} ({torch.backends.cpu.get_cpu_capability()}): {len(dequantized)} layers, e.g. "
@@ -205,7 +218,7 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The full-precision (out, in) weight a bitsandbytes layer stores."""
     from peft.utils.integrations import dequantize_bnb_weight
 
-    return dequantize_bnb_weight(layer.weight, state=getattr(layer, "state", None))
+    return dequantize_bnb_weight(cast(nn.Parameter, layer.weight), state=getattr(layer, "state", None))
 
 
 def dequantized_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -215,8 +228,9 @@ def dequantized_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, to
         prefix = f"{name}." if name else ""
         if is_quantized(module):
             tensors[prefix + "weight"] = dequantized_weight(module)
-            if module.bias is not None:
-                tensors[prefix + "bias"] = module.bias.detach()
+            bias = cast("torch.Tensor | None", module.bias)
+            if bias is not None:
+                tensors[prefix + "bias"] = bias.detach()
             continue
         buffers = [(k, b) for k, b in module.named_buffers(recurse=False) if prefix + k in persistent]
         for key, tensor in [*module.named_parameters(recurse=False), *buffers]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -17,6 +18,11 @@ from torch import nn
 from paligemma.errors import CheckpointError
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.paths import read_json, resolve_model_dir
+
+if TYPE_CHECKING:
+    from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
+
+ModelT = TypeVar("ModelT", bound="PaliGemmaForConditionalGeneration")  # that class, or a subclass of it
 
 # checkpoint prefix -> our prefix; the first match wins, so longer prefixes come first.
 KEY_PREFIXES = [
@@ -117,7 +123,13 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(module, attr, nn.Parameter(tensor, requires_grad=getattr(module, attr).requires_grad))
 
 
-def load_pretrained(cls, path, dtype: torch.dtype = torch.float32, device="cpu", on_loaded=None) -> nn.Module:
+def load_pretrained(
+    cls: type[ModelT],
+    path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    on_loaded=None,
+) -> ModelT:
     """``on_loaded(model, name)`` runs after each tensor is in place (quantize.py quantizes its layer there)."""
     path = resolve_model_dir(path, MODEL_FILES)
     config = PaliGemmaConfig.from_pretrained(path)
@@ -157,7 +169,7 @@ def hub_key(our_name: str) -> str:
     raise KeyError(our_name)
 
 
-def save_pretrained(model: nn.Module, path, max_shard_bytes: int = 5 * 2**30) -> None:
+def save_pretrained(model: PaliGemmaForConditionalGeneration, path, max_shard_bytes: int = 5 * 2**30) -> None:
     """config.json + model.safetensors (or shards with an index) in the hub's original layout."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -29,12 +29,16 @@ class ExactResume(L.Callback):
         trainer.fit_loop._load_combined_loader_states()  # a no-op when there is none, or Lightning loaded it
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        rows = checkpoint.get(type(trainer.datamodule).__qualname__)  # every rank saves: a collective is safe
+        # every rank saves: a collective is safe. Lightning's data connector sets trainer.datamodule, undeclared
+        rows = checkpoint.get(type(trainer.datamodule).__qualname__)  # pyright: ignore[reportAttributeAccessIssue] -- see above
         if rows:
             rows.update({kind: sorted(union_over_ranks(keys)) for kind, keys in rows.items()})
 
     def state_dict(self) -> dict[str, Any]:
-        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        # numpy's stubs pick get_state's dict overload; its default (legacy=True) returns this tuple
+        kind, keys, pos, has_gauss, cached = cast(
+            "tuple[str, np.ndarray, int, int, float]", np.random.get_state()
+        )
         state = {
             "torch": torch.get_rng_state(),
             "numpy": [kind, keys.tolist(), pos, has_gauss, cached],

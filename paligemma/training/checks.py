@@ -6,7 +6,8 @@ import dataclasses
 import os
 import sys
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -44,7 +45,7 @@ def run_entry(main: Callable[[], object]) -> None:
         sys.exit(f"error: {' '.join(message.split())}")
 
 
-def typed(cls, node: DictConfig, key: str):
+def typed(cls, node: Mapping[str, Any], key: str):
     """``cls(**node)``, a key that ``cls`` has no field for (added with ``+key.name=...``) a ConfigError naming it."""
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(node) - set(names))
@@ -58,7 +59,8 @@ def typed(cls, node: DictConfig, key: str):
 def validate_config(cfg: DictConfig) -> None:
     """Cheap checks of a train.py / evaluate.py config (no weights or data are read): required values, model,
     data, checkpoint and adapter paths, dtype. Raises :class:`ConfigError` naming the key."""
-    own = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])  # tests compose hydra's too
+    keys = cast(list[str], [key for key in cfg if key != "hydra"])  # a composed config's keys are strings
+    own = OmegaConf.masked_copy(cfg, keys)  # tests compose hydra's too
     missing = sorted(OmegaConf.missing_keys(own))
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=... to the command line")

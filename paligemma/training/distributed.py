@@ -15,6 +15,8 @@ a ``DistributedSampler``, which Lightning keeps, and gives rank r every world_si
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.distributed as dist
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # in parameter names under FSDP
@@ -37,7 +39,8 @@ def gather_records(records: list[dict]) -> list[dict]:
         return records
     parts: list[list[dict] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, [{**r, "image": None} for r in records])
-    by_row = {r["row_id"]: r for part in parts for r in part}  # a repeated row is the same row: one entry
+    gathered = cast(list[list[dict]], parts)  # all_gather_object filled every slot
+    by_row = {r["row_id"]: r for part in gathered for r in part}  # a repeated row is the same row: one entry
     by_row.update({r["row_id"]: r for r in records})  # this rank's own, with their images
     return [by_row[row] for row in sorted(by_row)]
 
@@ -50,4 +53,5 @@ def union_over_ranks(items) -> set:
         return mine
     parts: list[list | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, sorted(mine))
-    return {item for part in parts for item in part}
+    gathered = cast(list[list], parts)  # all_gather_object filled every slot
+    return {item for part in gathered for item in part}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import fields
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import torch
@@ -21,6 +22,9 @@ from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
 from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FullyShardedDataParallel
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +117,7 @@ class PaliGemmaLitModule(L.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.hparams.train_vision:
+        if not self.hparams["train_vision"]:
             self.net.model.vision_tower.eval()
         return self
 
@@ -184,8 +188,8 @@ class PaliGemmaLitModule(L.LightningModule):
             self.val_tokens += tokens
         new_tokens = self.net.generate(
             **batch["prompt"],
-            max_new_tokens=self.hparams.max_new_tokens,
-            num_beams=self.hparams.num_beams,
+            max_new_tokens=self.hparams["max_new_tokens"],
+            num_beams=self.hparams["num_beams"],
             fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
         )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
@@ -197,7 +201,7 @@ class PaliGemmaLitModule(L.LightningModule):
                     "prompt": batch["prompts"][i],
                     "prediction": predictions[i].strip(),
                     "references": batch["references"][i],
-                    "image": batch["images"][i] if i < self.hparams.log_predictions else None,
+                    "image": batch["images"][i] if i < self.hparams["log_predictions"] else None,
                 }
             )
 
@@ -214,7 +218,7 @@ class PaliGemmaLitModule(L.LightningModule):
         for name, value in score(self.records, self.metric).items():
             self.log(name, value, prog_bar=name == MONITORED_METRIC[self.metric], sync_dist=True)
         log_predictions(
-            self.loggers, self.records, self.hparams.log_predictions, self.global_step, self.metric
+            self.loggers, self.records, self.hparams["log_predictions"], self.global_step, self.metric
         )
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.fit_validated_at_step = self.global_step
@@ -227,7 +231,8 @@ class PaliGemmaLitModule(L.LightningModule):
         """FSDP: the norm spans every rank's gradient shard, which only the root FSDP module's clip_grad_norm_
         computes (Lightning refuses norm clipping under FSDP)."""
         if self.sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            # sharded: the trainer's model is the root FSDP module
+            cast("FullyShardedDataParallel", self.trainer.model).clip_grad_norm_(gradient_clip_val)
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
@@ -246,6 +251,6 @@ class PaliGemmaLitModule(L.LightningModule):
         wrong += [f"{k} is absent there" for k in sorted(self.trainable_names) if k not in saved]
         if wrong:
             raise ConfigError(
-                f"ckpt_path does not fit this model ({self.hparams.path}, lora={self.hparams.lora}): "
+                f"ckpt_path does not fit this model ({self.hparams['path']}, lora={self.hparams['lora']}): "
                 f"{wrong[0]} ({len(wrong)} tensors differ)"
             )

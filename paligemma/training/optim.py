@@ -6,6 +6,7 @@ import importlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -59,7 +60,20 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimSetting
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+class AdamWClass(Protocol):
+    """An optimizer class of OPTIMIZERS: each takes AdamW's arguments."""
+
+    def __call__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        *,
+        lr: float,
+        weight_decay: float,
+        betas: tuple[float, ...],
+    ) -> torch.optim.Optimizer: ...
+
+
+def optimizer_class(name: str) -> AdamWClass:
     if name not in OPTIMIZERS:
         raise ConfigError(f"optim.name: {name!r} is not one of {', '.join(OPTIMIZERS)}")
     module, cls = OPTIMIZERS[name]

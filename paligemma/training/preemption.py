@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from paligemma.errors import ConfigError, Preempted
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    # What signal.signal installs and returns: a function, SIG_DFL or SIG_IGN, or None (one not set from Python).
+    Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 def signal_numbers(names: Iterable[str]) -> list[signal.Signals]:
@@ -49,7 +56,7 @@ class SignalFlag:
     def __init__(self, signals: Iterable[signal.Signals]):
         self.signals = list(signals)
         self.received: signal.Signals | None = None
-        self._previous: dict[signal.Signals, object] = {}
+        self._previous: dict[signal.Signals, Handler] = {}
 
     def install(self) -> None:
         """Only Python's main thread may set handlers: elsewhere (a trainer run in a thread) nothing changes."""

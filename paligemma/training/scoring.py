@@ -64,7 +64,7 @@ def _detection(records: list[dict]) -> dict[str, float]:
 def _box_accuracy(prediction: str, references: list[str]) -> float:
     """Referring expressions: 1 if the first predicted box overlaps the target's by IoU >= 0.5."""
     predicted, target = parse_boxes(prediction), parse_boxes(references[0])
-    return float(bool(predicted and target) and metrics.box_iou(predicted[0], target[0]) >= 0.5)
+    return float(bool(predicted and target) and metrics.box_iou(predicted[0][:4], target[0][:4]) >= 0.5)
 
 
 # metric name -> (scorer over all records, the value it monitors)

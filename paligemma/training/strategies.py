@@ -44,6 +44,7 @@ class DDPStrategy(LightningDDPStrategy):
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         if isinstance(self._launcher, _SubprocessScriptLauncher):
+            assert self.cluster_environment is not None  # Lightning's launcher was made with it
             self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
 
@@ -63,6 +64,7 @@ class FSDPStrategy(LightningFSDPStrategy):
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
         if isinstance(self._launcher, _SubprocessScriptLauncher):
+            assert self.cluster_environment is not None  # Lightning's launcher was made with it
             self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -93,5 +95,6 @@ class FSDPStrategy(LightningFSDPStrategy):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+        assert self.model is not None  # as Lightning's own lightning_module_state_dict asserts
         with FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, config):
             return self.model.state_dict()

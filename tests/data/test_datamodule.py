@@ -304,35 +304,63 @@ def test_references_normalisation():
     assert references(None) == [] and references("  ") == []
 
 
-def two_pictures_per_row(n: int) -> dict:
-    """VQA rows whose image cell holds a list of two pictures: a layout this code does not read."""
-    picture = {"bytes": png(noise()), "path": None}
-    images = [[picture, picture] for _ in range(n)]
+def pictures_per_row(counts: list[int], bad: dict[int, int] | None = None) -> dict:
+    """VQA rows whose image cell holds a list of ``counts[i]`` pictures; ``bad``: row -> the index of an image
+    in it that does not decode."""
+    picture, broken = {"bytes": png(noise()), "path": None}, {"bytes": b"not a png", "path": None}
+    images = [
+        [broken if (bad or {}).get(i) == j else picture for j in range(n)] for i, n in enumerate(counts)
+    ]
+    n = len(counts)
     return {"images": images, "question": ["what is it?"] * n, "answers": [["noise"]] * n}
 
 
-TWO_PICTURES = datasets.Features(
-    images=datasets.Sequence(datasets.Image()),
+PICTURE_LISTS = datasets.Features(
+    images=datasets.List(datasets.Image()),
     question=datasets.Value("string"),
     answers=[datasets.Value("string")],
 )
+
+
+def test_rows_of_several_pictures_batch_every_picture_and_skip_empty_or_broken_lists(tmp_path, processor_dir):
+    counts = [2, 1, 0, 3, 2, 1]  # row 2: no picture; row 4: its second picture is broken
+    rows = pictures_per_row(counts, bad={4: 1})
+    path = write_parquet(tmp_path, {"train": (rows, PICTURE_LISTS), "validation": (rows, PICTURE_LISTS)})
+    dm = PaliGemmaDataModule(path=str(path), processor_path=str(processor_dir), image_column="images",
+                             batch_size=6, val_batch_size=6, num_workers=0)  # fmt: skip
+    dm.setup("fit")
+    (train,) = batches(dm, dm.train_dataloader())
+    assert train["rows"] == 4 and train["pixel_values"].shape == (7, 3, IMAGE_SIZE, IMAGE_SIZE)
+    order = sorted(train["input_ids"].tolist(), key=lambda ids: -ids.count(dm.processor.image_token_id))
+    assert [ids.count(dm.processor.image_token_id) // NUM_IMAGE_TOKENS for ids in order] == [3, 2, 1, 1]
+    assert dm.skipped == 2
+    (val,) = batches(dm, dm.val_dataloader())
+    assert val["row_ids"] == [0, 1, 3, 5] and val["prompt"]["pixel_values"].shape[0] == 7
+    assert [im.size for im in val["images"]] == [(2 * IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE),
+                                                 (3 * IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE)]  # fmt: skip
+    strict = PaliGemmaDataModule(path=str(path), processor_path=str(processor_dir), image_column="images",
+                                 on_bad_sample="raise", num_workers=0)  # fmt: skip
+    strict.setup("fit")
+    with pytest.raises(DataError, match="bad train row 2: empty list of images in column 'images'"):
+        strict.train_data[2]
+    with pytest.raises(DataError, match="bad train row 4: image 1 of 2: UnidentifiedImageError"):
+        strict.train_data[4]
 
 
 def test_a_split_whose_first_rows_are_all_bad_stops_before_training_naming_split_column_and_reason(
     tmp_path, processor_dir
 ):
     splits = {
-        "train": (two_pictures_per_row(40), TWO_PICTURES),
-        "validation": (two_pictures_per_row(4), TWO_PICTURES),
+        "train": (pictures_per_row([0] * 40), PICTURE_LISTS),
+        "validation": (pictures_per_row([1] * 4), PICTURE_LISTS),
     }
     dm = PaliGemmaDataModule(path=str(write_parquet(tmp_path, splits)), processor_path=str(processor_dir),
                              image_column="images")  # fmt: skip
     with pytest.raises(DataError) as error:
         dm.setup("fit")
     assert str(error.value) == (
-        f"the first 32 rows of the train split of {str(tmp_path)!r} are all bad; row 0: AttributeError: 'list' "
-        "object has no attribute 'read' in column 'images' (check the data.*_column options, data.max_length and the "
-        "dataset's layout)"
+        f"the first 32 rows of the train split of {str(tmp_path)!r} are all bad; row 0: empty list of images in "
+        "column 'images' (check the data.*_column options, data.max_length and the dataset's layout)"
     )
 
 

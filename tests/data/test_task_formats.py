@@ -98,3 +98,19 @@ def test_detection_from_a_hub_objects_column_with_class_ids(tmp_path, processor_
     assert val["prompts"] == ["detect helmet ; person"]
     boxes = parse_boxes(val["references"][0][0])
     assert [(b.name, b.x_max) for b in boxes] == [("helmet", 512 / 1023), ("person", 1.0)]
+
+
+def test_jsonl_rows_with_a_list_of_pictures(tmp_path, processor_dir):
+    directory = tmp_path / "pairs"
+    directory.mkdir()
+    for i in range(3):
+        noise(seed=i).save(directory / f"{i}.png")
+    lines = [{"image": ["0.png", "1.png"], "prefix": "which is brighter?", "suffix": "left"},
+             {"image": "2.png", "prefix": "ocr", "suffix": "x"},
+             {"image": ["0.png", "gone.png"], "prefix": "which?", "suffix": "right"}]  # fmt: skip
+    for split in ("train", "validation"):
+        (directory / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dm = from_config("prefix_suffix", processor_dir, path=str(directory), num_workers=0, batch_size=3)
+    dm.setup("fit")
+    (train,) = batches(dm, dm.train_dataloader())
+    assert train["rows"] == 2 and train["pixel_values"].shape[0] == 3 and dm.skipped == 1

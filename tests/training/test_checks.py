@@ -239,17 +239,17 @@ def test_auto_dtype_on_a_native_bf16_cpu_takes_float32_where_the_run_cannot_take
         validate_config(named)  # a dtype named is taken as asked, and FSDP cannot take it
 
 
-def two_pictures_per_row_parquet(directory: Path) -> Path:
-    """VQA parquet whose image column holds two pictures per row: a layout this code does not read."""
+def unreadable_pictures_parquet(directory: Path) -> Path:
+    """VQA parquet whose image column holds two pictures per row, the second of each not a picture."""
     import datasets
 
     from tests.helpers import noise, png, write_parquet
 
-    picture = {"bytes": png(noise()), "path": None}
+    picture, broken = {"bytes": png(noise()), "path": None}, {"bytes": b"not a png", "path": None}
     features = datasets.Features(images=datasets.Sequence(datasets.Image()), question=datasets.Value("string"),
                                  answers=[datasets.Value("string")])  # fmt: skip
     rows = {
-        "images": [[picture, picture]] * 40,
+        "images": [[picture, broken]] * 40,
         "question": ["what is it?"] * 40,
         "answers": [["noise"]] * 40,
     }
@@ -260,8 +260,9 @@ ENTRY_ERRORS = {
     "train: truncated checkpoint": ("train.py", ["ckpt_path={tmp}/torn.ckpt"], "is not a whole checkpoint"),
     "train: every row bad": (
         "train.py",
-        ["data=vqa", "data.path={tmp}/two_pictures", "data.image_column=images"],
-        "the first 32 rows of the train split of '{tmp}/two_pictures' are all bad; row 0: AttributeError",
+        ["data=vqa", "data.path={tmp}/unreadable", "data.image_column=images"],
+        "the first 32 rows of the train split of '{tmp}/unreadable' are all bad; row 0: image 1 of 2: "
+        "UnidentifiedImageError",
     ),
     "evaluate: adapter config without peft_type": ("evaluate.py", ["model.adapter={tmp}/adapter"], "names no peft_type"),
     "evaluate: unknown split": ("evaluate.py", ["eval.split=valid"], "split 'valid': Unknown split"),
@@ -273,7 +274,7 @@ ENTRY_ERRORS = {
 @pytest.mark.parametrize("case", sorted(ENTRY_ERRORS))
 def test_bad_input_to_train_and_evaluate_ends_in_one_line_naming_the_culprit(tmp_path, tiny_checkpoint, case):
     bad_files(tmp_path)
-    two_pictures_per_row_parquet(tmp_path / "two_pictures")
+    unreadable_pictures_parquet(tmp_path / "unreadable")
     script, overrides, culprit = ENTRY_ERRORS[case]
     data = [] if "data=vqa" in overrides else SYNTHETIC
     overrides = [f"model.path={tiny_checkpoint}", *data, *(o.format(tmp=tmp_path) for o in overrides)]
