@@ -50,7 +50,6 @@ NOTES = {
     "activations.",
     "data.task": "`vqa`, `caption`, `prefix_suffix` or `detection`: the task's prompt, columns and metric "
     "(paligemma/data/tasks.py).",
-    "data.image_column": "The column holding the picture.",
     "data.question_column": "VQA: the question.",
     "data.train_split": "The split to train on, in load_dataset's split syntax.",
     "data.val_split": "The split to validate on, in load_dataset's split syntax.",

@@ -1,6 +1,8 @@
-"""Generate text for one image (or several, for one prompt) with a PaliGemma checkpoint:
+"""Generate text for one image (or several, or a video's frames, for one prompt) with a PaliGemma checkpoint:
 
 python -m paligemma.generate --model DIR --image PATH --prompt "caption en"
+python -m paligemma.generate --model DIR --image a.jpg --image b.jpg --prompt "answer en which is larger?"
+python -m paligemma.generate --model DIR --video clip.mp4 --num-frames 8 --prompt "caption en"
 
 A bad option (a missing or unreadable image, a model dir that is not one, an impossible sampling setting, a device
 this machine lacks) exits with status 1 and one line, ``error: <message>``.
@@ -23,8 +25,13 @@ from paligemma.paths import local_path
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate text for one image with a PaliGemma checkpoint.")
     parser.add_argument("--model", required=True, help="HF-format checkpoint directory or hub id")
-    parser.add_argument("--image", required=True, action="append",
-                        help="path of the image; repeat it for several images in one prompt, in order")  # fmt: skip
+    pictures = parser.add_mutually_exclusive_group(required=True)
+    pictures.add_argument("--image", action="append",
+                          help="path of the image; repeat it for several images in one prompt, in order")  # fmt: skip
+    pictures.add_argument(
+        "--video", help="path of a video: --num-frames frames of it, uniformly over the clip"
+    )
+    parser.add_argument("--num-frames", type=int, default=8, help="with --video")
     parser.add_argument("--prompt", default="caption en", help='task prefix, e.g. "caption en"')
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -40,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_options(args: argparse.Namespace) -> torch.device:
     """The options' values that no model could run, as a ConfigError naming the option; the device."""
+    if args.num_frames < 1:
+        raise ConfigError(f"--num-frames must be at least 1, got {args.num_frames}")
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.num_beams < 1:
@@ -76,9 +85,20 @@ def read_image(path: str) -> Image.Image:
         raise ConfigError(f"--image: {path} is not a picture PIL can read ({one_line(error)})") from None
 
 
+def read_video(path: str, num_frames: int) -> list[Image.Image]:
+    from paligemma.data.video import read_frames
+
+    if not local_path(path).is_file():
+        raise ConfigError(f"--video: {path} does not exist")
+    try:
+        return read_frames(str(local_path(path)), num_frames)
+    except ValueError as error:
+        raise ConfigError(f"--video: {path}: {one_line(error)}") from None
+
+
 def generate(args: argparse.Namespace) -> str:
     device = check_options(args)
-    images = [read_image(path) for path in args.image]
+    images = read_video(args.video, args.num_frames) if args.video else [read_image(p) for p in args.image]
     processor = PaliGemmaProcessor.from_pretrained(args.model)
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         args.model, dtype=DTYPES[args.dtype], device=device

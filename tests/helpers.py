@@ -347,3 +347,18 @@ def from_config(name: str, processor_dir: Path, **data_overrides):
     for key, value in data_overrides.items():
         OmegaConf.update(cfg, f"data.{key}", value)
     return hydra.utils.instantiate(cfg.data)
+
+
+def write_clip(path: Path, levels=tuple(12 * i for i in range(20)), fps: int = 10, size: int = 32) -> Path:
+    """An MPEG-4 clip (PyAV) whose frame i is a flat grey of ``levels[i]``: 20 frames at 10 fps by default."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for level in levels:
+            picture = np.full((size, size, 3), level, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -125,3 +125,25 @@ def test_several_images_generate_for_one_prompt_as_the_processor_batches_them(ti
     assert batch["pixel_values"].shape[0] == 2
     expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
     assert generate(args) == expected
+
+
+def test_a_video_generates_from_its_frames_and_a_bad_one_is_one_line(tiny_checkpoint, tmp_path):
+    pytest.importorskip("av")
+    from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+    from paligemma.data.video import read_frames
+    from paligemma.errors import ConfigError
+    from paligemma.generate import generate, parse_args
+    from tests.helpers import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    options = ["--model", str(tiny_checkpoint), "--prompt", "caption en", "--max-new-tokens", "4"]
+    processor = PaliGemmaProcessor.from_pretrained(tiny_checkpoint)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint).eval()
+    batch = processor(text=["caption en"], images=[read_frames(str(clip), 3)], padding_side="left")
+    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=4), skip_special_tokens=True)[0]
+    assert generate(parse_args([*options, "--video", str(clip), "--num-frames", "3"])) == expected
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ConfigError, match="--video: .*bad.mp4: video does not decode"):
+        generate(parse_args([*options, "--video", str(tmp_path / "bad.mp4")]))
+    with pytest.raises(ConfigError, match="--num-frames must be at least 1"):
+        generate(parse_args([*options, "--video", str(clip), "--num-frames", "0"]))

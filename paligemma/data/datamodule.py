@@ -38,6 +38,7 @@ from paligemma.data.settings import DataSettings
 from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
 from paligemma.data.tasks import TASKS
+from paligemma.data.video import pyav
 from paligemma.errors import ConfigError, DataError
 from paligemma.paths import is_hub_id, local_path
 
@@ -95,6 +96,13 @@ def undecoded_images(data: datasets.Dataset, column: str) -> datasets.Dataset:
     inner = getattr(feature, "feature", None)  # datasets.List / Sequence of images
     if isinstance(inner, datasets.Image):
         return data.cast_column(column, datasets.List(datasets.Image(decode=False)))
+    return data
+
+
+def undecoded_video(data: datasets.Dataset, column: str) -> datasets.Dataset:
+    """A ``datasets.Video`` column left undecoded (paths or bytes): Rows reads its frames."""
+    if isinstance(data.features[column], datasets.Video):
+        return data.cast_column(column, datasets.Video(decode=False))
     return data
 
 
@@ -193,7 +201,11 @@ class PaliGemmaDataModule(L.LightningDataModule):
         data = data.select_columns(list(self.settings.columns.values()))
         if limit is not None:
             data = data.select(range(min(limit, len(data))))
-        data = undecoded_images(data, self.settings.image_column)
+        if self.settings.video_column is not None:
+            pyav()  # a missing decoder is one line here, not a bad row each
+            data = undecoded_video(data, self.settings.video_column)
+        else:
+            data = undecoded_images(data, self.settings.image_column)
         rows = Rows(data, split, self.settings, self.processor, train)
         check_first_rows(rows, self.settings.path)
         return rows

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from paligemma.data.processor import PaliGemmaProcessor, to_rgb
 from paligemma.data.settings import DataSettings
 from paligemma.data.tasks import TASKS
+from paligemma.data.video import read_frames
 from paligemma.errors import DataError
 
 
@@ -123,10 +124,15 @@ class Rows(Dataset):
 
     def _sample(self, row: int, epoch: int) -> dict[str, Any]:
         item, s = self.data[row], self.settings
+        column = s.video_column or s.image_column
         try:
-            images = open_images(item[s.image_column])
+            images = (
+                read_frames(item[column], s.num_frames, s.fps)
+                if s.video_column
+                else open_images(item[column])
+            )
         except Exception as error:
-            raise ValueError(f"{describe(error)} in column {s.image_column!r}") from error
+            raise ValueError(f"{describe(error)} in column {column!r}") from error
         fields, refs = self.task.row_fields(item, s, images[0].size, self.class_names)
         prompt = (s.prompt or self.task.prompt).format(lang=s.lang, **fields)
         if not refs:

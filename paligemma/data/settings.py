@@ -29,7 +29,11 @@ class DataSettings:
     task: str = "vqa"
     processor_path: str = "assets/tiny-paligemma"
     name: str | None = None  # the hub dataset's config name, if it has several
-    image_column: str = "image"
+    image_column: str = "image"  # one picture per row, or a list of them
+    # instead of image_column: a clip per row (a path, bytes, or a datasets.Video column), read as num_frames pictures
+    video_column: str | None = None
+    num_frames: int = 8  # frames taken from each clip: uniformly over it, or at fps from its start
+    fps: float | None = None  # frames per second to take from the start of each clip; null: uniformly over it
     question_column: str = "question"
     answer_column: str = "answers"  # a string, a list of strings or a list of {"answer": ...} dicts
     caption_column: str = "caption"  # a string or a list of strings
@@ -61,6 +65,12 @@ class DataSettings:
         for key, value in counts.items():
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key} must be at least 1, got {value}")
+        if self.num_frames < 1:
+            raise ConfigError(f"data.num_frames must be at least 1, got {self.num_frames}")
+        if self.fps is not None and not self.fps > 0:
+            raise ConfigError(
+                f"data.fps must be a positive number of frames per second (null: uniform), got {self.fps}"
+            )
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(
                 f"data.num_workers must be 0 or more (null: the machine's), got {self.num_workers}"
@@ -81,7 +91,9 @@ class DataSettings:
     @property
     def columns(self) -> dict[str, str]:
         """The columns this task reads, by option name."""
-        wanted = {"image_column": self.image_column}
+        wanted = (
+            {"video_column": self.video_column} if self.video_column else {"image_column": self.image_column}
+        )
         for option in TASKS[self.task].columns:
             wanted[option] = getattr(self, option)
         if self.kind_column is not None:
