@@ -61,6 +61,20 @@ def open_images(value: Any) -> list[Image.Image]:
     return images
 
 
+def too_long(n_prompt: int, n_pictures: int, image_tokens: int, s: DataSettings) -> str:
+    """Why a prompt does not fit data.max_length, by how much, and what to change."""
+    over = n_prompt + 1 - (s.max_length or 0)
+    text = n_prompt - n_pictures * image_tokens
+    pictures = (
+        f"{n_pictures} picture{'s' if n_pictures > 1 else ''} x {image_tokens} image tokens + {text} more"
+    )
+    fewer = "data.num_frames" if s.video_column else "fewer pictures per row"
+    return (
+        f"prompt of {n_prompt} tokens ({pictures}) leaves no room in max_length={s.max_length} for the target: "
+        f"{over} over; raise data.max_length" + (f" or use {fewer}" if n_pictures > 1 else "")
+    )
+
+
 def strip(images: list[Image.Image]) -> Image.Image:
     """A row's pictures side by side, for a predictions table (one picture: itself)."""
     if len(images) == 1:
@@ -140,7 +154,7 @@ class Rows(Dataset):
         if s.max_length is not None:
             n_prompt = self.processor.prompt_length(prompt, len(images))
             if n_prompt + 1 > s.max_length:  # no room left for the target's <eos>
-                raise ValueError(f"prompt of {n_prompt} tokens leaves no room in max_length={s.max_length}")
+                raise ValueError(too_long(n_prompt, len(images), self.processor.num_image_tokens, s))
         if self.train:
             target = refs[random.Random(f"{s.seed}:{epoch}:{row}").randrange(len(refs))]
         else:

@@ -197,7 +197,9 @@ def test_max_length_truncates_targets_and_skips_prompts_that_cannot_fit(tmp_path
         path=str(tmp_path), processor_path=str(processor_dir), max_length=NUM_IMAGE_TOKENS + 3
     )
     with pytest.raises(
-        DataError, match=rf"row 0: prompt of \d+ tokens leaves no room in max_length={NUM_IMAGE_TOKENS + 3} "
+        DataError,
+        match=rf"row 0: prompt of (\d+) tokens \(1 picture x {NUM_IMAGE_TOKENS} image tokens \+ \d+ more\) leaves no "
+        rf"room in max_length={NUM_IMAGE_TOKENS + 3} for the target: \d+ over; raise data.max_length ",
     ):
         tight.setup("validate")  # every validation prompt is too long: the run stops before it starts
 
@@ -345,6 +347,13 @@ def test_rows_of_several_pictures_batch_every_picture_and_skip_empty_or_broken_l
         strict.train_data[2]
     with pytest.raises(DataError, match="bad train row 4: image 1 of 2: UnidentifiedImageError"):
         strict.train_data[4]
+    tight = PaliGemmaDataModule(path=str(path), processor_path=str(processor_dir), image_column="images",
+                                on_bad_sample="raise", num_workers=0, max_length=2 * NUM_IMAGE_TOKENS + 20)  # fmt: skip
+    tight.setup("fit")
+    assert tight.train_data[0]["images"]  # 2 pictures fit
+    with pytest.raises(DataError, match=rf"bad train row 3: prompt of \d+ tokens \(3 pictures x {NUM_IMAGE_TOKENS} "
+                       r"image tokens \+ \d+ more\) .* \d+ over; raise data.max_length or use fewer pictures per row"):  # fmt: skip
+        tight.train_data[3]
 
 
 def test_a_split_whose_first_rows_are_all_bad_stops_before_training_naming_split_column_and_reason(
