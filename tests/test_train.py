@@ -310,3 +310,23 @@ def test_prefix_suffix_data_trains_and_evaluates(tmp_path, tiny_checkpoint, layo
         json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()
     ]
     assert {p["prompt"] for p in predictions} == ({"ocr"} if layout == "jsonl" else {"detect cat"})
+
+
+def test_rows_of_several_pictures_train_and_evaluate_to_the_same_metric(tmp_path, tiny_checkpoint):
+    """1 to 3 pictures per row through train.py and evaluate.py: the validation metric is reproduced."""
+    pictures = [
+        [{"bytes": png(noise(seed=10 * i + j)), "path": None} for j in range(1 + i % 3)] for i in range(12)
+    ]
+    rows = {"images": pictures, "question": ["how many pictures?"] * 12,
+            "answers": [[str(len(p))] for p in pictures]}  # fmt: skip
+    features = datasets.Features(images=datasets.List(datasets.Image()), question=datasets.Value("string"),
+                                 answers=[datasets.Value("string")])  # fmt: skip
+    data = write_parquet(tmp_path / "data", {"train": (rows, features), "validation": (rows, features)})
+    common = [f"model.path={tiny_checkpoint}", "logger=csv", "data=vqa", f"data.path={data}",
+              "data.image_column=images"]  # fmt: skip
+    results = train.train(compose_config(tmp_path / "run", [*common, *FAST]))
+    assert results["data/skipped"] == 0 and 0 <= results["val/vqa_accuracy"] <= 1
+    eval_overrides = [*common, f"model.adapter={tmp_path / 'run' / 'adapter'}", "data.num_workers=0",
+                      "data.val_batch_size=8", "data.max_val_samples=8", "generation.max_new_tokens=4"]  # fmt: skip
+    evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
+    assert evaluated["val/vqa_accuracy"] == results["val/vqa_accuracy"]

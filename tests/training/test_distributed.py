@@ -264,19 +264,30 @@ def test_two_ranks_train_the_adapter_of_one_process_with_the_same_global_batch(
 
 
 @pytest.mark.slow
-def test_ddp_on_mostly_broken_rows_steps_every_rank_alike_and_counts_them_exactly(tmp_path, tiny_checkpoint):
+@pytest.mark.parametrize("pictures", ["one per row", "lists"])
+def test_ddp_on_mostly_broken_rows_steps_every_rank_alike_and_counts_them_exactly(
+    tmp_path, tiny_checkpoint, pictures
+):
     """3 train rows in 4 undecodable, so that many batches of a rank hold bad rows only: every rank still takes
     every step, gradient accumulation too, and the run finishes, counting each bad row once over both ranks;
-    its checkpoints hold the bad rows of both ranks (rank 0 writes them)."""
+    its checkpoints hold the bad rows of both ranks (rank 0 writes them). ``lists``: each row holds 1 or 2
+    pictures, a bad row a broken one among them."""
+    import datasets
+
     from tests.helpers import VQAV2_FEATURES, vqav2_rows, write_parquet
 
+    broken = {"bytes": b"not a png", "path": None}
     train, val = vqav2_rows(40), vqav2_rows(7)
-    train["image"] = [image if i % 4 == 0 else {"bytes": b"not a png", "path": None}
-                      for i, image in enumerate(train["image"])]  # fmt: skip
-    val["image"][3] = {"bytes": b"not a png", "path": None}
-    data = write_parquet(
-        tmp_path / "vqa", {"train": (train, VQAV2_FEATURES), "validation": (val, VQAV2_FEATURES)}
-    )
+    train["image"] = [image if i % 4 == 0 else broken for i, image in enumerate(train["image"])]
+    val["image"][3] = broken
+    features = VQAV2_FEATURES
+    if pictures == "lists":  # a good picture first, then the row's own (broken in a bad row) every other row
+        for split in (train, val):
+            split["image"] = [
+                [split["image"][0], im] if i % 2 else [im] for i, im in enumerate(split["image"])
+            ]
+        features = datasets.Features({**VQAV2_FEATURES, "image": datasets.List(datasets.Image())})
+    data = write_parquet(tmp_path / "vqa", {"train": (train, features), "validation": (val, features)})
     run = tmp_path / "run"  # 40 rows, 2 ranks, batches of 2: 10 batches a rank, 5 optimizer steps of 2
     result = run_train([f"model.path={tiny_checkpoint}", "trainer=ddp", "trainer.devices=2", *FAST,
                         "trainer.max_steps=-1", "trainer.accumulate_grad_batches=2", "checkpoint.every_n_steps=1",
