@@ -61,6 +61,10 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule.prepare_data()
     datamodule.setup("validate")  # a missing split or column fails here, before the model loads
     module = load_module(cfg, datamodule)
+    if cfg.eval.packed_4bit and module.quantization is not None:
+        from paligemma.model.quantize import allow_packed_cpu_path_
+
+        allow_packed_cpu_path_(module.net)
     loggers = instantiate_all(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=[], max_epochs=None)
     start = time.perf_counter()

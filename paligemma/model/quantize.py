@@ -152,6 +152,25 @@ def keep_off_packed_cpu_path_(module: nn.Module) -> None:
             setattr(layer, PACKED_CPU_SWITCH, False)
 
 
+def allow_packed_cpu_path_(module: nn.Module) -> list[str]:
+    """Let bitsandbytes repack the ``Linear4bit`` layers of ``module`` for its AVX512-BF16 kernel at their first
+    eval pass without grad, where its shape rules hold (out_features a multiple of 32, in_features of the block);
+    returns the names of those layers. For inference only: a repacked layer computes in bf16 with bf16 block
+    scales (outputs ~3e-3 apart, relative), and its input gets no gradient. A CPU without AVX512-BF16 never
+    repacks."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    allowed = []
+    for name, layer in module.named_modules():
+        state = getattr(getattr(layer, "weight", None), "quant_state", None)
+        if hasattr(layer, PACKED_CPU_SWITCH) and state is not None:
+            out_features, in_features = state.shape
+            fits = out_features % 32 == 0 and in_features % state.blocksize == 0
+            setattr(layer, PACKED_CPU_SWITCH, fits and has_avx512bf16())
+            allowed += [name] if fits else []
+    return allowed
+
+
 def quantize_layer_(model: nn.Module, tensor_name: str, settings: QuantSettings) -> None:
     """Replace the linear layer that ``tensor_name`` (just loaded) is the weight of, if ``settings`` cover it."""
     layer_name, _, attr = tensor_name.rpartition(".")

@@ -291,3 +291,39 @@ def test_a_validation_pass_leaves_every_quantized_layer_computing_and_backpropag
     assert grads_after.keys() == grads.keys() and all(
         torch.equal(grads_after[n], g) for n, g in grads.items()
     )
+
+
+def test_the_packed_cpu_path_is_allowed_only_where_its_shape_rules_hold():
+    """evaluate.py eval.packed_4bit=true: out_features a multiple of 32 and in_features of the block (64)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    from paligemma.model.quantize import allow_packed_cpu_path_
+
+    shapes = {"fits": (128, 64), "narrow_out": (128, 48), "odd_blocks": (96, 64)}  # (in, out)
+    net = torch.nn.ModuleDict(
+        {
+            name: quantized_linear(torch.nn.Linear(i, o), QuantSettings("nf4", torch.float32))
+            for name, (i, o) in shapes.items()
+        }
+    )
+    assert allow_packed_cpu_path_(net) == ["fits"]
+    switches = {name: getattr(layer, PACKED_CPU_SWITCH, False) for name, layer in net.items()}
+    assert switches == {
+        "fits": has_avx512bf16(),
+        "narrow_out": False,
+        "odd_blocks": False,
+    }  # (96: a stand-in on AVX512)
+
+
+@pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks 4-bit layers on AVX512-BF16 CPUs only")
+def test_an_allowed_layer_is_repacked_at_its_first_eval_pass_and_computes_within_bf16_rounding():
+    from paligemma.model.quantize import allow_packed_cpu_path_
+
+    layer = quantized_linear(torch.nn.Linear(256, 128), QuantSettings("nf4", torch.float32)).eval()
+    x = torch.randn(3, 256)
+    with torch.no_grad():
+        before = layer(x)
+        allow_packed_cpu_path_(layer)
+        after = layer(x)
+    assert layer.weight.quant_state.packing_format_for_cpu
+    assert 0 < relative_error(after, before) < 1e-2  # bf16 block scales and products (2.7e-3 measured)
