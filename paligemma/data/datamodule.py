@@ -23,6 +23,7 @@ validates its own rows, each row once (paligemma/data/sampler.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,19 @@ from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampl
 from paligemma.data.settings import DataSettings
 from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
+from paligemma.data.synthetic_video import make_clips_dataset
 from paligemma.data.tasks import TASKS
 from paligemma.data.video import pyav
 from paligemma.errors import ConfigError, DataError
 from paligemma.paths import is_hub_id, local_path
 
 log = logging.getLogger(__name__)
+
+# data.path names of the generated datasets, made from data.synthetic
+SYNTHETIC: dict[str, Callable[..., datasets.DatasetDict]] = {
+    "synthetic": make_shapes_dataset,
+    "synthetic_video": make_clips_dataset,
+}
 
 
 def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
@@ -166,9 +174,9 @@ class PaliGemmaDataModule(L.LightningDataModule):
 
     def _load(self, split: str) -> datasets.Dataset:
         s = self.settings
-        if s.path == "synthetic":
+        if s.path in SYNTHETIC:
             if self._generated is None:
-                self._generated = make_shapes_dataset(**s.synthetic)
+                self._generated = SYNTHETIC[s.path](**s.synthetic)
             return select_split(self._generated, split)
         if (saved_dir := self._saved_dataset()) is not None:
             saved = datasets.load_from_disk(str(saved_dir))
@@ -183,7 +191,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download once per node before ``setup`` runs on every process."""
-        if self.settings.path != "synthetic" and self._saved_dataset() is None:
+        if self.settings.path not in SYNTHETIC and self._saved_dataset() is None:
             for split in (self.settings.train_split, self.settings.val_split):
                 self._load(split)
 

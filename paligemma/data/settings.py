@@ -17,7 +17,8 @@ class DataSettings:
     """Captioning, VQA, any prefix -> suffix task, or detection, over a Hugging Face dataset.
 
     ``path``: a hub id, a local data dir (parquet, arrow, imagefolder, ...), a ``save_to_disk`` dir, or
-    "synthetic" (``make_shapes_dataset(**synthetic)``). Splits take load_dataset's slicing
+    "synthetic" (``make_shapes_dataset(**synthetic)``) or "synthetic_video" (``make_clips_dataset(**synthetic)``,
+    clips of ``num_frames`` pictures). Splits take load_dataset's slicing
     ("train[:95%]"); a saved single Dataset is the split "train". ``max_*_samples`` keep the first rows.
     ``processor_path``: the model dir (or hub id) holding the tokenizer and image settings.
     A local dir may also hold JSONL files (``<split>.jsonl``, one {"image": file, "prefix", "suffix"} per line,
@@ -55,7 +56,7 @@ class DataSettings:
     max_length: int | None = None  # cap on prompt + target tokens; longer targets are cut, <eos> kept
     seed: int = 0
     on_bad_sample: str = "skip"  # or "raise"
-    synthetic: dict[str, Any] = field(default_factory=dict)  # make_shapes_dataset's arguments
+    synthetic: dict[str, Any] = field(default_factory=dict)  # the generator's arguments
 
     def __post_init__(self):
         if self.task not in TASKS:

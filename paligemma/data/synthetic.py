@@ -130,7 +130,7 @@ def _questions(scene: list[tuple[str, str, int]], kind: str) -> list[tuple[str, 
     return out
 
 
-def _render(
+def render_scene(
     scene: list[tuple[str, str, int]], size: int, rng: np.random.Generator
 ) -> tuple[bytes, list[list[float]]]:
     """PNG bytes and each shape's box (x, y, width, height in pixels): light background shaded by a 4x4 random
@@ -172,7 +172,7 @@ def _make_split(
         while not (candidates := _questions(scene := _scene(rng), kind)):
             pass  # e.g. two identical blue squares leave no "where is" question: draw another scene
         question, answer = candidates[rng.integers(len(candidates))]
-        png, bboxes = _render(scene, image_size, rng)
+        png, bboxes = render_scene(scene, image_size, rng)
         captions = _captions(scene, np.random.default_rng([seed, stream, i]))
         names = [shape for _, shape, _ in scene]
         prompt, target = detection_example(
