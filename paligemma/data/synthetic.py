@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from paligemma.data.boxes import detection_example, detection_prompt, relative_box
+from paligemma.errors import ConfigError
 
 COLORS = {
     "red": (220, 40, 40),
@@ -201,7 +202,9 @@ def make_shapes_dataset(
     ``detect_every=k`` > 0 makes every k-th training row a detection example in the "prefix" and "suffix"
     columns (the rest, and every validation row, are captions): the tiny base's pre-training mixture."""
     if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 px to draw shapes, got {image_size}")
+        raise ConfigError(
+            f"data.synthetic.image_size must be at least 16 px to draw shapes, got {image_size}"
+        )
     return datasets.DatasetDict(
         {
             "train": _make_split(num_train, image_size, seed, 0, "train", detect_every),

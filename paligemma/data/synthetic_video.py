@@ -31,6 +31,7 @@ import datasets
 import numpy as np
 
 from paligemma.data.synthetic import COLORS, SHAPES, render_scene
+from paligemma.errors import ConfigError
 
 KINDS = ["move", "appear", "color", "count"]
 # 2x2 cells, row-major (synthetic.POSITIONS): the cell one step away in each direction, where there is one
@@ -154,11 +155,17 @@ def make_clips_dataset(
     ``only_frame`` (e.g. -1, the last) keeps that one frame of each clip in "frames", questions and answers
     unchanged: a control, in which one picture has to answer what the clip decides."""
     if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 px to draw shapes, got {image_size}")
+        raise ConfigError(
+            f"data.synthetic.image_size must be at least 16 px to draw shapes, got {image_size}"
+        )
     if only_frame is not None and not -num_frames <= only_frame < num_frames:
-        raise ValueError(f"only_frame must index one of the {num_frames} frames, got {only_frame}")
+        raise ConfigError(
+            f"data.synthetic.only_frame must index one of the {num_frames} frames, got {only_frame}"
+        )
     if num_frames < 2:
-        raise ValueError(f"num_frames must be at least 2 for a clip to change, got {num_frames}")
+        raise ConfigError(
+            f"data.synthetic.num_frames must be at least 2 for a clip to change, got {num_frames}"
+        )
     return datasets.DatasetDict(
         {
             "train": _make_split(num_train, image_size, num_frames, seed, 0, "train", only_frame),

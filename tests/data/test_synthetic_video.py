@@ -8,6 +8,7 @@ import pytest
 
 from paligemma.data.synthetic import COLORS, SHAPES
 from paligemma.data.synthetic_video import KINDS, STEPS, make_clips_dataset, neighbour
+from paligemma.errors import ConfigError
 from tests.helpers import IMAGE_SIZE, NUM_IMAGE_TOKENS, batches, from_config
 
 FRAMES = 4
@@ -120,7 +121,7 @@ def test_only_frame_keeps_one_frame_of_the_same_clips(clips):
     full = clips["train"].select(range(8)).cast_column("frames", raw)
     for one, row in zip(last["train"].cast_column("frames", raw), full, strict=True):
         assert one["frames"] == row["frames"][-1:] and one["question"] == row["question"]
-    with pytest.raises(ValueError, match="num_frames"):
+    with pytest.raises(ConfigError, match="data.synthetic.num_frames must be at least 2"):
         make_clips_dataset(2, 2, num_frames=1)
 
 

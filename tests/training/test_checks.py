@@ -264,6 +264,8 @@ ENTRY_ERRORS = {
         "the first 32 rows of the train split of '{tmp}/unreadable' are all bad; row 0: image 1 of 2: "
         "UnidentifiedImageError",
     ),
+    "train: clips of one frame": ("train.py", ["data=synthetic_video", "data.synthetic.num_frames=1"],
+                                  "data.synthetic.num_frames must be at least 2"),
     "evaluate: adapter config without peft_type": ("evaluate.py", ["model.adapter={tmp}/adapter"], "names no peft_type"),
     "evaluate: unknown split": ("evaluate.py", ["eval.split=valid"], "split 'valid': Unknown split"),
     "evaluate: truncated checkpoint": ("evaluate.py", ["ckpt_path={tmp}/torn.ckpt"], "is not a whole checkpoint"),
