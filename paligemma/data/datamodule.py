@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
-from paligemma.data.settings import DataSettings
+from paligemma.data.settings import GENERATED_PATHS, DataSettings
 from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
 from paligemma.data.synthetic_video import make_clips_dataset
@@ -46,11 +46,10 @@ from paligemma.paths import is_hub_id, local_path
 
 log = logging.getLogger(__name__)
 
-# data.path names of the generated datasets, made from data.synthetic
-SYNTHETIC: dict[str, Callable[..., datasets.DatasetDict]] = {
-    "synthetic": make_shapes_dataset,
-    "synthetic_video": make_clips_dataset,
-}
+# GENERATED_PATHS' generators, in its order: each is called with data.synthetic
+SYNTHETIC: dict[str, Callable[..., datasets.DatasetDict]] = dict(
+    zip(GENERATED_PATHS, (make_shapes_dataset, make_clips_dataset), strict=True)
+)
 
 
 def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:

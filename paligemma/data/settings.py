@@ -10,6 +10,7 @@ from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError
 
 MAX_DEFAULT_WORKERS = 4
+GENERATED_PATHS = ("synthetic", "synthetic_video")  # data.path values made from data.synthetic, no file read
 
 
 @dataclass

@@ -3,7 +3,7 @@
 PyAV (``pip install 'paligemma-lightning[video]'``) decodes: its wheels carry their own FFmpeg, so it installs
 from the package index alone (torchcodec needs the system's FFmpeg libraries). A cell is a path, raw bytes, or
 a ``{"bytes", "path"}`` dict (an undecoded ``datasets.Video`` column). Frames are taken uniformly over the clip
-(the frame nearest the middle of each of ``num_frames`` equal spans), or at ``fps`` from the start. The
+(the first frame at or after the middle of each of ``num_frames`` equal spans), or at ``fps`` from the start. The
 container is read packet by packet and only the chosen frames are kept. A clip that does not decode, holds no
 video stream or has fewer frames than asked for raises ``ValueError``: a bad row.
 """

@@ -35,6 +35,9 @@ DECODER_LAYERS = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp
 VISION_LAYERS = re.compile(r"model\.vision_tower\.encoder\.layers\.\d+\.(self_attn|mlp)\.\w+")
 INT8_THRESHOLD = 6.0
 PACKED_CPU_SWITCH = "support_avx512bf16_for_cpu"  # bitsandbytes' Linear4bit: see keep_off_packed_cpu_path_
+PACKED_BLOCK_N = (
+    32  # rows per tile of that packed layout (bitsandbytes.functional._convert_weight_packed_for_cpu)
+)
 
 
 @dataclass
@@ -165,7 +168,7 @@ def allow_packed_cpu_path_(module: nn.Module) -> list[str]:
         state = getattr(getattr(layer, "weight", None), "quant_state", None)
         if hasattr(layer, PACKED_CPU_SWITCH) and state is not None:
             out_features, in_features = state.shape
-            fits = out_features % 32 == 0 and in_features % state.blocksize == 0
+            fits = out_features % PACKED_BLOCK_N == 0 and in_features % state.blocksize == 0
             setattr(layer, PACKED_CPU_SWITCH, fits and has_avx512bf16())
             allowed += [name] if fits else []
     return allowed

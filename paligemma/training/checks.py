@@ -13,6 +13,7 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
+from paligemma.data.settings import GENERATED_PATHS
 from paligemma.errors import ConfigError
 from paligemma.model.build import ModelSettings
 from paligemma.model.precision import resolve_dtype
@@ -70,7 +71,7 @@ def validate_config(cfg: DictConfig) -> None:
     settings.check_adapters(bool(cfg.get("lora")))
     typed(GenerationSettings, cfg.generation, "generation")
     _check_source("model.path", cfg.model.path, "a model dir with config.json and safetensors, or a hub id")
-    if cfg.data.path not in ("synthetic", "synthetic_video"):  # generated (datamodule.SYNTHETIC)
+    if cfg.data.path not in GENERATED_PATHS:
         _check_source("data.path", cfg.data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
     if (ckpt_path := cfg.get("ckpt_path")) is not None:
         _check_checkpoint(ckpt_path)
