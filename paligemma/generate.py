@@ -3,6 +3,7 @@
 python -m paligemma.generate --model DIR --image PATH --prompt "caption en"
 python -m paligemma.generate --model DIR --image a.jpg --image b.jpg --prompt "answer en which is larger?"
 python -m paligemma.generate --model DIR --video clip.mp4 --num-frames 8 --prompt "caption en"
+python -m paligemma.generate --model DIR --video clip.mp4 --num-frames 16 --frame-token-pool 2  # a quarter of the tokens
 
 A bad option (a missing or unreadable image, a model dir that is not one, an impossible sampling setting, a device
 this machine lacks) exits with status 1 and one line, ``error: <message>``.
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--video", help="path of a video: --num-frames frames of it, uniformly over the clip"
     )
     parser.add_argument("--num-frames", type=int, default=8, help="with --video")
+    parser.add_argument("--frame-token-pool", type=int, default=1,
+                        help="image tokens of each picture pooled P x P, as data.frame_token_pool in training")  # fmt: skip
     parser.add_argument("--prompt", default="caption en", help='task prefix, e.g. "caption en"')
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -99,7 +102,7 @@ def read_video(path: str, num_frames: int) -> list[Image.Image]:
 def generate(args: argparse.Namespace) -> str:
     device = check_options(args)
     images = read_video(args.video, args.num_frames) if args.video else [read_image(p) for p in args.image]
-    processor = PaliGemmaProcessor.from_pretrained(args.model)
+    processor = PaliGemmaProcessor.from_pretrained(args.model, args.frame_token_pool)
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         args.model, dtype=DTYPES[args.dtype], device=device
     ).eval()

@@ -96,15 +96,17 @@ def random_batch(
     seed: int = 0,
     padding_side="right",
     images_per_row=None,
+    tokens_per_image: int | None = None,
 ):
     """A training-style batch: image tokens + <bos> + prefix + "\\n" | suffix + <eos>, then padding.
-    ``images_per_row``: how many images each row's prompt starts with (default one each).
+    ``images_per_row``: how many images each row's prompt starts with (default one each); ``tokens_per_image``:
+    image tokens per image (default one per patch; fewer pool the patches).
 
     Text ids avoid the special ids (0-3) and the image token; "\\n" is played by id 4.
     """
     gen = torch.Generator().manual_seed(seed)
     text = config.text_config
-    n_img = config.num_image_tokens
+    n_img = tokens_per_image or config.num_image_tokens
     rows = []
     images_per_row = images_per_row or [1] * len(prefix_lens)
     for p_len, s_len, n_images in zip(prefix_lens, suffix_lens, images_per_row, strict=True):

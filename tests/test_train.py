@@ -34,6 +34,7 @@ from tests.helpers import (
     png,
     run_group,
     vqav2_rows,
+    write_clip,
     write_jsonl_dir,
     write_parquet,
 )
@@ -330,3 +331,41 @@ def test_rows_of_several_pictures_train_and_evaluate_to_the_same_metric(tmp_path
                       "data.val_batch_size=8", "data.max_val_samples=8", "generation.max_new_tokens=4"]  # fmt: skip
     evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
     assert evaluated["val/vqa_accuracy"] == results["val/vqa_accuracy"]
+
+
+def write_clip_folder(root: Path, clips: int, corrupt: bool) -> Path:
+    """A videofolder: <split>/<name>.mp4 files and a metadata.jsonl naming each with its question and answers; with
+    ``corrupt``, one more file of each split, in the middle, is not a video."""
+    for split in ("train", "validation"):
+        (root / split).mkdir(parents=True)
+        names = [f"clip{i}.mp4" for i in range(clips)]
+        for i, name in enumerate(names):
+            write_clip(root / split / name, levels=tuple(range(10 * i, 10 * i + 120, 6)))
+        if corrupt:
+            (root / split / "corrupt.mp4").write_bytes(b"not a video")
+            names.insert(clips // 2, "corrupt.mp4")
+        lines = [{"file_name": n, "question": "does it get brighter?", "answers": ["yes"]} for n in names]
+        (root / split / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root
+
+
+@pytest.mark.slow  # two runs and an evaluation
+def test_a_directory_of_clips_trains_with_pooled_frame_tokens_and_a_corrupt_clip_is_a_skipped_row(
+    tmp_path, tiny_checkpoint
+):
+    pytest.importorskip("av")
+    runs = {}
+    for corrupt in (False, True):
+        data = write_clip_folder(tmp_path / f"clips-{corrupt}", clips=8, corrupt=corrupt)
+        common = [f"model.path={tiny_checkpoint}", "logger=csv", "data=vqa", f"data.path={data}",
+                  "data.video_column=video", "data.num_frames=3", "data.frame_token_pool=2"]  # fmt: skip
+        run = compose_config(tmp_path / f"run-{corrupt}", [*common, *FAST, "data.max_val_samples=null"])
+        runs[corrupt] = train.train(run)
+    assert (
+        runs[False]["data/skipped"] == 0 and runs[True]["data/skipped"] == 2
+    )  # a corrupt clip in each split
+    assert 0 <= runs[True]["val/vqa_accuracy"] <= 1
+    eval_overrides = [*common, f"model.adapter={tmp_path / 'run-True' / 'adapter'}", "data.num_workers=0",
+                      "data.val_batch_size=8", "generation.max_new_tokens=4"]  # fmt: skip
+    evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
+    assert evaluated["val/vqa_accuracy"] == runs[True]["val/vqa_accuracy"] and evaluated["data/skipped"] == 1

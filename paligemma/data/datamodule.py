@@ -146,7 +146,8 @@ class PaliGemmaDataModule(L.LightningDataModule):
     @property
     def processor(self) -> PaliGemmaProcessor:
         if self._processor is None:
-            self._processor = PaliGemmaProcessor.from_pretrained(self.settings.processor_path)
+            s = self.settings
+            self._processor = PaliGemmaProcessor.from_pretrained(s.processor_path, s.frame_token_pool)
         return self._processor
 
     @property

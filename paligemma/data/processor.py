@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from math import isqrt
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,17 @@ def _pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
     return fill + seq if left else seq + fill
 
 
+def pooled_token_count(num_image_tokens: int, pool: int) -> int:
+    """Image tokens per image when each ``pool`` x ``pool`` block of the square patch grid becomes one."""
+    side = isqrt(num_image_tokens)
+    if pool < 1 or side**2 != num_image_tokens or side % pool:
+        raise ConfigError(
+            f"frame_token_pool={pool} does not divide the {side}x{side} grid of {num_image_tokens} image tokens: "
+            f"use a divisor of {side}"
+        )
+    return (side // pool) ** 2
+
+
 class PaliGemmaProcessor:
     def __init__(
         self,
@@ -146,8 +158,12 @@ class PaliGemmaProcessor:
         return token_id
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> PaliGemmaProcessor:
-        """Load from a local dir or a hub id holding tokenizer.json and the image settings (either layout)."""
+    def from_pretrained(cls, path: str | Path, frame_token_pool: int = 1) -> PaliGemmaProcessor:
+        """Load from a local dir or a hub id holding tokenizer.json and the image settings (either layout).
+
+        ``frame_token_pool`` P > 1 writes (side / P)^2 image tokens per image instead of side^2, one per P x P block
+        of patches, whose mean the model puts there (``pool_image_features``): more pictures fit a prompt.
+        """
         path = resolve_model_dir(path, PROCESSOR_FILES)
         if not (path / "tokenizer.json").is_file():
             raise MissingFileError(f"{path} has no tokenizer.json; a PaliGemma processor needs it")
@@ -175,7 +191,7 @@ class PaliGemmaProcessor:
         return cls(
             tokenizer,
             image_size=size["height"],
-            num_image_tokens=image_cfg["image_seq_length"],
+            num_image_tokens=pooled_token_count(image_cfg["image_seq_length"], frame_token_pool),
             bos_token=token("bos_token", "<bos>"),
             eos_token=token("eos_token", "<eos>"),
             pad_token=token("pad_token", "<pad>"),

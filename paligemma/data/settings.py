@@ -36,6 +36,8 @@ class DataSettings:
     video_column: str | None = None
     num_frames: int = 8  # frames taken from each clip: uniformly over it, or at fps from its start
     fps: float | None = None  # frames per second to take from the start of each clip; null: uniformly over it
+    # P > 1: each picture (frame) takes 1/P^2 of its image tokens, the means of P x P blocks of patches: more frames fit
+    frame_token_pool: int = 1
     question_column: str = "question"
     answer_column: str = "answers"  # a string, a list of strings or a list of {"answer": ...} dicts
     caption_column: str = "caption"  # a string or a list of strings
@@ -69,6 +71,10 @@ class DataSettings:
                 raise ConfigError(f"data.{key} must be at least 1, got {value}")
         if self.num_frames < 1:
             raise ConfigError(f"data.num_frames must be at least 1, got {self.num_frames}")
+        if self.frame_token_pool < 1:
+            raise ConfigError(
+                f"data.frame_token_pool must be at least 1 (1: no pooling), got {self.frame_token_pool}"
+            )
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(
                 f"data.fps must be a positive number of frames per second (null: uniform), got {self.fps}"

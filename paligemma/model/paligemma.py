@@ -7,6 +7,7 @@ adapters move between the two unchanged.
 
 from __future__ import annotations
 
+from math import isqrt
 from pathlib import Path
 
 import torch
@@ -45,6 +46,20 @@ def prefix_lm_inputs(
     return valid, prefix & valid.bool(), positions
 
 
+def pool_image_features(features: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
+    """(N, P, D) features of each image's square patch grid, average-pooled to (N, tokens_per_image, D): a
+    prompt that holds fewer image tokens per image than the tower has patches (``data.frame_token_pool``)."""
+    N, P, D = features.shape
+    side, pooled_side = isqrt(P), isqrt(tokens_per_image)
+    if pooled_side**2 != tokens_per_image or side % pooled_side:
+        raise ValueError(
+            f"{tokens_per_image} image tokens per image cannot pool a {side}x{side} patch grid: "
+            f"a prompt holds a square number of them, whose side divides {side}"
+        )
+    grid = features.transpose(1, 2).reshape(N, D, side, side)  # patches are row-major
+    return F.avg_pool2d(grid, side // pooled_side).flatten(2).transpose(1, 2)  # (N, tokens_per_image, D)
+
+
 class PaliGemmaMultiModalProjector(nn.Module):
     def __init__(self, config: PaliGemmaConfig):
         super().__init__()
@@ -75,10 +90,15 @@ class PaliGemmaModel(nn.Module):
         return self.multi_modal_projector(self.vision_tower(pixel_values))
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None) -> torch.Tensor:
-        """Scaled text embeddings with the image features written over the image tokens."""
+        """Scaled text embeddings with the image features written over the image tokens; features of images whose
+        prompt holds fewer tokens per image than they have patches are pooled to that many first."""
         embeds = self.language_model.embed(input_ids)  # (B, T, D)
         image_mask = input_ids == self.config.image_token_index
         n_tokens = int(image_mask.sum())
+        if image_features is not None and 0 < n_tokens < image_features.shape[0] * image_features.shape[1]:
+            n_images = image_features.shape[0]
+            if n_tokens % n_images == 0:  # else the count is wrong, not pooled: the error below says so
+                image_features = pool_image_features(image_features, n_tokens // n_images)
         n_features = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
         if n_tokens != n_features:
             n_images = 0 if image_features is None else image_features.shape[0]

@@ -6,6 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
+from paligemma.data.datamodule import PaliGemmaDataModule
 from paligemma.data.synthetic import COLORS, SHAPES
 from paligemma.data.synthetic_video import KINDS, STEPS, make_clips_dataset, neighbour
 from paligemma.errors import ConfigError
@@ -137,3 +138,25 @@ def test_data_module_batches_every_frame(processor_dir):
     assert val["prompt"]["pixel_values"].shape[0] == 4 * FRAMES
     assert sorted(val["kinds"]) == sorted(KINDS)
     assert val["images"][0].size == (FRAMES * IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_frame_token_pool_gives_each_frame_a_quarter_of_its_image_tokens(processor_dir):
+    dm = from_config("synthetic_video", processor_dir, **{"synthetic.num_train": 4, "synthetic.num_val": 4,
+                                                          "synthetic.image_size": 32, "frame_token_pool": 2})  # fmt: skip
+    dm.setup("fit")
+    (train,) = batches(dm, dm.train_dataloader())
+    assert train["pixel_values"].shape[0] == 4 * FRAMES  # every frame is still seen whole by the tower
+    image_tokens = (train["input_ids"] == dm.processor.image_token_id).sum(1)
+    assert (image_tokens == FRAMES * NUM_IMAGE_TOKENS // 4).all()
+
+
+@pytest.mark.parametrize(("pool", "message"), [(0, "data.frame_token_pool must be at least 1"),
+                                               (3, "frame_token_pool=3 does not divide the 4x4 grid")])  # fmt: skip
+def test_a_frame_token_pool_that_does_not_divide_the_patch_grid_is_a_config_error(
+    processor_dir, pool, message
+):
+    with pytest.raises(ConfigError, match=message):
+        dm = PaliGemmaDataModule(
+            path="synthetic_video", processor_path=str(processor_dir), frame_token_pool=pool
+        )
+        _ = dm.processor  # made when first asked for

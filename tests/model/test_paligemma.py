@@ -141,3 +141,21 @@ def test_paligemma_3b_parameter_count_on_meta():
     assert sum(p.numel() for p in model.parameters()) == 2_923_466_480
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
     assert model.config.num_image_tokens == 256
+
+
+def test_a_prompt_with_fewer_image_tokens_takes_each_image_s_patches_averaged_over_blocks():
+    """data.frame_token_pool=2: 4 tokens per image of 4x4 patches, each the mean of a 2x2 block of patches."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["mqa"])
+    model = PaliGemmaForConditionalGeneration(config)
+    batch = random_batch(config, [3, 5], [2, 1], images_per_row=[2, 1], tokens_per_image=4)
+    features = model.model.image_features(batch["pixel_values"])  # (3, 16, D): a 4x4 grid, row-major
+    blocks = features.view(
+        3, 2, 2, 2, 2, -1
+    )  # (image, block row, row in block, block column, column in block, D)
+    expected = blocks.mean((2, 4)).reshape(3, 4, -1)
+    embeds = model.model.embed(batch["input_ids"], features)
+    image_positions = batch["input_ids"] == config.image_token_index
+    torch.testing.assert_close(embeds[image_positions], expected.reshape(12, -1))
+    model(**batch)["loss"].backward()
+    with pytest.raises(ValueError, match="3 image tokens per image cannot pool a 4x4 patch grid"):
+        model(**random_batch(config, [3], [1], tokens_per_image=3))
