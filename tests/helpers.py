@@ -22,6 +22,7 @@ from PIL import Image
 from wandb.proto import wandb_internal_pb2
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.data.synthetic import COLORS
 from paligemma.training.configs import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,3 +363,18 @@ def write_clip(path: Path, levels=tuple(12 * i for i in range(20)), fps: int = 1
             container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def drawn(picture) -> set[tuple[str, str, int]]:
+    """The (colour, shape, cell) of every shape in a 64 px frame, read back from its pixels: a shape's kind
+    from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2)."""
+    pixels = np.asarray(picture, dtype=int)
+    found = set()
+    for cell in range(4):
+        quadrant = pixels[cell // 2 * 32 : cell // 2 * 32 + 32, cell % 2 * 32 : cell % 2 * 32 + 32]
+        for color, rgb in COLORS.items():
+            ys, xs = np.nonzero(np.abs(quadrant - rgb).sum(-1) < 10)
+            if len(ys) > 20:
+                fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+                found.add((color, "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle", cell))
+    return found

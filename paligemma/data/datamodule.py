@@ -38,6 +38,7 @@ from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampl
 from paligemma.data.settings import GENERATED_PATHS, DataSettings
 from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
+from paligemma.data.synthetic_pairs import make_pairs_dataset
 from paligemma.data.synthetic_video import make_clips_dataset
 from paligemma.data.tasks import TASKS
 from paligemma.data.video import pyav
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # GENERATED_PATHS' generators, in its order: each is called with data.synthetic
 SYNTHETIC: dict[str, Callable[..., datasets.DatasetDict]] = dict(
-    zip(GENERATED_PATHS, (make_shapes_dataset, make_clips_dataset), strict=True)
+    zip(GENERATED_PATHS, (make_shapes_dataset, make_clips_dataset, make_pairs_dataset), strict=True)
 )
 
 

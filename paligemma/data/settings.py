@@ -10,7 +10,8 @@ from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError
 
 MAX_DEFAULT_WORKERS = 4
-GENERATED_PATHS = ("synthetic", "synthetic_video")  # data.path values made from data.synthetic, no file read
+# data.path values made from data.synthetic, no file read
+GENERATED_PATHS = ("synthetic", "synthetic_video", "synthetic_pairs")
 
 
 @dataclass
@@ -18,8 +19,9 @@ class DataSettings:
     """Captioning, VQA, any prefix -> suffix task, or detection, over a Hugging Face dataset.
 
     ``path``: a hub id, a local data dir (parquet, arrow, imagefolder, ...), a ``save_to_disk`` dir, or
-    "synthetic" (``make_shapes_dataset(**synthetic)``) or "synthetic_video" (``make_clips_dataset(**synthetic)``,
-    clips of ``num_frames`` pictures). Splits take load_dataset's slicing
+    "synthetic" (``make_shapes_dataset(**synthetic)``), "synthetic_video" (``make_clips_dataset(**synthetic)``,
+    clips of ``num_frames`` pictures) or "synthetic_pairs" (``make_pairs_dataset(**synthetic)``, two pictures a
+    row). Splits take load_dataset's slicing
     ("train[:95%]"); a saved single Dataset is the split "train". ``max_*_samples`` keep the first rows.
     ``processor_path``: the model dir (or hub id) holding the tokenizer and image settings.
     A local dir may also hold JSONL files (``<split>.jsonl``, one {"image": file, "prefix", "suffix"} per line,

@@ -27,6 +27,8 @@ the same arguments give the same PNG bytes on every run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datasets
 import numpy as np
 
@@ -49,6 +51,9 @@ FEATURES = datasets.Features(
 
 Shape = tuple[str, str, int]  # (colour, shape, cell), as synthetic.py's scenes
 Clip = list[list[Shape]]  # the shapes of each frame
+Maker = Callable[
+    [np.random.Generator, int], tuple[Clip, str, str]
+]  # (rng, num_frames) -> clip, question, answer
 
 
 def neighbour(cell: int, direction: str) -> int | None:
@@ -58,7 +63,7 @@ def neighbour(cell: int, direction: str) -> int | None:
     return row * 2 + col if 0 <= row < 2 and 0 <= col < 2 else None
 
 
-def _pick(rng: np.random.Generator, options: list, k: int = 1, exclude=()) -> list:
+def pick(rng: np.random.Generator, options: list, k: int = 1, exclude=()) -> list:
     kept = [o for o in options if o not in exclude]
     return [kept[i] for i in rng.choice(len(kept), size=k, replace=False)]
 
@@ -70,44 +75,44 @@ def _changed_at(rng: np.random.Generator, num_frames: int) -> list[bool]:
 
 
 def _move(rng: np.random.Generator, num_frames: int) -> tuple[Clip, str, str]:
-    shape = _pick(rng, SHAPES)[0]
+    shape = pick(rng, SHAPES)[0]
     start = int(rng.integers(4))
-    direction = _pick(rng, [d for d in STEPS if neighbour(start, d) is not None])[0]
+    direction = pick(rng, [d for d in STEPS if neighbour(start, d) is not None])[0]
     end = neighbour(start, direction)
     assert end is not None  # picked among the directions that stay on the grid
     others = []
     if rng.random() < 0.5:
-        (cell,) = _pick(rng, list(range(4)), exclude=(start, end))
-        others = [(_pick(rng, list(COLORS))[0], _pick(rng, SHAPES, exclude=(shape,))[0], cell)]
-    color = _pick(rng, list(COLORS))[0]
+        (cell,) = pick(rng, list(range(4)), exclude=(start, end))
+        others = [(pick(rng, list(COLORS))[0], pick(rng, SHAPES, exclude=(shape,))[0], cell)]
+    color = pick(rng, list(COLORS))[0]
     clip = [[(color, shape, end if moved else start), *others] for moved in _changed_at(rng, num_frames)]
     return clip, f"which side does the {shape} move to?", direction
 
 
 def _appear(rng: np.random.Generator, num_frames: int) -> tuple[Clip, str, str]:
-    old, new = _pick(rng, SHAPES, k=2)
-    cells = _pick(rng, list(range(4)), k=2)
-    colors = _pick(rng, list(COLORS), k=2)
+    old, new = pick(rng, SHAPES, k=2)
+    cells = pick(rng, list(range(4)), k=2)
+    colors = pick(rng, list(COLORS), k=2)
     first = (colors[0], old, cells[0])
     clip = [[first, (colors[1], new, cells[1])] if on else [first] for on in _changed_at(rng, num_frames)]
     return clip, "which shape appears?", new
 
 
 def _color(rng: np.random.Generator, num_frames: int) -> tuple[Clip, str, str]:
-    shape = _pick(rng, SHAPES)[0]
-    before, after, other = _pick(rng, list(COLORS), k=3)
-    cells = _pick(rng, list(range(4)), k=3)
+    shape = pick(rng, SHAPES)[0]
+    before, after, other = pick(rng, list(COLORS), k=3)
+    cells = pick(rng, list(range(4)), k=3)
     rest = [(other, shape, cells[1])]
     if rng.random() < 0.5:
-        rest.append((_pick(rng, list(COLORS))[0], _pick(rng, SHAPES, exclude=(shape,))[0], cells[2]))
+        rest.append((pick(rng, list(COLORS))[0], pick(rng, SHAPES, exclude=(shape,))[0], cells[2]))
     clip = [[(after if on else before, shape, cells[0]), *rest] for on in _changed_at(rng, num_frames)]
     return clip, f"what color does the {before} {shape} become?", after
 
 
 def _count(rng: np.random.Generator, num_frames: int) -> tuple[Clip, str, str]:
     n = int(rng.integers(1, 3))
-    colors = _pick(rng, list(COLORS), k=n + 1)
-    cells = _pick(rng, list(range(4)), k=n + 1)
+    colors = pick(rng, list(COLORS), k=n + 1)
+    cells = pick(rng, list(range(4)), k=n + 1)
     shapes = [SHAPES[i] for i in rng.integers(len(SHAPES), size=n + 1)]
     static = [(colors[i], shapes[i], cells[i]) for i in range(1, n + 1)]
     count = int(rng.integers(1, num_frames + 1))
@@ -120,14 +125,25 @@ def _count(rng: np.random.Generator, num_frames: int) -> tuple[Clip, str, str]:
 MAKERS = {"move": _move, "appear": _appear, "color": _color, "count": _count}
 
 
-def _make_split(
-    num: int, image_size: int, num_frames: int, seed: int, stream: int, split: str, only_frame: int | None
+def make_split(
+    name: str,
+    makers: dict[str, Maker],
+    num: int,
+    image_size: int,
+    num_frames: int,
+    seed: int,
+    stream: int,
+    split: str,
+    only_frame: int | None = None,
 ) -> datasets.Dataset:
+    """``num`` rows whose kinds cycle through ``makers``' (balanced), drawn from the seed stream ``[seed, stream]``;
+    row ids ``<name>-<split>-<index>``."""
     rng = np.random.default_rng([seed, stream])
     rows = {name: [] for name in FEATURES}
+    kinds = list(makers)
     for i in range(num):
-        kind = KINDS[i % len(KINDS)]
-        clip, question, answer = MAKERS[kind](rng, num_frames)
+        kind = kinds[i % len(kinds)]
+        clip, question, answer = makers[kind](rng, num_frames)
         # one drawing stream per clip: the shapes kept across frames come first, so draw the same
         draw_seed = int(rng.integers(2**62))
         frames = [render_scene(shapes, image_size, np.random.default_rng(draw_seed))[0] for shapes in clip]
@@ -138,7 +154,7 @@ def _make_split(
         rows["answers"].append([answer])
         rows["answer"].append(answer)
         rows["kind"].append(kind)
-        rows["clip_id"].append(f"clips-{split}-{i:06d}")
+        rows["clip_id"].append(f"{name}-{split}-{i:06d}")
     return datasets.Dataset.from_dict(rows, features=FEATURES, split=split)  # pyright: ignore[reportArgumentType] -- datasets annotates NamedSplit, takes and keeps a str
 
 
@@ -168,7 +184,11 @@ def make_clips_dataset(
         )
     return datasets.DatasetDict(
         {
-            "train": _make_split(num_train, image_size, num_frames, seed, 0, "train", only_frame),
-            "validation": _make_split(num_val, image_size, num_frames, seed, 1, "validation", only_frame),
+            "train": make_split(
+                "clips", MAKERS, num_train, image_size, num_frames, seed, 0, "train", only_frame
+            ),
+            "validation": make_split(
+                "clips", MAKERS, num_val, image_size, num_frames, seed, 1, "validation", only_frame
+            ),
         }
     )

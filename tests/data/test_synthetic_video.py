@@ -10,7 +10,7 @@ from paligemma.data.datamodule import PaliGemmaDataModule
 from paligemma.data.synthetic import COLORS, SHAPES
 from paligemma.data.synthetic_video import KINDS, STEPS, make_clips_dataset, neighbour
 from paligemma.errors import ConfigError
-from tests.helpers import IMAGE_SIZE, NUM_IMAGE_TOKENS, batches, from_config
+from tests.helpers import IMAGE_SIZE, NUM_IMAGE_TOKENS, batches, drawn, from_config
 
 FRAMES = 4
 
@@ -18,21 +18,6 @@ FRAMES = 4
 @pytest.fixture(scope="module")
 def clips():
     return make_clips_dataset(num_train=80, num_val=8, image_size=64, num_frames=FRAMES, seed=0)
-
-
-def drawn(picture) -> set[tuple[str, str, int]]:
-    """The (colour, shape, cell) of every shape in a 64 px frame, read back from its pixels: a shape's kind
-    from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2)."""
-    pixels = np.asarray(picture, dtype=int)
-    found = set()
-    for cell in range(4):
-        quadrant = pixels[cell // 2 * 32 : cell // 2 * 32 + 32, cell % 2 * 32 : cell % 2 * 32 + 32]
-        for color, rgb in COLORS.items():
-            ys, xs = np.nonzero(np.abs(quadrant - rgb).sum(-1) < 10)
-            if len(ys) > 20:
-                fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
-                found.add((color, "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle", cell))
-    return found
 
 
 def answer_and_views(kind: str, question: str, clip: list[set]) -> tuple[str, list[set[str]]]:
