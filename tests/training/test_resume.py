@@ -95,6 +95,34 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_adapter(tmp_path, tiny_che
     assert_same_adapter(tmp_path / "resumed", uninterrupted)
 
 
+# Rows of three frames each (the synthetic clips), their image tokens pooled 2x2: the same 6 steps an epoch.
+CLIPS = ["data=synthetic_video", "data.synthetic.num_train=24", "data.synthetic.num_val=8",
+         "data.synthetic.image_size=32", "data.synthetic.num_frames=3", "data.frame_token_pool=2"]  # fmt: skip
+
+
+@pytest.mark.slow  # a reference run and two subprocesses
+def test_sigkill_mid_epoch_on_rows_of_several_pictures_then_resume_gives_the_same_adapter(
+    tmp_path, tiny_checkpoint
+):
+    run = [*RUN, *CLIPS]
+    train.train(compose_config(tmp_path / "uninterrupted", [f"model.path={tiny_checkpoint}", *run]))
+    command = [sys.executable, "train.py", f"model.path={tiny_checkpoint}", *run]
+    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen([*command, f"hydra.run.dir={tmp_path / 'killed'}"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    start = time.perf_counter()
+    while not last.exists() and process.poll() is None and time.perf_counter() - start < 240:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    stderr = process.communicate()[1].decode()
+    assert process.returncode == -signal.SIGKILL, stderr[-3000:]
+    assert torch.load(last, weights_only=True)["global_step"] < 9
+    resumed = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'resumed'}", f"ckpt_path={last}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_adapter(tmp_path / "resumed", tmp_path / "uninterrupted")
+
+
 @pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_sigterm_mid_epoch_writes_last_ckpt_for_that_step_and_resuming_gives_the_same_adapter(
     tmp_path, tiny_checkpoint, uninterrupted
