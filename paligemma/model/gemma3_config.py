@@ -93,10 +93,11 @@ class Gemma3Config:
             raise UnsupportedConfigError(f"model_type={model_type!r} is not a Gemma 3 config")
         d = dict(d)
         text = dict(d.get("text_config") or {})
-        # Top-level token ids apply to the decoder when its own config leaves them out.
+        # Top-level token ids win over the decoder's: hub files list eos [1, 106] (<end_of_turn>) there only, and
+        # transformers 5 writes the text config's default (1) beside it.
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if d.get(key) is not None:
-                text.setdefault(key, d[key])
+                text[key] = d[key]
         d["text_config"] = text
         d["vision_config"] = dict(d.get("vision_config") or {})
         for alias in ("image_token", "boi_token", "eoi_token"):
