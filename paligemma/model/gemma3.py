@@ -18,7 +18,9 @@ from paligemma.model.gemma3_config import Gemma3Config
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaModel
 
 
-def image_blocks(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, image_token_index: int) -> torch.Tensor:
+def image_blocks(
+    input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, image_token_index: int
+) -> torch.Tensor:
     """(B, T) long: k > 0 on the tokens of a row's k-th image (a run of image tokens), 0 on text.
 
     Image tokens are those with ``token_type_ids == 1`` (what Gemma3Processor returns), else those whose id is the
@@ -76,6 +78,7 @@ class Gemma3Model(PaliGemmaModel):
     def attention_masks(self, valid_kv, q_positions, blocks_kv) -> dict[str, torch.Tensor]:
         """``image_block_mask_4d`` per layer type; ``blocks_kv`` from ``Gemma3ForConditionalGeneration.attention_inputs``."""
         text = self.config.text_config
+        assert text.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         windows = {"full_attention": None, "sliding_attention": text.sliding_window}
         return {
             layer_type: image_block_mask_4d(valid_kv, q_positions, blocks_kv, windows[layer_type])

@@ -29,7 +29,9 @@ SO400M_896 = dict(
 
 @dataclass
 class Gemma3Config:
-    vision_config: SiglipVisionConfig = field(default_factory=lambda: SiglipVisionConfig(**SO400M_896))
+    vision_config: SiglipVisionConfig = field(
+        default_factory=lambda: SiglipVisionConfig.from_dict(SO400M_896)
+    )
     text_config: GemmaConfig = field(
         default_factory=lambda: GemmaConfig.from_dict({"model_type": "gemma3_text"})
     )

@@ -10,6 +10,7 @@ from paligemma.model.lora import LoraSettings, lora_config
 from paligemma.model.presets import gemma3_hub_config
 from paligemma.tiny import random_gemma3_batch
 from tests.helpers import randomize_
+from tests.model.test_weights import layout_state_dict, write_checkpoint
 
 # Small Gemma 3 configs that differ where bugs hide. "window3": a window (3) shorter than an image (4 tokens, pooled
 # 2x2 from 4x4 patches), RoPE bases of their own per layer type with linear scaling, GQA. "mqa": one KV head,
@@ -180,6 +181,47 @@ def test_save_pretrained_loads_in_transformers_and_back(tmp_path, config):
         expected = hf(**batch).logits
         for model in (reloaded_hf, reloaded_ours.eval()):
             assert non_pad_diff(model(**batch).logits, expected, batch["attention_mask"]) < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["hub", "transformers5", "transformers4.5x"])
+def test_every_layout_loads_with_reference_logits(tmp_path, layout):
+    config = Gemma3Config.from_dict(GEMMA3_CONFIGS["window3"])
+    hf = hf_reference(config)
+    write_checkpoint(tmp_path, config, layout_state_dict(hf, layout), shards=2)
+    batch = random_gemma3_batch(config, PROMPTS, [3, 1, 2])
+    with torch.no_grad():
+        expected, got = (
+            hf(**batch).logits,
+            Gemma3ForConditionalGeneration.from_pretrained(tmp_path)(**batch).logits,
+        )
+    assert non_pad_diff(got, expected, batch["attention_mask"]) < 1e-5
+
+
+def test_loss_without_full_logits_is_the_same():
+    """PaliGemma's lean loss path (head only where labels are) holds for Gemma 3, gradients included."""
+    model = ours_from_hf(hf_reference(Gemma3Config.from_dict(GEMMA3_CONFIGS["mqa"])))
+    batch = random_gemma3_batch(model.config, PROMPTS, [4, 2, 3])
+    full = model(**batch).loss
+    full.backward()
+    full_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    lean = model(**batch, return_logits=False)
+    lean.loss.backward()
+    torch.testing.assert_close(lean.loss, full, rtol=0, atol=1e-6)
+    for name, p in model.named_parameters():
+        if name in full_grads:
+            torch.testing.assert_close(p.grad, full_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bf16_close_to_fp32():
+    model = ours_from_hf(hf_reference(Gemma3Config.from_dict(GEMMA3_CONFIGS["window3"])))
+    batch = random_gemma3_batch(model.config, PROMPTS, [4, 2, 3])
+    with torch.no_grad():
+        fp32 = model(**batch)
+        bf16 = model.to(torch.bfloat16)(**batch)
+    assert bf16.logits.dtype == torch.bfloat16
+    assert non_pad_diff(fp32.logits, bf16.logits.float(), batch["attention_mask"]) < 0.05
+    assert abs(fp32.loss.item() - bf16.loss.item()) < 0.02
 
 
 def test_config_reads_both_transformers_spellings():
