@@ -21,6 +21,7 @@ from paligemma.data.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processo
 from paligemma.errors import ConfigError, RunError, one_line
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.gemma import GemmaRMSNorm
+from paligemma.model.gemma3 import Gemma3MultiModalProjector
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 TINY_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -35,7 +36,7 @@ TINY_TEXTS_BY_DECODER = {"gemma": TINY_TEXT, "gemma2": TINY_TEXT_GEMMA2}
 
 
 def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
-    """Initialise by module type: Normal(0, std) matrices, embeddings and convolutions, zero biases,
+    """Initialise by module type: Normal(0, std) matrices (Gemma 3's projector too), embeddings and convolutions, zero biases,
     LayerNorm (w, b) = (1, 0), Gemma RMSNorm w = 0 (its scale is 1 + w: identity).
 
     A module type with parameters of its own and no rule here is an error, not a silent zero.
@@ -52,6 +53,9 @@ def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
                 module.bias.zero_()
             elif isinstance(module, GemmaRMSNorm):
                 module.weight.zero_()
+            elif isinstance(module, Gemma3MultiModalProjector):  # its matrix is a parameter of its own
+                weight = module.mm_input_projection_weight
+                weight.copy_(torch.randn(weight.shape, generator=gen) * std)
             elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
                 bias = getattr(module, "bias", None)  # nn.Embedding has none
