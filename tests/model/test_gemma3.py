@@ -224,6 +224,17 @@ def test_bf16_close_to_fp32():
     assert abs(fp32.loss.item() - bf16.loss.item()) < 0.02
 
 
+def test_bf16_matches_transformers_bf16():
+    config = Gemma3Config.from_dict(GEMMA3_CONFIGS["mqa"])
+    hf = hf_reference(config)
+    ours = ours_from_hf(hf).to(torch.bfloat16)
+    hf = hf.to(torch.bfloat16)
+    batch = random_gemma3_batch(config, PROMPTS, [4, 2, 3])
+    with torch.no_grad():
+        ref, out = hf(**batch), ours(**batch)
+    assert non_pad_diff(ref.logits.float(), out.logits.float(), batch["attention_mask"]) < 0.03
+
+
 def test_config_reads_both_transformers_spellings():
     """transformers 4.5x writes rope_theta / rope_local_base_freq / rope_scaling and sliding_window_pattern;
     5 writes rope_parameters per layer type and layer_types. Both read the same, and ours writes what both read."""
