@@ -246,13 +246,18 @@ class GemmaModel(nn.Module):
         return self.embed_tokens(input_ids) * normalizer
 
     def attention_masks(
-        self, valid_kv: torch.Tensor, q_positions: torch.Tensor, prefix_kv: torch.Tensor | None = None
+        self,
+        valid_kv: torch.Tensor,
+        q_positions: torch.Tensor,
+        prefix_kv: torch.Tensor | None = None,
+        mask_4d=attention_mask_4d,
     ) -> dict[str, torch.Tensor]:
-        """The (B, 1, T, L) masks of ``attention_mask_4d``, one per layer type the decoder has."""
+        """The (B, 1, T, L) masks of ``mask_4d``, one per layer type the decoder has: ``attention_mask_4d``, or
+        a function of the same arguments (Gemma 3: ``image_block_mask_4d``, prefix_kv holding image blocks)."""
         windows = {"full_attention": None, "sliding_attention": self.config.sliding_window}
         assert self.config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         return {
-            layer_type: attention_mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
+            layer_type: mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
             for layer_type in set(self.config.layer_types)
         }
 
