@@ -77,13 +77,7 @@ class Gemma3Model(PaliGemmaModel):
 
     def attention_masks(self, valid_kv, q_positions, blocks_kv) -> dict[str, torch.Tensor]:
         """``image_block_mask_4d`` per layer type; ``blocks_kv`` from ``Gemma3ForConditionalGeneration.attention_inputs``."""
-        text = self.config.text_config
-        assert text.layer_types is not None  # GemmaConfig.__post_init__ fills it in
-        windows = {"full_attention": None, "sliding_attention": text.sliding_window}
-        return {
-            layer_type: image_block_mask_4d(valid_kv, q_positions, blocks_kv, windows[layer_type])
-            for layer_type in set(text.layer_types)
-        }
+        return self.language_model.attention_masks(valid_kv, q_positions, blocks_kv, image_block_mask_4d)
 
 
 class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
