@@ -10,6 +10,8 @@ The names below load on first use, so that importing one layer does not import t
 import importlib
 
 _EXPORTS = {
+    "Gemma3Config": "paligemma.model.gemma3_config",
+    "Gemma3ForConditionalGeneration": "paligemma.model.gemma3",
     "GemmaConfig": "paligemma.model.config",
     "PaliGemmaConfig": "paligemma.model.config",
     "SiglipVisionConfig": "paligemma.model.config",

@@ -21,6 +21,7 @@ from paligemma.data.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processo
 from paligemma.errors import ConfigError, RunError, one_line
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.gemma import GemmaRMSNorm
+from paligemma.model.gemma3 import Gemma3MultiModalProjector
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 TINY_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -35,7 +36,7 @@ TINY_TEXTS_BY_DECODER = {"gemma": TINY_TEXT, "gemma2": TINY_TEXT_GEMMA2}
 
 
 def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
-    """Initialise by module type: Normal(0, std) matrices, embeddings and convolutions, zero biases,
+    """Initialise by module type: Normal(0, std) matrices (Gemma 3's projector too), embeddings and convolutions, zero biases,
     LayerNorm (w, b) = (1, 0), Gemma RMSNorm w = 0 (its scale is 1 + w: identity).
 
     A module type with parameters of its own and no rule here is an error, not a silent zero.
@@ -52,6 +53,9 @@ def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
                 module.bias.zero_()
             elif isinstance(module, GemmaRMSNorm):
                 module.weight.zero_()
+            elif isinstance(module, Gemma3MultiModalProjector):  # its matrix is a parameter of its own
+                weight = module.mm_input_projection_weight
+                weight.copy_(torch.randn(weight.shape, generator=gen) * std)
             elif isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std)
                 bias = getattr(module, "bias", None)  # nn.Embedding has none
@@ -140,6 +144,53 @@ def random_batch(
         "token_type_ids": torch.tensor(types),
         "labels": torch.tensor(labels),
         "pixel_values": pixels,
+    }
+
+
+def random_gemma3_batch(config, prompts, answer_lens, seed: int = 0, padding_side="right"):
+    """A Gemma 3 training-style batch: <bos> + prompt | answer + <eos>, then padding; labels on the answer only.
+
+    ``prompts``: per row a list of segments, an int n for n random text tokens or "image" for <start_of_image>,
+    ``mm_tokens_per_image`` image tokens and <end_of_image>. Text ids avoid the special ids (0-3) and the image ids.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    text = config.text_config
+    image = (
+        [config.boi_token_index]
+        + [config.image_token_index] * config.mm_tokens_per_image
+        + [config.eoi_token_index]
+    )
+    lowest_special = min(config.boi_token_index, config.eoi_token_index, config.image_token_index)
+    rows, n_images = [], 0
+    for segments, answer_len in zip(prompts, answer_lens, strict=True):
+        prompt = [text.bos_token_id]
+        for segment in segments:
+            prompt += (
+                image
+                if segment == "image"
+                else torch.randint(4, lowest_special, (segment,), generator=gen).tolist()
+            )
+            n_images += segment == "image"
+        answer = torch.randint(4, lowest_special, (answer_len,), generator=gen).tolist()
+        rows.append((prompt, answer + text.stop_token_ids[:1] if answer_len else []))
+    width = max(len(p) + len(a) for p, a in rows)
+    ids, mask, labels = [], [], []
+    for prompt, answer in rows:
+        pad = width - len(prompt) - len(answer)
+        row = [(i, 1, -100) for i in prompt] + [(i, 1, i) for i in answer]
+        padding = [(text.pad_token_id, 0, -100)] * pad
+        row = row + padding if padding_side == "right" else padding + row
+        ids.append([i for i, _, _ in row])
+        mask.append([m for _, m, _ in row])
+        labels.append([label for _, _, label in row])
+    input_ids = torch.tensor(ids)
+    vision = config.vision_config
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.tensor(mask),
+        "token_type_ids": (input_ids == config.image_token_index).long(),
+        "labels": torch.tensor(labels),
+        "pixel_values": torch.randn(n_images, 3, vision.image_size, vision.image_size, generator=gen),
     }
 
 

@@ -6,7 +6,12 @@ import torch
 import transformers
 from torch import nn
 
-from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+)
 from paligemma.model.gemma import GemmaRMSNorm
 from paligemma.tiny import TINY_TEXT, TINY_VISION, init_weights_, random_batch
 from tests.helpers import ROOT
@@ -30,6 +35,21 @@ def test_init_weights_sets_each_module_type_by_its_rule():
             bias = getattr(module, "bias", None)
             assert bias is None or bool((bias == 0).all()), name
     assert model.lm_head.weight is model.language_model.embed_tokens.weight
+
+
+def test_init_weights_knows_gemma3s_projector_and_qk_norms():
+    vision = dict(TINY_VISION, image_size=32)  # 4x4 patches, pooled to 4 tokens
+    text = dict(TINY_TEXT, model_type="gemma3_text", vocab_size=600, sliding_window=8)
+    model = Gemma3ForConditionalGeneration(
+        Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=4, image_token_index=599)
+    )
+    init_weights_(model, std=0.02)
+    assert model.model.multi_modal_projector.mm_input_projection_weight.std().item() == pytest.approx(
+        0.02, rel=0.2
+    )
+    rms_norms = [m for m in model.modules() if isinstance(m, GemmaRMSNorm)]
+    assert len(rms_norms) == 6 * TINY_TEXT["num_hidden_layers"] + 2  # 4 per layer, q and k, final, projector
+    assert all(bool((m.weight == 0).all()) for m in rms_norms)
 
 
 def test_init_weights_refuses_a_module_it_has_no_rule_for():

@@ -3,8 +3,9 @@
 Hub files written by transformers 4.4x leave many fields to their class defaults; the defaults
 below are PaliGemma-3B's, so those files read correctly (SigLIP: gelu_pytorch_tanh, layer_norm_eps 1e-6, image
 224; Gemma: head_dim 256, rope_theta 10000, rms_norm_eps 1e-6, a tied LM head). One ``GemmaConfig``
-describes both decoders: ``model_type`` "gemma2" (PaliGemma 2) turns on the four norms per layer,
-soft-capping and sliding-window attention, with Gemma 2's defaults for the fields a file leaves out.
+describes every decoder: ``model_type`` "gemma2" (PaliGemma 2) turns on the four norms per layer,
+soft-capping and sliding-window attention, with Gemma 2's defaults for the fields a file leaves out;
+"gemma3_text" (Gemma 3) adds RMSNorm on each query and key head and a RoPE base per layer type.
 """
 
 from __future__ import annotations
@@ -90,12 +91,27 @@ GEMMA2_DEFAULTS = {
     "final_logit_softcapping": 30.0,
     "sliding_window": 4096,
 }
+# Fields a Gemma 3 text config may leave out: transformers' Gemma3TextConfig defaults.
+GEMMA3_DEFAULTS = {
+    "vocab_size": 262208,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 131072,
+    "query_pre_attn_scalar": 256,
+    "sliding_window": 4096,
+    "rope_theta": 1_000_000.0,
+    "rope_local_base_freq": 10_000.0,
+}
 LAYER_TYPES = ("full_attention", "sliding_attention")
+MODEL_TYPES = ("gemma", "gemma2", "gemma3_text")
 
 
 @dataclass
 class GemmaConfig:
-    model_type: str = "gemma"  # "gemma2": PaliGemma 2's decoder
+    model_type: str = "gemma"  # "gemma2": PaliGemma 2's decoder; "gemma3_text": Gemma 3's
     vocab_size: int = 257216
     hidden_size: int = 2048
     intermediate_size: int = 16384
@@ -117,14 +133,22 @@ class GemmaConfig:
     final_logit_softcapping: float | None = None
     sliding_window: int | None = None
     layer_types: list[str] | None = None  # per layer; Gemma 2 default: even layers slide
+    # Gemma 3 only: the sliding layers' RoPE base (None: rope_theta) and the full layers' linear RoPE scaling
+    # (positions divided by the factor; 4B+).
+    rope_local_base_freq: float | None = None
+    rope_scaling_factor: float | None = None
 
     def __post_init__(self):
         _check_activation(self.hidden_act, "text_config")
-        if self.model_type not in ("gemma", "gemma2"):
+        if self.model_type not in MODEL_TYPES:
             raise UnsupportedConfigError(
-                f"text_config.model_type={self.model_type!r} is not supported: PaliGemma's decoders are "
-                "'gemma' (PaliGemma 1) and 'gemma2' (PaliGemma 2)"
+                f"text_config.model_type={self.model_type!r} is not supported: the decoders are "
+                "'gemma' (PaliGemma 1), 'gemma2' (PaliGemma 2) and 'gemma3_text' (Gemma 3)"
             )
+        if (
+            self.model_type == "gemma3_text"
+        ):  # Gemma 3's attention never soft-caps (transformers ignores the field)
+            self.attn_logit_softcapping = None
         if self.num_attention_heads % self.num_key_value_heads:
             raise UnsupportedConfigError(
                 f"text_config.num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -149,8 +173,24 @@ class GemmaConfig:
 
     @property
     def sandwich_norms(self) -> bool:
-        """Gemma 2's layer: norms after attention and around the MLP too, not only before each."""
-        return self.model_type == "gemma2"
+        """Gemma 2's layer (and Gemma 3's): norms after attention and around the MLP too, not only before each."""
+        return self.model_type in ("gemma2", "gemma3_text")
+
+    @property
+    def qk_norm(self) -> bool:
+        """Gemma 3: an RMSNorm over each query and key head, before the rotary embedding."""
+        return self.model_type == "gemma3_text"
+
+    @property
+    def rope_by_layer_type(self) -> dict[str, tuple[float, float]]:
+        """Layer type -> (RoPE base, linear position scaling factor)."""
+        assert self.layer_types is not None  # __post_init__ fills it in
+        bases = {
+            "full_attention": self.rope_theta,
+            "sliding_attention": self.rope_local_base_freq or self.rope_theta,
+        }
+        factors = {"full_attention": self.rope_scaling_factor or 1.0, "sliding_attention": 1.0}
+        return {layer_type: (bases[layer_type], factors[layer_type]) for layer_type in set(self.layer_types)}
 
     @property
     def attention_scale(self) -> float:
@@ -167,6 +207,8 @@ class GemmaConfig:
         model_type = d.setdefault("model_type", "gemma")
         if model_type == "gemma2":
             d = {**GEMMA2_DEFAULTS, **d}
+        if model_type == "gemma3_text":
+            return cls(**_known_fields(cls, gemma3_fields({**GEMMA3_DEFAULTS, **d})))
         if d.get("use_bidirectional_attention") is False:
             raise UnsupportedConfigError(
                 "text_config.use_bidirectional_attention=false is not supported: PaliGemma's image + prompt "
@@ -186,11 +228,65 @@ class GemmaConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rope_parameters"] = {"rope_type": "default", "rope_theta": d["rope_theta"]}
+        if self.model_type == "gemma3_text":
+            d.update(gemma3_rope_dict(self))
+        else:
+            del d["rope_local_base_freq"], d["rope_scaling_factor"]
         if self.model_type == "gemma":
             for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
                 del d[name]
             del d["sliding_window"], d["layer_types"]
         return {**d, "hidden_activation": self.hidden_act, "tie_word_embeddings": True}
+
+
+def gemma3_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """A gemma3_text config dict (defaults filled in) as GemmaConfig fields: transformers 5 writes the RoPE settings
+    per layer type (``rope_parameters``), 4.5x as ``rope_theta``, ``rope_local_base_freq`` and ``rope_scaling``;
+    ``layer_types`` may be left to ``sliding_window_pattern`` (every 6th layer full)."""
+    if d.get("use_bidirectional_attention"):
+        raise UnsupportedConfigError(
+            "text_config.use_bidirectional_attention=true (an embedding model) is not supported: Gemma 3's text is causal"
+        )
+    d = dict(d, hidden_act=d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh")
+    params = d.get("rope_parameters") or {}
+    full = {**(d.get("rope_scaling") or {}), **(params.get("full_attention") or {})}
+    sliding = params.get("sliding_attention") or {}
+    for layer_type, rope, allowed in (
+        ("full_attention", full, ("default", "linear")),
+        ("sliding_attention", sliding, ("default",)),
+    ):
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in allowed:
+            raise UnsupportedConfigError(
+                f"text_config rope_type={rope_type!r} on {layer_type} layers is not supported"
+            )
+    d["rope_theta"] = full.get("rope_theta", d["rope_theta"])
+    d["rope_local_base_freq"] = sliding.get("rope_theta", d["rope_local_base_freq"])
+    d["rope_scaling_factor"] = (
+        full.get("factor") if full.get("rope_type", full.get("type")) == "linear" else None
+    )
+    if d.get("layer_types") is None:
+        pattern = d.get("sliding_window_pattern") or 6
+        d["layer_types"] = [LAYER_TYPES[bool((i + 1) % pattern)] for i in range(d["num_hidden_layers"])]
+    return d
+
+
+def gemma3_rope_dict(config: GemmaConfig) -> dict[str, Any]:
+    """Gemma 3's RoPE settings in both of transformers' spellings (5: ``rope_parameters``; 4.5x: the rest)."""
+    full = {"rope_type": "default", "rope_theta": config.rope_theta}
+    scaling = None
+    if config.rope_scaling_factor is not None:
+        scaling = {"rope_type": "linear", "factor": config.rope_scaling_factor}
+        full.update(scaling)
+    local_base = config.rope_local_base_freq or config.rope_theta
+    return {
+        "rope_parameters": {
+            "full_attention": full,
+            "sliding_attention": {"rope_type": "default", "rope_theta": local_base},
+        },
+        "rope_local_base_freq": local_base,
+        "rope_scaling": scaling,
+    }
 
 
 @dataclass

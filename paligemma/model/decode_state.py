@@ -19,8 +19,9 @@ class DecodeState:
 
     # layer type -> (N, 1, max_new_tokens, L) bool, L = prompt + max_new_tokens
     masks: dict[str, torch.Tensor]
-    cos: torch.Tensor  # (N, max_new_tokens, head_dim) for the positions the new tokens take
-    sin: torch.Tensor
+    # layer type -> (N, max_new_tokens, head_dim) for the positions the new tokens take
+    cos: dict[str, torch.Tensor]
+    sin: dict[str, torch.Tensor]
     caches: list[KVCache]
     prompt_len: int
     length: int
@@ -30,16 +31,19 @@ class DecodeState:
         """Decode steps fed so far."""
         return self.length - self.prompt_len
 
-    def advance(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    def advance(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Make room for one more fed token; return its (N, 1, 1, length) masks and (N, 1, hd) cos, sin."""
         k = self.step
         self.length += 1
         masks = {name: mask[:, :, k : k + 1, : self.length] for name, mask in self.masks.items()}
-        return masks, self.cos[:, k : k + 1], self.sin[:, k : k + 1]
+        cos = {name: c[:, k : k + 1] for name, c in self.cos.items()}
+        sin = {name: s[:, k : k + 1] for name, s in self.sin.items()}
+        return masks, cos, sin
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep rows ``rows`` (M,), in that order; M may differ from N (beams expanding their prompt)."""
         self.masks = {name: mask[rows] for name, mask in self.masks.items()}
-        self.cos, self.sin = self.cos[rows], self.sin[rows]
+        self.cos = {name: c[rows] for name, c in self.cos.items()}
+        self.sin = {name: s[rows] for name, s in self.sin.items()}
         for cache in self.caches:
             cache.reorder(rows)

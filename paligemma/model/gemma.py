@@ -1,6 +1,7 @@
-"""Gemma decoder, 1 and 2 by config: RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
+"""Gemma decoder, 1, 2 and 3 by config: RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
 GeGLU MLP. Gemma 2 (PaliGemma 2) adds norms after attention and around the MLP, tanh soft-capping of
-attention scores and logits, and a sliding window on alternate layers."""
+attention scores and logits, and a sliding window on alternate layers. Gemma 3 drops the soft-caps, norms each
+query and key head, and gives sliding and full layers RoPE bases of their own."""
 
 from functools import partial
 
@@ -101,18 +102,23 @@ class GemmaRMSNorm(nn.Module):
 
 
 class GemmaRotaryEmbedding(nn.Module):
+    """Rotary angles per layer type: (base, linear scaling factor) from ``GemmaConfig.rope_by_layer_type``."""
+
     def __init__(self, config: GemmaConfig):
         super().__init__()
         self.head_dim = config.head_dim
-        self.theta = config.rope_theta
+        self.rope = config.rope_by_layer_type
 
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids (B, T) -> cos, sin (B, T, head_dim) in x's dtype."""
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[dict, dict]:
+        """position_ids (B, T) -> cos, sin: layer type -> (B, T, head_dim) in x's dtype."""
         exponents = torch.arange(0, self.head_dim, 2, device=x.device).float() / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponents)
-        freqs = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        cos, sin = {}, {}
+        for layer_type, (theta, factor) in self.rope.items():
+            inv_freq = 1.0 / (theta**exponents) / factor
+            freqs = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            cos[layer_type], sin[layer_type] = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        return cos, sin
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -140,15 +146,23 @@ class GemmaAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.qk_norm = config.qk_norm
+        if self.qk_norm:
+            self.q_norm = GemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = GemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
     def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None, queries_from: int = 0):
         """(B, T, D) -> (B, T - queries_from, D): keys and values from every position, queries from
-        ``queries_from`` on (training's last layer: only the positions the loss reads)."""
+        ``queries_from`` on (training's last layer: only the positions the loss reads). cos, sin and masks map
+        layer types to their tensors."""
         B, T, _ = x.shape
         Tq = T - queries_from
+        cos, sin = cos[self.layer_type], sin[self.layer_type]  # (B, T, hd)
         q = self.q_proj(x[:, queries_from:]).view(B, Tq, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, cos[:, queries_from:], sin[:, queries_from:])  # (B, H, Tq, hd)
         k = apply_rotary(k, cos, sin)
         if kv_cache is not None:
@@ -232,13 +246,18 @@ class GemmaModel(nn.Module):
         return self.embed_tokens(input_ids) * normalizer
 
     def attention_masks(
-        self, valid_kv: torch.Tensor, q_positions: torch.Tensor, prefix_kv: torch.Tensor | None = None
+        self,
+        valid_kv: torch.Tensor,
+        q_positions: torch.Tensor,
+        prefix_kv: torch.Tensor | None = None,
+        mask_4d=attention_mask_4d,
     ) -> dict[str, torch.Tensor]:
-        """The (B, 1, T, L) masks of ``attention_mask_4d``, one per layer type the decoder has."""
+        """The (B, 1, T, L) masks of ``mask_4d``, one per layer type the decoder has: ``attention_mask_4d``, or
+        a function of the same arguments (Gemma 3: ``image_block_mask_4d``, prefix_kv holding image blocks)."""
         windows = {"full_attention": None, "sliding_attention": self.config.sliding_window}
         assert self.config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         return {
-            layer_type: attention_mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
+            layer_type: mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
             for layer_type in set(self.config.layer_types)
         }
 

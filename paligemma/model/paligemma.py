@@ -72,11 +72,13 @@ class PaliGemmaMultiModalProjector(nn.Module):
 class PaliGemmaModel(nn.Module):
     """Vision tower, projector and decoder, without the LM head."""
 
+    projector_class: type[nn.Module] = PaliGemmaMultiModalProjector
+
     def __init__(self, config: PaliGemmaConfig):
         super().__init__()
         self.config = config
         self.vision_tower = SiglipVisionModel(config.vision_config)
-        self.multi_modal_projector = PaliGemmaMultiModalProjector(config)
+        self.multi_modal_projector = self.projector_class(config)
         self.language_model = GemmaModel(config.text_config)
         self.feature_cache: ImageFeatureCache | None = None  # frozen towers: features of images seen before
 
@@ -104,8 +106,8 @@ class PaliGemmaModel(nn.Module):
             n_images = 0 if image_features is None else image_features.shape[0]
             raise ValueError(
                 f"input_ids hold {n_tokens} image tokens (id {self.config.image_token_index}) but "
-                f"{n_images} image(s) give {n_features} features; each prompt must start with "
-                f"{self.config.num_image_tokens} image tokens per image (PaliGemmaProcessor builds them)"
+                f"{n_images} image(s) give {n_features} features; each image needs "
+                f"{self.config.num_image_tokens} image tokens in the prompt (the processor places them)"
             )
         if image_features is None:
             return embeds
@@ -124,20 +126,32 @@ class PaliGemmaModel(nn.Module):
         of positions ``outputs_from`` on."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-        masks = self.language_model.attention_masks(attention_mask, q_positions, prefix_mask)
+        masks = self.attention_masks(attention_mask, q_positions, prefix_mask)
         return self.language_model(inputs_embeds, position_ids, masks, kv_caches, outputs_from)
+
+    def attention_masks(self, valid_kv, q_positions, prefix_kv) -> dict[str, torch.Tensor]:
+        """The decoder's (B, 1, T, L) masks per layer type: PaliGemma's prefix-LM (``prefix_kv`` from
+        ``PaliGemmaForConditionalGeneration.attention_inputs``)."""
+        return self.language_model.attention_masks(valid_kv, q_positions, prefix_kv)
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
+    config_class = PaliGemmaConfig  # what from_pretrained reads config.json as
+    model_class = PaliGemmaModel
+
     def __init__(self, config: PaliGemmaConfig):
         super().__init__()
         self.config = config
-        self.model = PaliGemmaModel(config)
+        self.model = self.model_class(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         self.lm_head.weight = self.model.language_model.embed_tokens.weight
+
+    def attention_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        """(valid, prefix, position_ids), each (B, T): see ``prefix_lm_inputs``."""
+        return prefix_lm_inputs(input_ids, attention_mask, token_type_ids, labels, self.config.ignore_index)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied LM head, soft-capped where the decoder's config says so (PaliGemma 2: 30; null: off)."""
@@ -171,12 +185,10 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     ) -> ModelOutput:
         """Logits for every position and, given labels, the mean loss over labels != -100.
 
-        The prefix-LM inputs come from ``prefix_lm_inputs``. ``return_logits=False`` computes the head only
+        The prefix-LM inputs come from ``attention_inputs``. ``return_logits=False`` computes the head only
         where the loss needs it (saves B*T*V memory).
         """
-        valid, prefix, positions = prefix_lm_inputs(
-            input_ids, attention_mask, token_type_ids, labels, self.config.ignore_index
-        )
+        valid, prefix, positions = self.attention_inputs(input_ids, attention_mask, token_type_ids, labels)
         positions = positions if position_ids is None else position_ids
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         start = 0 if return_logits or labels is None else self._first_predicting(labels)
@@ -215,7 +227,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     ) -> tuple[torch.Tensor, DecodeState]:
         """Run a left-padded prompt batch once: (B, V) next-token logits and the state for ``decode_step``,
         with caches and masks allocated for ``max_new_tokens`` more tokens."""
-        valid, prefix, positions = prefix_lm_inputs(input_ids, attention_mask, token_type_ids)
+        valid, prefix, positions = self.attention_inputs(input_ids, attention_mask, token_type_ids)
         if not bool(valid[:, -1].all()):
             raise ValueError(
                 "generation needs left-padded prompts: use the processor with padding_side='left'"
@@ -233,7 +245,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         steps = torch.arange(1, max_new_tokens + 1, device=valid.device)
         new_positions = positions[:, -1:] + steps  # (B, max_new_tokens)
         cos, sin = self.language_model.rotary_emb(embeds, new_positions)
-        masks = self.language_model.attention_masks(
+        masks = self.model.attention_masks(
             F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(prefix, (0, max_new_tokens))
         )  # (B, 1, max_new_tokens, P + max_new_tokens) per layer type
         return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)

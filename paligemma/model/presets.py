@@ -1,5 +1,6 @@
 """The hub checkpoints' configs, to build a model of real size without downloading one (meta-device
-counts, memory and speed benchmarks): ``PaliGemmaConfig.from_dict(hub_config("paligemma2-3b-pt-224"))``."""
+counts, memory and speed benchmarks): ``PaliGemmaConfig.from_dict(hub_config("paligemma2-3b-pt-224"))``,
+``Gemma3Config.from_dict(gemma3_hub_config("gemma-3-4b-it"))``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,39 @@ DECODERS = {
     "paligemma2-28b": dict(model_type="gemma2", hidden_size=4608, intermediate_size=36864, num_hidden_layers=46,
                            num_attention_heads=32, num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=144),
 }  # fmt: skip
+
+
+# Gemma 3's decoders by size, as the hub's config.json files list them (the rest: Gemma3TextConfig's defaults).
+GEMMA3_DECODERS = {
+    "gemma-3-4b": dict(hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256),
+    "gemma-3-12b": dict(hidden_size=3840, intermediate_size=15360, num_hidden_layers=48, num_attention_heads=16,
+                        num_key_value_heads=8, head_dim=256, query_pre_attn_scalar=256),
+    "gemma-3-27b": dict(hidden_size=5376, intermediate_size=21504, num_hidden_layers=62, num_attention_heads=32,
+                        num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=168),
+}  # fmt: skip
+
+
+def gemma3_hub_config(name: str) -> dict[str, Any]:
+    """The config dict of ``google/gemma-3-{4b,12b,27b}-{pt,it}`` (pt and it share their architecture; it stops at
+    ``<end_of_turn>``, 106, too)."""
+    size, _, variant = name.rpartition("-")
+    if size not in GEMMA3_DECODERS or variant not in ("pt", "it"):
+        raise KeyError(
+            f"{name!r} is not a known Gemma 3 checkpoint; sizes: {sorted(GEMMA3_DECODERS)}, pt or it"
+        )
+    text = dict(GEMMA3_DECODERS[size], model_type="gemma3_text", sliding_window=1024,
+                rope_scaling={"rope_type": "linear", "factor": 8.0})  # fmt: skip
+    return dict(
+        model_type="gemma3",
+        vision_config=dict(SO400M, image_size=896, vision_use_head=False),
+        text_config=text,
+        mm_tokens_per_image=256,
+        boi_token_index=255999,
+        eoi_token_index=256000,
+        image_token_index=262144,
+        eos_token_id=[1, 106] if variant == "it" else 1,
+    )
 
 
 def hub_config(name: str) -> dict[str, Any]:

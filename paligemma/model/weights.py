@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from paligemma.errors import CheckpointError
-from paligemma.model.config import PaliGemmaConfig
 from paligemma.paths import read_json, resolve_model_dir
 
 if TYPE_CHECKING:
@@ -132,7 +131,7 @@ def load_pretrained(
 ) -> ModelT:
     """``on_loaded(model, name)`` runs after each tensor is in place (quantize.py quantizes its layer there)."""
     path = resolve_model_dir(path, MODEL_FILES)
-    config = PaliGemmaConfig.from_pretrained(path)
+    config = cls.config_class.from_pretrained(path)
     with torch.device("meta"):
         model = cls(config)
     expected = {name: p.shape for name, p in model.named_parameters()}  # tied head listed once

@@ -11,11 +11,17 @@ TEXT = dict(vocab_size=200, hidden_size=48, intermediate_size=96, num_hidden_lay
             num_key_value_heads=2, head_dim=24, rope_theta=1000.0)  # fmt: skip
 GEMMA2 = dict(TEXT, model_type="gemma2", num_hidden_layers=3, query_pre_attn_scalar=32, sliding_window=3,
               attn_logit_softcapping=5.0, final_logit_softcapping=4.0)  # fmt: skip
+# Gemma 3: q/k norms, a RoPE base per layer type with linear scaling on full layers, window 3, final soft-cap (the
+# text-only model applies it).
+GEMMA3 = dict(TEXT, model_type="gemma3_text", num_hidden_layers=3, query_pre_attn_scalar=32, sliding_window=3,
+              sliding_window_pattern=2, rope_local_base_freq=70.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+              final_logit_softcapping=4.0)  # fmt: skip
 REFERENCE_CLASSES = {"gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
-                     "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM)}  # fmt: skip
+                     "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+                     "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}  # fmt: skip
 
 
-@pytest.mark.parametrize("text", [TEXT, GEMMA2], ids=["gemma", "gemma2"])
+@pytest.mark.parametrize("text", [TEXT, GEMMA2, GEMMA3], ids=["gemma", "gemma2", "gemma3"])
 def test_causal_lm_matches_transformers(text):
     config = GemmaConfig.from_dict(text)
     config_class, model_class = REFERENCE_CLASSES[config.model_type]
