@@ -1,21 +1,32 @@
-"""Per-token decode and prefill of our PaliGemma against transformers: same weights, prompts, precision.
+"""Per-token decode and prefill of our PaliGemma against transformers: same weights, prompts, precision, and the
+memory bandwidth each decode reaches.
 
-    python bench/bench_decode.py [--shapes small-vocab vocab32k --batch-sizes 1 4 --repeats 5 --threads 1 --profile]
+    python bench/bench_decode.py [--shapes small-vocab vocab32k --batch-sizes 1 4 16 --dtypes float32 bfloat16
+                                  --repeats 3 --threads 2 --full-bf16 --profile]
 
-Per-token decode = (generate 33 tokens - generate 1 token) / 32; prefill = generate 1 token. Ours and
-transformers run interleaved in one process and medians are quoted (the machines are shared and noisy).
-Ratios are transformers time / ours: > 1 means we are faster. ``--profile`` prints torch.profiler's top
+A decode step is the time between two consecutive entries into the first decoder layer of one ``generate`` call
+(a forward pre-hook): one whole iteration of the generation loop, its sampling and bookkeeping included, the
+prompt's prefill excluded. Quoted: the median step over every step of every repeat; prefill = the time from the
+call to its first decode step. Ours and transformers run interleaved in one process (the machines are shared and
+noisy). Bandwidth = the bytes a decode step must read (the decoder layers' and the LM head's weights, and the KV
+cache at the median step, all in the dtype measured) / the time per token. Ratios are transformers time / ours:
+> 1 means we are faster. Without native bf16 (AVX2) torch's bf16 matmuls are ~30x slower than fp32: bf16 then runs
+only the first shape at batch <= 4, once, unless ``--full-bf16``. ``--profile`` prints torch.profiler's top
 operators of our decode steps.
 """
 
 import argparse
 import statistics
+import sys
 import time
+from itertools import pairwise
 
 import torch
 import transformers
+from machine import cpu_kind, cpu_name
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.model.precision import native_bf16_cpu
 from paligemma.tiny import random_batch
 
 VISION = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
@@ -36,6 +47,7 @@ SHAPES = {
         image_token_index=31000, projection_dim=512,
     ),
 }  # fmt: skip
+SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def build(shape: str, dtype: torch.dtype, device: str):
@@ -60,17 +72,20 @@ def prompts(config, batch_size: int, dtype: torch.dtype, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def generators(ours, hf, batch: dict) -> dict:
-    """name -> (transformers, ours) callables generating n tokens greedily, all n of them."""
+def generators(ours, hf, batch: dict, new_tokens: int) -> dict:
+    """name -> (callable generating new_tokens greedily, all of them; the first decoder layer it runs)."""
 
-    def run_hf(n):
+    def run_hf():
         with torch.inference_mode():
-            return hf.generate(**batch, max_new_tokens=n, do_sample=False, pad_token_id=0)
+            hf.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-    def run_ours(n):
-        return ours.generate(**batch, max_new_tokens=n, eos_token_id=[])
+    def run_ours():
+        ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[])
 
-    return {"transformers": run_hf, "ours": run_ours}
+    return {
+        "transformers": (run_hf, hf.model.language_model.layers[0]),
+        "ours": (run_ours, ours.language_model.layers[0]),
+    }
 
 
 def sync(device: str) -> None:
@@ -78,25 +93,47 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def timed_steps(run, first_layer, new_tokens: int, device: str) -> tuple[float, list[float]]:
+    """(prefill seconds, decode step seconds) of one generation call: its first layer runs once per forward."""
+    entries = []
+
+    def stamp(module, args):
+        sync(device)
+        entries.append(time.perf_counter())
+
+    handle = first_layer.register_forward_pre_hook(stamp)
+    try:
+        sync(device)
+        start = time.perf_counter()
+        run()
+    finally:
+        handle.remove()
+    if len(entries) != new_tokens:
+        raise RuntimeError(f"{len(entries)} forward passes of the first layer for {new_tokens} new tokens")
+    return entries[1] - start, [end - begin for begin, end in pairwise(entries[1:])]
+
+
 def interleaved_medians(fns: dict, new_tokens: int, repeats: int, device: str) -> dict:
-    """name -> (median prefill seconds, median per-token decode seconds), the names run alternately."""
-    for fn in fns.values():  # warm-up of both lengths measured (and compilation, where a path compiles)
-        for n in (1, new_tokens):
-            fn(n)
-    times = {name: {1: [], new_tokens: []} for name in fns}
+    """name -> (median prefill seconds, median decode step seconds), the names run alternately after a warm-up."""
+    for run, first_layer in fns.values():
+        timed_steps(run, first_layer, new_tokens, device)
+    prefills, steps = {name: [] for name in fns}, {name: [] for name in fns}
     for _ in range(repeats):
-        for n in (1, new_tokens):
-            for name, fn in fns.items():
-                sync(device)
-                start = time.perf_counter()
-                fn(n)
-                sync(device)
-                times[name][n].append(time.perf_counter() - start)
-    out = {}
-    for name, t in times.items():
-        prefill = statistics.median(t[1])
-        out[name] = (prefill, (statistics.median(t[new_tokens]) - prefill) / (new_tokens - 1))
-    return out
+        for name, (run, first_layer) in fns.items():
+            prefill, decode_steps = timed_steps(run, first_layer, new_tokens, device)
+            prefills[name].append(prefill)
+            steps[name].extend(decode_steps)
+    return {name: (statistics.median(prefills[name]), statistics.median(steps[name])) for name in fns}
+
+
+def bytes_read(model, batch_size: int, cache_len: int) -> tuple[int, int]:
+    """(weight bytes, KV cache bytes) a decode step reads: the decoder layers, final norm and LM head; the keys
+    and values of cache_len positions. The embedding table is not read whole (one row per token)."""
+    lm, text = model.language_model, model.config.text_config
+    weights = [*lm.layers.parameters(), *lm.norm.parameters(), model.lm_head.weight]
+    per_position = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim
+    kv = per_position * batch_size * cache_len * model.lm_head.weight.element_size()
+    return sum(p.numel() * p.element_size() for p in weights), kv
 
 
 def profile_decode(ours, batch: dict, new_tokens: int, rows: int = 15) -> None:
@@ -107,48 +144,111 @@ def profile_decode(ours, batch: dict, new_tokens: int, rows: int = 15) -> None:
 
 
 def measure(shape: str, batch_sizes: list[int], dtype_name: str, device: str, new_tokens: int, repeats: int):
-    """Per batch size of one shape: median prefill and per-token decode seconds, transformers and ours."""
+    """Per batch size of one shape: median prefill and decode step seconds, transformers and ours, and the bytes
+    a decode step reads at the median step."""
     dtype = getattr(torch, dtype_name)
     config, ours, hf = build(shape, dtype, device)
     for batch_size in batch_sizes:
         batch = prompts(config, batch_size, dtype, device)
-        r = interleaved_medians(generators(ours, hf, batch), new_tokens, repeats, device)
+        r = interleaved_medians(generators(ours, hf, batch, new_tokens), new_tokens, repeats, device)
         (hf_prefill, hf_token), (ours_prefill, ours_token) = r["transformers"], r["ours"]
-        yield {"shape": shape, "batch": batch_size, "hf_token_s": hf_token, "ours_token_s": ours_token,
-               "decode_speedup": hf_token / ours_token, "hf_prefill_s": hf_prefill,
-               "ours_prefill_s": ours_prefill, "prefill_speedup": hf_prefill / ours_prefill}  # fmt: skip
+        weight_bytes, kv_bytes = bytes_read(ours, batch_size, batch["input_ids"].shape[1] + new_tokens // 2)
+        yield {"shape": shape, "batch": batch_size, "dtype": dtype_name, "hf_token_s": hf_token,
+               "ours_token_s": ours_token, "decode_speedup": hf_token / ours_token, "hf_prefill_s": hf_prefill,
+               "ours_prefill_s": ours_prefill, "prefill_speedup": hf_prefill / ours_prefill,
+               "weight_bytes": weight_bytes, "kv_bytes": kv_bytes}  # fmt: skip
+
+
+def plan(shapes: list[str], batch_sizes: list[int], dtypes: list[str], repeats: int, full_bf16: bool) -> list:
+    """(shape, batch sizes, dtype, repeats) to measure. Without native bf16 a bf16 row costs ~30x its fp32 one:
+    there bf16 runs the first shape at batch <= 4, once, unless full_bf16."""
+    runs = []
+    for dtype in dtypes:
+        cut = dtype == "bfloat16" and not native_bf16_cpu() and not full_bf16
+        sizes = [b for b in batch_sizes if b <= 4] if cut else batch_sizes
+        runs += [(shape, sizes, dtype, 1 if cut else repeats) for shape in (shapes[:1] if cut else shapes)]
+    return runs
+
+
+def measure_all(shapes, batch_sizes, dtypes, device, new_tokens, repeats, full_bf16=False) -> list[dict]:
+    results = []
+    for shape, sizes, dtype, shape_repeats in plan(shapes, batch_sizes, dtypes, repeats, full_bf16):
+        for r in measure(shape, sizes, dtype, device, new_tokens, shape_repeats):
+            results.append(r)
+            print(f"  decode {shape} batch {r['batch']} {dtype}: {r['ours_token_s'] * 1e3:.2f} ms/token ours, "
+                  f"{r['hf_token_s'] * 1e3:.2f} transformers", file=sys.stderr, flush=True)  # fmt: skip
+    return results
+
+
+def decode_table(results: list[dict]) -> str:
+    """Markdown: a row per (shape, batch), ms/token and GB/s per dtype and implementation, then the ratios."""
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
+    by_key = {(r["shape"], r["batch"], r["dtype"]): r for r in results}
+    rows_keys = list(dict.fromkeys((r["shape"], r["batch"]) for r in results))
+    names = " / ".join(SHORT.get(d, d) for d in dtypes)
+
+    def cell(r, seconds_key):
+        if r is None:
+            return "not run"
+        gb_per_s = (r["weight_bytes"] + r["kv_bytes"]) / r[seconds_key] / 1e9
+        return f"{r[seconds_key] * 1e3:.2f} ms, {gb_per_s:.1f} GB/s"
+
+    def joined(rs, fmt):
+        return " / ".join("-" if r is None else fmt(r) for r in rs)
+
+    header = [
+        "shape, batch",
+        f"MB per step, weights + KV: {names}",
+        *[f"{SHORT.get(d, d)} {who}" for d in dtypes for who in ("ours", "transformers")],
+        f"decode speed-up: {names}",
+        f"prefill speed-up: {names}",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for shape, batch in rows_keys:
+        rs = [by_key.get((shape, batch, d)) for d in dtypes]
+        row = [
+            f"{shape}, {batch}",
+            joined(rs, lambda r: f"{r['weight_bytes'] / 1e6:.0f} + {r['kv_bytes'] / 1e6:.1f}"),
+            *[cell(r, key) for r in rs for key in ("ours_token_s", "hf_token_s")],
+            joined(rs, lambda r: f"x{r['decode_speedup']:.2f}"),
+            joined(rs, lambda r: f"x{r['prefill_speedup']:.2f}"),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=sorted(SHAPES))
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(SHORT), default=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--new-tokens", type=int, default=33)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--full-bf16", action="store_true", help="every bf16 row, also without native bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--profile", action="store_true", help="print our decode profile, then exit")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} "
-          f"new_tokens={args.new_tokens} repeats={args.repeats}")  # fmt: skip
+    print(f"{cpu_name()} ({cpu_kind()}), torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"device={args.device} threads={torch.get_num_threads()} new_tokens={args.new_tokens} "
+          f"repeats={args.repeats}")  # fmt: skip
     if args.profile:
-        dtype = getattr(torch, args.dtype)
-        for shape in args.shapes:
-            config, ours, _ = build(shape, dtype, args.device)
-            for batch_size in args.batch_sizes:
-                print(f"== {shape} batch {batch_size}")
-                profile_decode(ours, prompts(config, batch_size, dtype, args.device), args.new_tokens)
+        for dtype_name in args.dtypes:
+            dtype = getattr(torch, dtype_name)
+            for shape in args.shapes:
+                config, ours, _ = build(shape, dtype, args.device)
+                for batch_size in args.batch_sizes:
+                    print(f"== {shape} batch {batch_size} {dtype_name}")
+                    profile_decode(ours, prompts(config, batch_size, dtype, args.device), args.new_tokens)
         return
-    print(f"{'shape':12s} {'batch':>5s} {'decode ms/token: hf':>20s} {'ours':>7s} {'x':>6s}   "
-          f"{'prefill ms: hf':>15s} {'ours':>7s} {'x':>6s}")  # fmt: skip
-    for shape in args.shapes:
-        for r in measure(shape, args.batch_sizes, args.dtype, args.device, args.new_tokens, args.repeats):
-            print(f"{shape:12s} {r['batch']:5d} {r['hf_token_s'] * 1e3:20.2f} {r['ours_token_s'] * 1e3:7.2f} "
-                  f"{r['decode_speedup']:6.2f}   {r['hf_prefill_s'] * 1e3:15.1f} {r['ours_prefill_s'] * 1e3:7.1f} "
-                  f"{r['prefill_speedup']:6.2f}", flush=True)  # fmt: skip
+    start = time.perf_counter()
+    results = measure_all(
+        args.shapes, args.batch_sizes, args.dtypes, args.device, args.new_tokens, args.repeats, args.full_bf16
+    )
+    print(decode_table(results))
+    print(f"Whole run: {time.perf_counter() - start:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,13 @@
     python bench/run_all.py [--threads 2 --repeats 3] --out docs/benchmarks.md
 
 Runs, each side by side with transformers (+ peft) in this process: the LoRA training step and its peak memory
-(bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode and prefill
-(bench_decode.py), and the second epoch with cached image features (bench_feature_cache.py). Ratios are
-transformers time / ours (> 1: we are faster), medians of interleaved repeats.
+(bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode in fp32 and bf16 with
+the bandwidth it reaches, and prefill (bench_decode.py), and the second epoch with cached image features
+(bench_feature_cache.py). Ratios are transformers time / ours (> 1: we are faster), medians of interleaved repeats.
 """
 
 import argparse
 import os
-import platform
 import sys
 import time
 from datetime import date
@@ -24,21 +23,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_decode  # noqa: E402
 import bench_feature_cache  # noqa: E402
 import bench_train  # noqa: E402
+from machine import cpu_kind, cpu_name  # noqa: E402
 
 from paligemma.model.precision import native_bf16_cpu  # noqa: E402
-
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def machine(threads: int) -> str:
     return (
         f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-        f"({torch.backends.cpu.get_cpu_capability()}, {threads} threads), transformers {transformers.__version__}, "
+        f"({cpu_kind()}; {threads} threads), transformers {transformers.__version__}, "
         f"peft {peft.__version__}, load average {os.getloadavg()[0]:.1f} at the start, {date.today()}"
     )
 
@@ -58,21 +51,6 @@ def training_table(dtypes: list[str], repeats: int) -> str:
             print(f"  train {shape} {dtype}: x{r['speedup']:.2f}", file=sys.stderr, flush=True)
     header = ["shape", "dtype", "batch", "step: transformers+peft", "ours", "speed-up", "peak MB: transformers+peft",
               "ours"]  # fmt: skip
-    return table(header, rows)
-
-
-def decode_table(repeats: int) -> str:
-    rows = []
-    for shape in bench_decode.SHAPES:
-        for r in bench_decode.measure(shape, [1, 4], "float32", "cpu", new_tokens=33, repeats=repeats):
-            rows.append([shape, str(r["batch"]), f"{r['hf_token_s'] * 1e3:.1f}", f"{r['ours_token_s'] * 1e3:.1f}",
-                         f"x{r['decode_speedup']:.2f}", f"x{r['prefill_speedup']:.2f}"])  # fmt: skip
-            print(
-                f"  decode {shape} batch {r['batch']}: x{r['decode_speedup']:.2f}",
-                file=sys.stderr,
-                flush=True,
-            )
-    header = ["shape", "batch", "decode ms/token: transformers", "ours", "speed-up", "prefill speed-up"]
     return table(header, rows)
 
 
@@ -105,13 +83,21 @@ def main() -> None:
         f"Measured on: {machine(torch.get_num_threads())}.",
         "LoRA r=8 training step (forward + backward, train mode; peak = resident high-water mark growth of one "
         "step, each implementation alone in a fresh process):\n\n" + training_table(dtypes, args.repeats),
-        "Per-token decode ((generate 33 - generate 1) / 32, greedy, float32) and prefill (generate 1):\n\n"
-        + decode_table(args.repeats),
+        "Greedy decode, 33 new tokens (bench_decode.py): the median decode step (one iteration of the generation "
+        "loop, sampling included) in ms/token, and the bandwidth it reaches: the bytes a step must read (the "
+        "decoder layers' and LM head's weights, and the KV cache at the median step, in the dtype measured) / its "
+        "time. Prefill = the call's time to its first decode step. Without native bf16, bf16 runs the first shape "
+        "at batch <= 4, once (it is ~30x slower there):\n\n"
+        + bench_decode.decode_table(
+            bench_decode.measure_all(
+                list(bench_decode.SHAPES), [1, 4, 16], ["float32", "bfloat16"], "cpu", 33, args.repeats
+            )
+        ),
         "Cached image features (`model.cache_image_features=true`), small-vocab, LoRA training over the same "
         "batches twice:\n\n" + feature_cache_table(),
     ]
     if "bfloat16" not in dtypes:
-        sections.append("bf16 not measured: this CPU has no native bf16 (AVX512-BF16 or AMX).")
+        sections.append("bf16 training not measured: this CPU has no native bf16 (AVX512-BF16 or AMX).")
     if not torch.cuda.is_available():
         sections.append("GPU rows: no GPU here; `python bench/gpu_check.py` measures them on one.")
     sections.append(f"Whole run: {time.perf_counter() - start:.0f} s.")

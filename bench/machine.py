@@ -1,0 +1,28 @@
+"""Which CPU a benchmark ran on, and whether it has the bf16 instructions that decide which kernels torch runs."""
+
+import platform
+from pathlib import Path
+
+import torch
+
+from paligemma.model.precision import native_bf16_cpu
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpuinfo_lines() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+
+
+def cpu_name() -> str:
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo_lines() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def cpu_kind() -> str:
+    """torch's CPU capability, the bf16 flags /proc/cpuinfo lists, and whether torch computes bf16 natively."""
+    flags = {flag for line in cpuinfo_lines() if line.startswith("flags") for flag in line.split()}
+    listed = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in BF16_FLAGS)
+    native = "yes" if native_bf16_cpu() else "no"
+    return f"{torch.backends.cpu.get_cpu_capability()}; /proc/cpuinfo: {listed}; native bf16: {native}"
