@@ -330,3 +330,21 @@ def test_rows_of_several_pictures_train_and_evaluate_to_the_same_metric(tmp_path
                       "data.val_batch_size=8", "data.max_val_samples=8", "generation.max_new_tokens=4"]  # fmt: skip
     evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
     assert evaluated["val/vqa_accuracy"] == results["val/vqa_accuracy"]
+
+
+@pytest.mark.slow  # two short runs
+def test_packed_run_trains_the_unpacked_runs_adapter(tmp_path, tiny_checkpoint):
+    """data.packing=true end to end: the same rows per step, so the same losses and adapter as unpacked."""
+    overrides = [f"model.path={tiny_checkpoint}", "logger=csv", *FAST, *SYNTHETIC, "data=synthetic_captions",
+                 "lora.dropout=0.0", "zero_shot=false", "data.max_length=192"]  # fmt: skip
+    runs = {}
+    for packing in (False, True):
+        run = tmp_path / f"packing_{packing}"
+        results = train.train(compose_config(run, [*overrides, f"data.packing={packing}"]))
+        assert math.isfinite(results["val/loss"]) and results["data/skipped"] == 0
+        losses = [float(row["train/loss"]) for row in csv_rows(run) if row.get("train/loss")]
+        runs[packing] = losses, load_file(run / "adapter" / "adapter_model.safetensors")
+    (losses, adapter), (packed_losses, packed_adapter) = runs[False], runs[True]
+    assert len(losses) == 3 and packed_losses == pytest.approx(losses, rel=1e-5)
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(packed_adapter[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
