@@ -361,11 +361,28 @@ def test_a_directory_of_clips_trains_with_pooled_frame_tokens_and_a_corrupt_clip
                   "data.video_column=video", "data.num_frames=3", "data.frame_token_pool=2"]  # fmt: skip
         run = compose_config(tmp_path / f"run-{corrupt}", [*common, *FAST, "data.max_val_samples=null"])
         runs[corrupt] = train.train(run)
-    assert (
-        runs[False]["data/skipped"] == 0 and runs[True]["data/skipped"] == 2
-    )  # a corrupt clip in each split
+    assert runs[False]["data/skipped"] == 0
+    assert runs[True]["data/skipped"] == 2  # a corrupt clip in each split
     assert 0 <= runs[True]["val/vqa_accuracy"] <= 1
     eval_overrides = [*common, f"model.adapter={tmp_path / 'run-True' / 'adapter'}", "data.num_workers=0",
                       "data.val_batch_size=8", "generation.max_new_tokens=4"]  # fmt: skip
     evaluated = evaluate.evaluate(compose_config(tmp_path / "eval", eval_overrides, config_name="eval"))
     assert evaluated["val/vqa_accuracy"] == runs[True]["val/vqa_accuracy"] and evaluated["data/skipped"] == 1
+
+
+@pytest.mark.slow  # two short runs
+def test_packed_run_trains_the_unpacked_runs_adapter(tmp_path, tiny_checkpoint):
+    """data.packing=true end to end: the same rows per step, so the same losses and adapter as unpacked."""
+    overrides = [f"model.path={tiny_checkpoint}", "logger=csv", *FAST, *SYNTHETIC, "data=synthetic_captions",
+                 "lora.dropout=0.0", "zero_shot=false", "data.max_length=192"]  # fmt: skip
+    runs = {}
+    for packing in (False, True):
+        run = tmp_path / f"packing_{packing}"
+        results = train.train(compose_config(run, [*overrides, f"data.packing={packing}"]))
+        assert math.isfinite(results["val/loss"]) and results["data/skipped"] == 0
+        losses = [float(row["train/loss"]) for row in csv_rows(run) if row.get("train/loss")]
+        runs[packing] = losses, load_file(run / "adapter" / "adapter_model.safetensors")
+    (losses, adapter), (packed_losses, packed_adapter) = runs[False], runs[True]
+    assert len(losses) == 3 and packed_losses == pytest.approx(losses, rel=1e-5)
+    for name, tensor in adapter.items():
+        torch.testing.assert_close(packed_adapter[name], tensor, rtol=1e-3, atol=1e-5, msg=name)

@@ -229,7 +229,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
     def _loader(self, rows: Rows, train: bool) -> DataLoader:
         s = self.settings
         options: dict[str, Any] = dict(
-            collate_fn=Collate(self.processor, rows.split, train, s.max_length),
+            collate_fn=Collate(self.processor, rows.split, train, s.max_length, s.packing),
             num_workers=s.workers,
             persistent_workers=s.workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -20,6 +20,7 @@ import datasets
 from PIL import Image
 from torch.utils.data import Dataset
 
+from paligemma.data.packing import pack_batch
 from paligemma.data.processor import PaliGemmaProcessor, to_rgb
 from paligemma.data.settings import DataSettings
 from paligemma.data.tasks import TASKS
@@ -179,11 +180,20 @@ class Collate:
 
     Every batch says how many rows it holds under "rows". A batch whose rows are all bad (or only shard fillers)
     becomes one blank placeholder row with "rows" 0: every rank still runs its forward and backward passes, the
-    collectives of DDP and FSDP, and the module gives it no weight.
+    collectives of DDP and FSDP, and the module gives it no weight. ``packing`` (training, with ``max_length``)
+    packs a batch's rows into fewer sequences (paligemma/data/packing.py).
     """
 
-    def __init__(self, processor: PaliGemmaProcessor, split: str, train: bool, max_length: int | None):
+    def __init__(
+        self,
+        processor: PaliGemmaProcessor,
+        split: str,
+        train: bool,
+        max_length: int | None,
+        packing: bool = False,
+    ):
         self.processor, self.split, self.train, self.max_length = processor, split, train, max_length
+        self.packing = packing
 
     def placeholder(self) -> dict[str, Any]:
         size = (self.processor.image_size, self.processor.image_size)
@@ -206,6 +216,10 @@ class Collate:
             "truncated": [(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut],
         }
         if self.train:
+            if self.packing:
+                assert self.max_length is not None  # DataSettings checks that packing has one
+                n_images = [len(ims) for ims in images]
+                batch = pack_batch(batch, n_images, self.max_length, self.processor.pad_token_id)
             return {**batch, "rows": len(good), "stats": stats}
         return {
             "batch": batch,

@@ -59,6 +59,7 @@ class DataSettings:
     val_batch_size: int | None = None  # None: batch_size
     num_workers: int | None = None  # None: one per CPU core this process may use but one, at most 4
     max_length: int | None = None  # cap on prompt + target tokens; longer targets are cut, <eos> kept
+    packing: bool = False  # training: a batch's rows packed into sequences of at most max_length tokens
     seed: int = 0
     on_bad_sample: str = "skip"  # or "raise"
     synthetic: dict[str, Any] = field(default_factory=dict)  # the generator's arguments
@@ -80,6 +81,10 @@ class DataSettings:
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(
                 f"data.fps must be a positive number of frames per second (null: uniform), got {self.fps}"
+            )
+        if self.packing and self.max_length is None:
+            raise ConfigError(
+                "data.packing=true needs data.max_length: the most tokens a packed sequence holds"
             )
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(

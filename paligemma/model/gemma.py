@@ -29,6 +29,7 @@ def attention_mask_4d(
     q_positions: torch.Tensor,
     prefix_kv: torch.Tensor | None = None,
     window: int | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B, 1, T, L), True where query t may attend to key l.
 
@@ -36,7 +37,8 @@ def attention_mask_4d(
     prefix_kv: (B, L) True for tokens of the bidirectional prefix; None means purely causal.
     window: a sliding window over the causal part (t - window < l <= t, counted in slots as transformers
     does); the prefix stays whole. The prefix is unmasked first and padding masked after, so a prefix
-    never sees a pad.
+    never sees a pad. segment_ids: (B, L) the packed row (segment) of each token; a token attends only within
+    its own, so prefixes, windows and causal spans all stop at segment boundaries.
     """
     kv_idx = torch.arange(valid_kv.shape[1], device=valid_kv.device)
     causal = kv_idx[None, :] <= q_positions[:, None]  # (T, L)
@@ -46,6 +48,8 @@ def attention_mask_4d(
     if prefix_kv is not None:
         prefix_q = prefix_kv[:, q_positions]  # (B, T)
         allowed = allowed | (prefix_q[:, :, None] & prefix_kv[:, None, :])
+    if segment_ids is not None:
+        allowed = allowed & (segment_ids[:, q_positions, None] == segment_ids[:, None, :])  # (B, T, L)
     allowed = allowed & valid_kv[:, None, :].bool()
     allowed = allowed | (kv_idx[None, :] == q_positions[:, None])  # a pad query sees itself: no empty rows
     return allowed[:, None]
@@ -250,6 +254,7 @@ class GemmaModel(nn.Module):
         valid_kv: torch.Tensor,
         q_positions: torch.Tensor,
         prefix_kv: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
         mask_4d=attention_mask_4d,
     ) -> dict[str, torch.Tensor]:
         """The (B, 1, T, L) masks of ``mask_4d``, one per layer type the decoder has: ``attention_mask_4d``, or
@@ -257,7 +262,7 @@ class GemmaModel(nn.Module):
         windows = {"full_attention": None, "sliding_attention": self.config.sliding_window}
         assert self.config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         return {
-            layer_type: mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type])
+            layer_type: mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type], segment_ids)
             for layer_type in set(self.config.layer_types)
         }
 

@@ -32,13 +32,18 @@ def image_blocks(
 
 
 def image_block_mask_4d(
-    valid_kv: torch.Tensor, q_positions: torch.Tensor, blocks_kv: torch.Tensor, window: int | None = None
+    valid_kv: torch.Tensor,
+    q_positions: torch.Tensor,
+    blocks_kv: torch.Tensor,
+    window: int | None = None,
+    segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask (B, 1, T, L) as transformers composes Gemma 3's: (causal or same image) and window and not pad.
 
     blocks_kv: (B, L) from ``image_blocks``. A query sees the keys of its own image in both directions, earlier
     images and text causally, later images never. The window (sliding layers) bounds how far back a query sees
     (``l > t - window``, in slots), also inside an image; keys ahead in the same image stay visible.
+    ``segment_ids``: packed rows, as in ``attention_mask_4d`` (an image's block lies in one row).
     """
     kv_idx = torch.arange(valid_kv.shape[1], device=valid_kv.device)
     blocks_q = blocks_kv[:, q_positions]  # (B, T)
@@ -46,7 +51,9 @@ def image_block_mask_4d(
     if window is not None:
         same_image = same_image & (kv_idx[None, :] > q_positions[:, None] - window)
     same_image = same_image & valid_kv[:, None, :].bool()
-    return attention_mask_4d(valid_kv, q_positions, window=window) | same_image[:, None]
+    return (
+        attention_mask_4d(valid_kv, q_positions, window=window, segment_ids=segment_ids) | same_image[:, None]
+    )
 
 
 class Gemma3MultiModalProjector(nn.Module):
@@ -75,9 +82,11 @@ class Gemma3Model(PaliGemmaModel):
 
     projector_class = Gemma3MultiModalProjector
 
-    def attention_masks(self, valid_kv, q_positions, blocks_kv) -> dict[str, torch.Tensor]:
+    def attention_masks(self, valid_kv, q_positions, blocks_kv, segment_ids=None) -> dict[str, torch.Tensor]:
         """``image_block_mask_4d`` per layer type; ``blocks_kv`` from ``Gemma3ForConditionalGeneration.attention_inputs``."""
-        return self.language_model.attention_masks(valid_kv, q_positions, blocks_kv, image_block_mask_4d)
+        return self.language_model.attention_masks(
+            valid_kv, q_positions, blocks_kv, segment_ids, mask_4d=image_block_mask_4d
+        )
 
 
 class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
@@ -91,9 +100,13 @@ class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
     config_class = Gemma3Config
     model_class = Gemma3Model
 
-    def attention_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+    def attention_inputs(
+        self, input_ids, attention_mask=None, token_type_ids=None, labels=None, segment_ids=None
+    ):
         """(valid, blocks, position_ids), each (B, T): the attention mask (all ones without one), ``image_blocks``,
         and 0-indexed positions contiguous within each row (left padding shifts nothing)."""
+        if segment_ids is not None:
+            raise ValueError("Gemma 3 does not train on packed rows yet: set data.packing=false")
         valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         blocks = image_blocks(input_ids, token_type_ids, self.config.image_token_index)
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)

@@ -28,12 +28,14 @@ def prefix_lm_inputs(
     token_type_ids: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     ignore_index: int = -100,
+    segment_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(valid, prefix, position_ids), each (B, T), for the prefix-LM that PaliGemma is.
 
     valid: the attention mask (all ones without one). prefix: the bidirectional tokens (image + prompt),
     from ``token_type_ids == 0``, else every token before the first label (``labels == ignore_index``), else every
-    token; never a pad. position_ids: 1-indexed and contiguous within each row, so left padding shifts nothing.
+    token; never a pad. position_ids: 1-indexed and contiguous within each row, so left padding shifts nothing;
+    with ``segment_ids`` (B, T) (packed rows, see paligemma/data/packing.py) they restart at every segment.
     """
     valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     if token_type_ids is not None:
@@ -42,7 +44,11 @@ def prefix_lm_inputs(
         prefix = labels == ignore_index
     else:
         prefix = torch.ones_like(input_ids, dtype=torch.bool)
-    positions = valid.long().cumsum(-1).clamp(min=1)
+    counts = valid.long().cumsum(-1)  # (B, T)
+    if segment_ids is not None:
+        starts = segment_ids != F.pad(segment_ids, (1, 0), value=-1)[:, :-1]  # first token of each segment
+        counts = counts - torch.where(starts, counts - valid, 0).cummax(-1).values  # minus those before it
+    positions = counts.clamp(min=1)
     return valid, prefix & valid.bool(), positions
 
 
@@ -121,18 +127,19 @@ class PaliGemmaModel(nn.Module):
         position_ids: torch.Tensor,
         kv_caches: list[KVCache] | None = None,
         outputs_from: int = 0,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns the hidden states
-        of positions ``outputs_from`` on."""
+        of positions ``outputs_from`` on. ``segment_ids``: see ``attention_mask_4d``."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-        masks = self.attention_masks(attention_mask, q_positions, prefix_mask)
+        masks = self.attention_masks(attention_mask, q_positions, prefix_mask, segment_ids)
         return self.language_model(inputs_embeds, position_ids, masks, kv_caches, outputs_from)
 
-    def attention_masks(self, valid_kv, q_positions, prefix_kv) -> dict[str, torch.Tensor]:
+    def attention_masks(self, valid_kv, q_positions, prefix_kv, segment_ids=None) -> dict[str, torch.Tensor]:
         """The decoder's (B, 1, T, L) masks per layer type: PaliGemma's prefix-LM (``prefix_kv`` from
-        ``PaliGemmaForConditionalGeneration.attention_inputs``)."""
-        return self.language_model.attention_masks(valid_kv, q_positions, prefix_kv)
+        ``PaliGemmaForConditionalGeneration.attention_inputs``), within each segment of packed rows."""
+        return self.language_model.attention_masks(valid_kv, q_positions, prefix_kv, segment_ids)
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
@@ -149,9 +156,12 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     def tie_weights(self) -> None:
         self.lm_head.weight = self.model.language_model.embed_tokens.weight
 
-    def attention_inputs(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+    def attention_inputs(
+        self, input_ids, attention_mask=None, token_type_ids=None, labels=None, segment_ids=None
+    ):
         """(valid, prefix, position_ids), each (B, T): see ``prefix_lm_inputs``."""
-        return prefix_lm_inputs(input_ids, attention_mask, token_type_ids, labels, self.config.ignore_index)
+        ignore = self.config.ignore_index
+        return prefix_lm_inputs(input_ids, attention_mask, token_type_ids, labels, ignore, segment_ids)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied LM head, soft-capped where the decoder's config says so (PaliGemma 2: 30; null: off)."""
@@ -182,19 +192,22 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_logits: bool = True,
+        segment_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Logits for every position and, given labels, the mean loss over labels != -100.
 
         The prefix-LM inputs come from ``attention_inputs``. ``return_logits=False`` computes the head only
-        where the loss needs it (saves B*T*V memory).
+        where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
+        prompt + target that attends only within itself, its positions restarting.
         """
-        valid, prefix, positions = self.attention_inputs(input_ids, attention_mask, token_type_ids, labels)
+        valid, prefix, positions = self.attention_inputs(
+            input_ids, attention_mask, token_type_ids, labels, segment_ids
+        )
         positions = positions if position_ids is None else position_ids
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         start = 0 if return_logits or labels is None else self._first_predicting(labels)
-        hidden = self.model(
-            self.model.embed(input_ids, features), valid, prefix, positions, outputs_from=start
-        )
+        embeds = self.model.embed(input_ids, features)
+        hidden = self.model(embeds, valid, prefix, positions, outputs_from=start, segment_ids=segment_ids)
         logits = self.lm_logits(hidden) if return_logits else None
         loss = None
         if labels is not None:
