@@ -31,16 +31,19 @@ def test_greedy_matches_transformers(small_config, prefix_lens):
 
 
 @pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam-3"])
-def test_sliding_cache_generation_matches_transformers_past_the_window(num_beams):
-    """Window 3: the left-padded prompts (8, 14, 11 slots) and the 10 new tokens each cross it. The sliding
-    layers' caches stay 3 slots wide, beams expanding the rows or not; the full layer's holds every slot."""
+@pytest.mark.parametrize("window", [3, 10, 20], ids=["window-3", "window-10", "window-20"])
+def test_sliding_cache_generation_matches_transformers_past_the_window(window, num_beams):
+    """Left-padded prompts of 7, 15 and 11 tokens (15 slots) and 10 new tokens. Window 3: the prompt and the
+    generation each cross it many times; 10: the first steps' windows hold the short row's padding; 20: the
+    prompt fits, the generation crosses it. The sliding layers' caches stay min(window, 25) slots wide, beams
+    expanding the rows or not; the full layer's holds all 25."""
     gemma2 = SMALL_CONFIGS["gemma2"]
     config = PaliGemmaConfig.from_dict(
-        dict(gemma2, text_config=dict(gemma2["text_config"], sliding_window=3))
+        dict(gemma2, text_config=dict(gemma2["text_config"], sliding_window=window))
     )
     hf = hf_reference(config)
     ours = ours_from_hf(hf)
-    batch = prompt_batch(config, [2, 8, 5])
+    batch = prompt_batch(config, [1, 9, 5])
     P, rows = batch["input_ids"].shape[1], 3 * num_beams
     kwargs = dict(max_new_tokens=10, num_beams=num_beams, eos_token_id=3, pad_token_id=7)
     with torch.no_grad():
@@ -52,8 +55,9 @@ def test_sliding_cache_generation_matches_transformers_past_the_window(num_beams
         return decode_step(tokens, state)
 
     ours.decode_step = recording_shapes
-    assert expected.shape == (3, 10) and torch.equal(ours.generate(**batch, **kwargs), expected)
-    assert shapes == {(SlidingKVCache, (rows, 2, 3, 16)), (KVCache, (rows, 2, P + 10, 16))}
+    assert P == 15 and expected.shape == (3, 10)
+    assert torch.equal(ours.generate(**batch, **kwargs), expected)
+    assert shapes == {(SlidingKVCache, (rows, 2, min(window, 25), 16)), (KVCache, (rows, 2, 25, 16))}
 
 
 def test_stops_at_eos_and_pads_finished_rows():

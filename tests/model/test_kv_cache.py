@@ -56,6 +56,15 @@ def test_ring_attends_as_the_full_cache_does(prompt_len, window):
     assert ring.size == full.size == total
 
 
+def test_slot_mask_reads_the_sequence_slot_each_ring_slot_holds():
+    """Window 3, queries at slots 1 to 4: ring slot r holds the latest sequence slot a <= q with a % 3 == r."""
+    mask = torch.rand(2, 1, 4, 5, generator=torch.Generator().manual_seed(0)) < 0.5
+    held = torch.tensor([[0, 1, -1], [0, 1, 2], [3, 1, 2], [3, 4, 2]])  # -1: not filled yet
+    expected = mask.gather(-1, held.clamp(min=0).expand(2, 1, -1, -1)) & (held >= 0)
+    ring = SlidingKVCache(2, 3, 1, 2, torch.float32)
+    assert torch.equal(ring.slot_mask(mask, torch.arange(1, 5)), expected)
+
+
 def test_ring_reorder_expands_and_permutes_rows():
     ring = SlidingKVCache(2, 3, 1, 2, torch.float32)
     # slots 2, 3, 4 of the prompt stay, in ring slots 2, 0, 1
