@@ -217,8 +217,9 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         masks = self.language_model.attention_masks(
             F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(prefix, (0, max_new_tokens))
         )  # (B, 1, max_new_tokens, P + max_new_tokens) per layer type
-        layers = self.language_model.layers
-        cache_of = {layer.self_attn.layer_type: cache for layer, cache in zip(layers, caches, strict=True)}
+        layer_types = self.config.text_config.layer_types
+        assert layer_types is not None  # GemmaConfig.__post_init__ fills it in
+        cache_of = dict(zip(layer_types, caches, strict=True))  # the layers of a type share a kind of cache
         masks = {name: cache_of[name].slot_mask(mask, P - 1 + steps) for name, mask in masks.items()}
         return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)
 
