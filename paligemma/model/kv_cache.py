@@ -66,10 +66,15 @@ class SlidingKVCache(KVCache):
         T = k.shape[2]
         if T > 1 and self.size > 0:
             raise ValueError(f"a sliding-window cache takes {T} tokens at once only as its first update")
-        kept = min(T, self.window)
-        slots = torch.arange(self.size + T - kept, self.size + T, device=k.device) % self.window
-        self.k_cache.index_copy_(2, slots, k[:, :, T - kept :])
-        self.v_cache.index_copy_(2, slots, v[:, :, T - kept :])
+        if T == 1:
+            slot = self.size % self.window
+            self.k_cache[:, :, slot : slot + 1] = k
+            self.v_cache[:, :, slot : slot + 1] = v
+        else:  # into the empty ring, where its ring slots a % window order the kept keys a
+            kept = min(T, self.window)
+            shift = (T - kept) % self.window
+            self.k_cache[:, :, :kept] = k[:, :, T - kept :].roll(shift, dims=2)
+            self.v_cache[:, :, :kept] = v[:, :, T - kept :].roll(shift, dims=2)
         self.size += T
         if T > 1:
             return k, v
