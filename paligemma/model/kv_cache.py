@@ -70,7 +70,7 @@ class SlidingKVCache(KVCache):
             slot = self.size % self.window
             self.k_cache[:, :, slot : slot + 1] = k
             self.v_cache[:, :, slot : slot + 1] = v
-        else:  # into the empty ring, where its ring slots a % window order the kept keys a
+        else:  # the prompt into the empty ring: its last keys, key a at ring slot a % window
             kept = min(T, self.window)
             shift = (T - kept) % self.window
             self.k_cache[:, :, :kept] = k[:, :, T - kept :].roll(shift, dims=2)
