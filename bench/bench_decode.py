@@ -46,15 +46,25 @@ SHAPES = {
                          num_attention_heads=4, num_key_value_heads=1, head_dim=256),
         image_token_index=31000, projection_dim=512,
     ),
+    # small-vocab as PaliGemma 2: soft-caps, and a window of 128 on layers 0 and 2 that the 266-token prompt
+    # crosses (their ring caches hold 128 slots).
+    "gemma2-window128": dict(
+        vision_config=VISION,
+        text_config=dict(model_type="gemma2", vocab_size=1024, hidden_size=512, intermediate_size=4096,
+                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                         query_pre_attn_scalar=256, sliding_window=128),
+        image_token_index=1000, projection_dim=512,
+    ),
 }  # fmt: skip
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def build(shape: str, dtype: torch.dtype, device: str):
-    """Our model and transformers' (SDPA attention) with the same random weights, in eval mode."""
+    """Our model and transformers' (SDPA attention; eager for Gemma 2, which SDPA cannot soft-cap) with the same
+    random weights, in eval mode."""
     config = PaliGemmaConfig.from_dict(SHAPES[shape])
     hf_config = transformers.PaliGemmaConfig.from_dict(config.to_dict())
-    hf_config._attn_implementation = "sdpa"
+    hf_config._attn_implementation = "eager" if config.text_config.model_type == "gemma2" else "sdpa"
     torch.manual_seed(0)
     hf = transformers.PaliGemmaForConditionalGeneration(hf_config).to(device, dtype).eval()
     hf.generation_config.eos_token_id = None  # run every new token, like ours with eos_token_id=[]

@@ -17,7 +17,8 @@ class DecodeState:
     rotary angles ``cos[:, k]``, ``sin[:, k]``. ``length`` counts the slots fed so far.
     """
 
-    # layer type -> (N, 1, max_new_tokens, L) bool, L = prompt + max_new_tokens
+    # layer type -> (N, 1, max_new_tokens, L) bool over the slots of its layers' caches (``KVCache.slot_mask``):
+    # L = prompt + max_new_tokens, or a sliding cache's window (its first slots fill as ``length`` grows)
     masks: dict[str, torch.Tensor]
     # layer type -> (N, max_new_tokens, head_dim) for the positions the new tokens take
     cos: dict[str, torch.Tensor]

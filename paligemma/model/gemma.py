@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from paligemma.model.config import GemmaConfig
-from paligemma.model.kv_cache import KVCache
+from paligemma.model.kv_cache import KVCache, SlidingKVCache
 
 
 class ModelOutput(dict):
@@ -267,10 +267,15 @@ class GemmaModel(nn.Module):
         }
 
     def make_kv_caches(self, batch_size: int, max_seq_len: int, dtype, device) -> list[KVCache]:
+        """One cache per layer for ``max_seq_len`` slots; a sliding layer's holds only its window's."""
         c = self.config
+        assert c.layer_types is not None  # GemmaConfig.__post_init__ fills it in
+        shape = (c.num_key_value_heads, c.head_dim, dtype, device)
         return [
-            KVCache(batch_size, max_seq_len, c.num_key_value_heads, c.head_dim, dtype, device)
-            for _ in self.layers
+            SlidingKVCache(batch_size, min(c.sliding_window, max_seq_len), *shape)
+            if layer_type == "sliding_attention" and c.sliding_window
+            else KVCache(batch_size, max_seq_len, *shape)
+            for layer_type in c.layer_types
         ]
 
     def forward(

@@ -1,4 +1,5 @@
-"""A key/value cache for one attention layer, allocated once per generation call."""
+"""Key/value caches for one attention layer, allocated once per generation call: every slot of the sequence
+(``KVCache``), or a ring of a sliding-window layer's last slots (``SlidingKVCache``)."""
 
 import torch
 from torch import nn
@@ -36,7 +37,55 @@ class KVCache(nn.Module):
         self.size = end
         return self.k_cache[:, :, :end], self.v_cache[:, :, :end]
 
+    def slot_mask(self, mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
+        """A (N, 1, T, L) mask over sequence slots, as the keys that ``update`` returns lie: unchanged here."""
+        return mask
+
     def reorder(self, indices: torch.Tensor) -> None:
         """Keep batch rows `indices` (N,), in that order: N may differ from the batch (beam expansion)."""
         self.k_cache = self.k_cache.index_select(0, indices)
         self.v_cache = self.v_cache.index_select(0, indices)
+
+
+class SlidingKVCache(KVCache):
+    """The last ``window`` keys and values of a sliding-window layer, in a ring: O(window) memory however long
+    the prompt and the generation.
+
+    Sequence slot a (the a-th token fed, padding included) lives in ring slot a % window. A query at slot q
+    attends to slots q - window < a <= q at most, so the ring holds every key a decode step can see; a
+    prompt attends to all its keys, then the ring keeps its last window.
+    """
+
+    @property
+    def window(self) -> int:
+        return self.k_cache.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed (B, n_kv, T, hd) keys and values. The first update (the prompt, any T) returns them as given; a
+        decode step (T = 1) returns the ring's filled slots, which ``slot_mask`` masks."""
+        T = k.shape[2]
+        if T > 1 and self.size > 0:
+            raise ValueError(f"a sliding-window cache takes {T} tokens at once only as its first update")
+        if T == 1:
+            slot = self.size % self.window
+            self.k_cache[:, :, slot : slot + 1] = k
+            self.v_cache[:, :, slot : slot + 1] = v
+        else:  # the prompt into the empty ring: its last keys, key a at ring slot a % window
+            kept = min(T, self.window)
+            shift = (T - kept) % self.window
+            self.k_cache[:, :, :kept] = k[:, :, T - kept :].roll(shift, dims=2)
+            self.v_cache[:, :, :kept] = v[:, :, T - kept :].roll(shift, dims=2)
+        self.size += T
+        if T > 1:
+            return k, v
+        filled = min(self.size, self.window)
+        return self.k_cache[:, :, :filled], self.v_cache[:, :, :filled]
+
+    def slot_mask(self, mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
+        """(N, 1, T, L) over sequence slots -> (N, 1, T, window) over ring slots, for T queries at sequence slots
+        ``q_positions`` (T,), each fed one at a time: ring slot r then holds sequence slot
+        q - (q - r) % window, or nothing yet where that is negative."""
+        ring = torch.arange(self.window, device=mask.device)
+        held = q_positions[:, None] - (q_positions[:, None] - ring) % self.window  # (T, window)
+        index = held.clamp(min=0).expand(*mask.shape[:2], -1, -1)
+        return mask.gather(-1, index) & (held >= 0)

@@ -250,17 +250,22 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         embeds = self.model.embed(input_ids, features)
         hidden = self.model(embeds, valid, prefix, positions, caches)
-        return self.lm_logits(hidden[:, -1]), self._decode_state(valid, prefix, positions, caches, embeds)
+        state = self._decode_state(valid, prefix, positions, caches, embeds, max_new_tokens)
+        return self.lm_logits(hidden[:, -1]), state
 
-    def _decode_state(self, valid, prefix, positions, caches, embeds) -> DecodeState:
+    def _decode_state(self, valid, prefix, positions, caches, embeds, max_new_tokens: int) -> DecodeState:
         """The masks and rotary angles of every step a generation call may take, made once."""
-        P, max_new_tokens = valid.shape[1], caches[0].max_seq_len - valid.shape[1]
+        P = valid.shape[1]
         steps = torch.arange(1, max_new_tokens + 1, device=valid.device)
         new_positions = positions[:, -1:] + steps  # (B, max_new_tokens)
         cos, sin = self.language_model.rotary_emb(embeds, new_positions)
         masks = self.model.attention_masks(
             F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(prefix, (0, max_new_tokens))
         )  # (B, 1, max_new_tokens, P + max_new_tokens) per layer type
+        layer_types = self.config.text_config.layer_types
+        assert layer_types is not None  # GemmaConfig.__post_init__ fills it in
+        cache_of = dict(zip(layer_types, caches, strict=True))  # the layers of a type share a kind of cache
+        masks = {name: cache_of[name].slot_mask(mask, P - 1 + steps) for name, mask in masks.items()}
         return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)
 
     @torch.inference_mode()

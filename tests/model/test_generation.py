@@ -3,7 +3,7 @@ import torch
 
 from paligemma import PaliGemmaConfig
 from paligemma.model.generation import sample_next
-from paligemma.model.kv_cache import KVCache
+from paligemma.model.kv_cache import KVCache, SlidingKVCache
 from paligemma.tiny import random_batch
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
 
@@ -28,6 +28,36 @@ def test_greedy_matches_transformers(small_config, prefix_lens):
     eos = small_config.text_config.eos_token_id
     expected = hf_new_tokens(hf, batch, max_new_tokens=12, eos_token_id=eos)
     assert torch.equal(ours.generate(**batch, max_new_tokens=12), expected)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam-3"])
+@pytest.mark.parametrize("window", [3, 10, 20], ids=["window-3", "window-10", "window-20"])
+def test_sliding_cache_generation_matches_transformers_past_the_window(window, num_beams):
+    """Left-padded prompts of 7, 15 and 11 tokens (15 slots) and 10 new tokens. Window 3: the prompt and the
+    generation each cross it many times; 10: the first steps' windows hold the short row's padding; 20: the
+    prompt fits, the generation crosses it. The sliding layers' caches stay min(window, 25) slots wide, beams
+    expanding the rows or not; the full layer's holds all 25."""
+    gemma2 = SMALL_CONFIGS["gemma2"]
+    config = PaliGemmaConfig.from_dict(
+        dict(gemma2, text_config=dict(gemma2["text_config"], sliding_window=window))
+    )
+    hf = hf_reference(config)
+    ours = ours_from_hf(hf)
+    batch = prompt_batch(config, [1, 9, 5])
+    P, rows = batch["input_ids"].shape[1], 3 * num_beams
+    kwargs = dict(max_new_tokens=10, num_beams=num_beams, eos_token_id=3, pad_token_id=7)
+    with torch.no_grad():
+        expected = hf.generate(**batch, do_sample=False, **kwargs)[:, P:]
+    shapes, decode_step = set(), ours.decode_step
+
+    def recording_shapes(tokens, state):
+        shapes.update((type(cache), cache.k_cache.shape) for cache in state.caches)
+        return decode_step(tokens, state)
+
+    ours.decode_step = recording_shapes
+    assert P == 15 and expected.shape == (3, 10)
+    assert torch.equal(ours.generate(**batch, **kwargs), expected)
+    assert shapes == {(SlidingKVCache, (rows, 2, min(window, 25), 16)), (KVCache, (rows, 2, 25, 16))}
 
 
 def test_stops_at_eos_and_pads_finished_rows():
