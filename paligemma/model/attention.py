@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-QUERY_CHUNK_SIZE = 1024  # queries per chunk; sequences up to this length run in one piece
+QUERY_CHUNK_SIZE = 512  # queries per chunk; a sequence up to this long (224 px: ~280) runs in one piece
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
