@@ -12,12 +12,13 @@ it adds compute, not saved activations). Batch 1: the image tokens (256 per 224 
 computes the LM head at the answer tokens only, transformers at every position. transformers' "sdpa" is its
 default: SDPA where it has one (it refuses it for Gemma 2's decoder, which stays eager).
 
-Peak memory on a CPU is the growth of the resident high-water mark over one step (after a warm-up step), each
-configuration alone in a fresh process; on a GPU, max_memory_allocated over the step minus the memory before it.
+Peak memory on a CPU is the growth of the resident high-water mark over one step, after a warm-up step whose freed
+heap is handed back to the system (malloc_trim), each configuration alone in a fresh process; on a GPU, max_memory_allocated over the step minus the memory before it.
 Medians of ``--repeats`` fresh processes (CPU) or steps (GPU).
 """
 
 import argparse
+import ctypes
 import gc
 import json
 import statistics
@@ -104,6 +105,9 @@ def measure_step(config: PaliGemmaConfig, implementation: str, images: int, devi
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        ctypes.CDLL("libc.so.6").malloc_trim(
+            0
+        )  # the warm-up's freed heap leaves the RSS: the step's growth shows
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         before = rss_mb("VmRSS")
     start = time.perf_counter()

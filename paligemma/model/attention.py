@@ -2,7 +2,8 @@
 
 Each query row's softmax is independent of the others, so splitting the queries into chunks is exact. In training
 each chunk is checkpointed: its scores are recomputed in the backward pass instead of saved, so the memory of a
-layer's attention grows linearly with the sequence, not with its square.
+layer's attention grows linearly with the sequence, not with its square. Layers without a soft-cap run SDPA
+instead, whose flash kernel (picked on CPU with a boolean mask and grouped heads too) holds no scores either.
 """
 
 import torch

@@ -63,6 +63,22 @@ def test_chunked_attention_without_autograd_and_one_query():
         torch.testing.assert_close(grouped_attention(*one), eager_attention(*one), rtol=1e-5, atol=1e-6)
 
 
+def test_chunks_save_no_scores_for_backward():
+    """What autograd keeps for the backward pass is the inputs (q, k, v and the mask), no chunk's scores."""
+    q, k, v = (torch.randn(1, 4, 64, 4, requires_grad=True) for _ in range(3))
+    mask = torch.ones(1, 1, 64, 64, dtype=torch.bool)
+    storages = set()
+
+    def pack(t):
+        storages.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        chunked_attention(q, k, v, mask, 0.5, 2.0, chunk_size=8)
+    inputs = {t.untyped_storage().data_ptr() for t in (q, k, v, mask)}
+    assert storages and storages <= inputs
+
+
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient-checkpointing"])
 def test_chunked_paligemma2_lora_step_matches_transformers_eager(checkpointing):
     """PaliGemma 2 with 3-query chunks (prompts of up to 13 tokens, a window of 5) against transformers' eager
