@@ -15,6 +15,7 @@ those the step must do with a frozen base:
 (N_decoder: the decoder layers' weights without the embedding; LoRA's own FLOPs are left out.)
 Decode: per-token time = (generate 33 tokens - generate 1) / 32, greedy, at batch 1, 8 and 32, ours vs
 transformers (their default attention for the model), same weights. Medians of ``--repeats``.
+``--long`` adds bench_long.py's rows on this device: peak memory and step time at 224 / 448 / 896 px and 8 frames.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import statistics
 import time
 
+import bench_long
 import torch
 import transformers
 
@@ -138,6 +140,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=33)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--long", action="store_true", help="also bench_long.py's rows on this device")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device == "cuda" else "float32"))
     name = torch.cuda.get_device_name() if args.device == "cuda" else torch.backends.cpu.get_cpu_capability()
@@ -162,6 +165,11 @@ def main() -> None:
         del ours, hf
         if args.device == "cuda":
             torch.cuda.empty_cache()
+    if args.long:
+        long_args = bench_long.parser().parse_args(["--device", args.device, "--repeats", str(args.repeats)])
+        print("== long sequences (bench_long.py)\n  " + " | ".join(bench_long.HEADER))
+        for row in bench_long.table_rows(long_args):
+            print("  " + " | ".join(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 Runs, each side by side with transformers (+ peft) in this process: the LoRA training step and its peak memory
 (bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode in fp32 and bf16 with
 the bandwidth it reaches, and prefill (bench_decode.py), the second epoch with cached image features
-(bench_feature_cache.py), and packed vs padded caption batches (bench_packing.py, ours only: packed / padded
-tokens/s). Ratios are transformers time / ours (> 1: we are faster), medians of interleaved repeats.
+(bench_feature_cache.py), packed vs padded caption batches (bench_packing.py, ours only: packed / padded
+tokens/s), and peak memory and time of a step at 224 / 448 / 896 px and 8 frames (bench_long.py, the longest part:
+``--skip-long`` leaves it out). Ratios are transformers time / ours (> 1: we are faster), medians of interleaved
+repeats.
 """
 
 import argparse
@@ -23,6 +25,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_decode  # noqa: E402
 import bench_feature_cache  # noqa: E402
+import bench_long  # noqa: E402
 import bench_packing  # noqa: E402
 import bench_train  # noqa: E402
 from machine import cpu_kind, cpu_name  # noqa: E402
@@ -74,11 +77,17 @@ def packing_table(repeats: int) -> str:
     return bench_packing.markdown(r)
 
 
+def long_table(threads: int, repeats: int) -> str:
+    args = bench_long.parser().parse_args(["--threads", str(threads), "--repeats", str(repeats)])
+    return table(bench_long.HEADER, list(bench_long.table_rows(args)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument("--skip-long", action="store_true", help="leave out bench_long.py's rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +116,12 @@ def main() -> None:
         "tokens (64 image tokens each), padded vs packed into sequences of at most 512 tokens:\n\n"
         + packing_table(args.repeats),
     ]
+    if not args.skip_long:
+        sections.append(
+            "Long sequences, LoRA r=8 step at real width (2 decoder layers, 1 SigLIP layer, real vocabulary, batch "
+            "1, float32; peak as above, medians of fresh processes; transformers' sdpa keeps Gemma 2's decoder "
+            "eager):\n\n" + long_table(torch.get_num_threads(), args.repeats)
+        )
     if "bfloat16" not in dtypes:
         sections.append("bf16 training not measured: this CPU has no native bf16 (AVX512-BF16 or AMX).")
     if not torch.cuda.is_available():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from paligemma.model.attention import QUERY_CHUNK_SIZE, chunked_attention, softcap
 from paligemma.model.config import GemmaConfig
 from paligemma.model.kv_cache import KVCache, SlidingKVCache
 
@@ -53,38 +54,6 @@ def attention_mask_4d(
     allowed = allowed & valid_kv[:, None, :].bool()
     allowed = allowed | (kv_idx[None, :] == q_positions[:, None])  # a pad query sees itself: no empty rows
     return allowed[:, None]
-
-
-def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    """Gemma 2's tanh soft-capping into (-cap, cap), in x's dtype; cap None leaves x as it is."""
-    return x if cap is None else torch.tanh(x / cap) * cap
-
-
-def softcapped_attention(q, k, v, mask, scale: float, cap: float, dropout_p: float = 0.0) -> torch.Tensor:
-    """Attention with soft-capped scores, as transformers' eager Gemma 2 computes it (SDPA cannot cap).
-
-    q (B, H, T, hd); k, v (B, n_kv, L, hd); mask (B, 1, T, L) boolean. Returns (B, H, T, hd).
-    """
-    groups = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
-    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, cap)  # (B, H, T, L)
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(-1, dtype=torch.float32).to(q.dtype), dropout_p)
-    return torch.matmul(probs, v)
-
-
-def one_query_attention(q, k, v, mask, scale: float, cap: float | None) -> torch.Tensor:
-    """Attention of one new token per row over its cache, as plain matmuls: for a single query these beat
-    the CPU SDPA kernel, and the query heads of a KV group share one product with its keys (no repeat).
-
-    q (B, H, 1, hd); k, v (B, n_kv, L, hd); mask (B, 1, 1, L) boolean. Returns (B, H, 1, hd).
-    """
-    B, H, _, hd = q.shape
-    q = q.view(B, k.shape[1], H // k.shape[1], hd)  # (B, n_kv, groups, hd): heads of a group are adjacent
-    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, cap)  # (B, n_kv, groups, L)
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-    return torch.matmul(probs, v).view(B, H, 1, hd)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -146,6 +115,7 @@ class GemmaAttention(nn.Module):
         self.scale = config.attention_scale
         self.softcap = config.attn_logit_softcapping
         self.dropout = config.attention_dropout
+        self.query_chunk_size = QUERY_CHUNK_SIZE
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
@@ -172,9 +142,8 @@ class GemmaAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
         mask, dropout = masks[self.layer_type][:, :, queries_from:], self.dropout if self.training else 0.0
-        if kv_cache is not None and Tq == 1:
-            y = one_query_attention(q, k, v, mask, self.scale, self.softcap)
-        elif self.softcap is None:
+        decoding = kv_cache is not None and Tq == 1  # one query: grouped matmuls beat the CPU SDPA kernel
+        if self.softcap is None and not decoding:
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -185,7 +154,7 @@ class GemmaAttention(nn.Module):
                 enable_gqa=self.num_kv_heads != self.num_heads,
             )  # (B, H, T, hd)
         else:
-            y = softcapped_attention(q, k, v, mask, self.scale, self.softcap, dropout)
+            y = chunked_attention(q, k, v, mask, self.scale, self.softcap, dropout, self.query_chunk_size)
         return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
 
 
