@@ -107,6 +107,8 @@ def _pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
 
 def pooled_token_count(num_image_tokens: int, pool: int) -> int:
     """Image tokens per image when each ``pool`` x ``pool`` block of the square patch grid becomes one."""
+    if pool == 1:
+        return num_image_tokens
     side = isqrt(num_image_tokens)
     if pool < 1 or side**2 != num_image_tokens or side % pool:
         raise ConfigError(
