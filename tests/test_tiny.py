@@ -77,6 +77,7 @@ def test_cli_writes_a_tiny_paligemma2_that_transformers_loads_with_equal_logits(
 
 
 @pytest.mark.slow
+@pytest.mark.slow  # a subprocess each
 @pytest.mark.parametrize(
     "args, culprit",
     [
