@@ -8,13 +8,15 @@ Models: each decoder at real width (PaliGemma: hidden 2048, 8 heads, 1 KV head; 
 heads, soft-cap 50, window 4096), ``--text-layers`` layers (default 2: PaliGemma 2's first sliding and first global
 layer), the real 257,216-token vocabulary, and a SigLIP So400m of ``--vision-layers`` layers (default 1; frozen, so
 it adds compute, not saved activations). Batch 1: the image tokens (256 per 224 px image, 1,024 at 448, 4,096 at
-896) + a 10-token prompt, a 10-token answer. A step is forward + backward in train mode, as each trains: ours
-computes the LM head at the answer tokens only, transformers at every position. transformers' "sdpa" is its
-default: SDPA where it has one (it refuses it for Gemma 2's decoder, which stays eager).
+896) + a 10-token prompt, a 10-token answer. A step is forward + backward in train mode; both compute the LM head
+at the answer tokens only (transformers through ``logits_to_keep``: its default head at every position would
+dominate the peak, which bench_train.py shows), so the rows compare vision tower and decoder. transformers' "sdpa"
+is its default: SDPA where it has one (it refuses it for Gemma 2's decoder, which stays eager).
 
 Peak memory on a CPU is the growth of the resident high-water mark over one step, after a warm-up step whose freed
-heap is handed back to the system (malloc_trim), each configuration alone in a fresh process; on a GPU, max_memory_allocated over the step minus the memory before it.
-Medians of ``--repeats`` fresh processes (CPU) or steps (GPU).
+heap is handed back to the system (malloc_trim), each configuration alone in a fresh process; on a GPU,
+max_memory_allocated over the step minus the memory before it. Medians of ``--repeats`` fresh processes (CPU) or
+steps (GPU).
 """
 
 import argparse
@@ -70,11 +72,17 @@ def build(config: PaliGemmaConfig, implementation: str, device: str):
 
 
 def step_fn(implementation: str, model, batch: dict):
-    extra = {"return_logits": False} if implementation == "ours" else {}
+    """Both compute the LM head at the answer positions only: ours with ``return_logits=False``, transformers
+    with ``logits_to_keep`` and the labels cut to match (batch 1, no padding: the answer is last)."""
+    if implementation == "ours":
+        inputs = {**batch, "return_logits": False}
+    else:
+        keep = batch["input_ids"].shape[1] - int((batch["labels"][0, 1:] != -100).nonzero()[0])
+        inputs = {**batch, "labels": batch["labels"][:, -keep:], "logits_to_keep": keep}
 
     def step():
         model.zero_grad(set_to_none=True)
-        model(**batch, **extra).loss.backward()
+        model(**inputs).loss.backward()
 
     return step
 

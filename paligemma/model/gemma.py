@@ -124,7 +124,8 @@ class GemmaAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
         mask, dropout = masks[self.layer_type][:, :, queries_from:], self.dropout if self.training else 0.0
-        if self.softcap is None and not (kv_cache is not None and Tq == 1):
+        decoding = kv_cache is not None and Tq == 1  # one query: grouped matmuls beat the CPU SDPA kernel
+        if self.softcap is None and not decoding:
             y = F.scaled_dot_product_attention(
                 q,
                 k,
