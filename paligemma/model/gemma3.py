@@ -15,7 +15,7 @@ from torch import nn
 
 from paligemma.model.gemma import GemmaRMSNorm, attention_mask_4d
 from paligemma.model.gemma3_config import Gemma3Config
-from paligemma.model.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaModel
+from paligemma.model.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaModel, pool_image_features
 
 
 def image_blocks(
@@ -67,13 +67,10 @@ class Gemma3MultiModalProjector(nn.Module):
             torch.zeros(vision.hidden_size, config.text_config.hidden_size)
         )
         self.mm_soft_emb_norm = GemmaRMSNorm(vision.hidden_size, eps=vision.layer_norm_eps)
-        self.patches_per_side = vision.image_size // vision.patch_size
-        self.pool_size = self.patches_per_side // int(config.mm_tokens_per_image**0.5)
+        self.mm_tokens_per_image = config.mm_tokens_per_image
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        B, _, D = patches.shape
-        grid = patches.transpose(1, 2).reshape(B, D, self.patches_per_side, self.patches_per_side)
-        pooled = F.avg_pool2d(grid, self.pool_size).flatten(2).transpose(1, 2)  # (B, mm_tokens, D)
+        pooled = pool_image_features(patches, self.mm_tokens_per_image)  # (B, mm_tokens, D)
         return torch.matmul(self.mm_soft_emb_norm(pooled), self.mm_input_projection_weight).type_as(patches)
 
 
