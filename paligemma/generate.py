@@ -19,7 +19,8 @@ from PIL import Image, UnidentifiedImageError
 
 from paligemma.data.processor import PaliGemmaProcessor
 from paligemma.errors import ConfigError, find_run_error, one_line
-from paligemma.model import DTYPES, PaliGemmaForConditionalGeneration
+from paligemma.model import DTYPES
+from paligemma.model.families import model_class
 from paligemma.paths import local_path
 
 
@@ -103,9 +104,8 @@ def generate(args: argparse.Namespace) -> str:
     device = check_options(args)
     images = read_video(args.video, args.num_frames) if args.video else [read_image(p) for p in args.image]
     processor = PaliGemmaProcessor.from_pretrained(args.model, args.frame_token_pool)
-    model = PaliGemmaForConditionalGeneration.from_pretrained(
-        args.model, dtype=DTYPES[args.dtype], device=device
-    ).eval()
+    cls = model_class(args.model)
+    model = cls.from_pretrained(args.model, dtype=DTYPES[args.dtype], device=device).eval()
     batch = processor(text=[args.prompt], images=[images], padding_side="left")
     batch = {k: v.to(device) for k, v in batch.items()}
     new_tokens = model.generate(

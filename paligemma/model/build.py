@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from paligemma.errors import ConfigError
+from paligemma.model.families import model_class
 from paligemma.model.feature_cache import ImageFeatureCache
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
@@ -136,6 +137,8 @@ def build_model(
 def load_base(
     path: str, dtype: torch.dtype, quantization: QuantSettings | None, device: str = "cpu"
 ) -> PaliGemmaForConditionalGeneration:
+    """The checkpoint at ``path`` as its family's class (paligemma/model/families.py), quantized or not."""
+    cls = model_class(path)
     if quantization is None:
-        return PaliGemmaForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
-    return load_quantized(PaliGemmaForConditionalGeneration, path, quantization, dtype, device)
+        return cls.from_pretrained(path, dtype=dtype, device=device)
+    return load_quantized(cls, path, quantization, dtype, device)

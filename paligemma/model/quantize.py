@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUANTIZATIONS = ("nf4", "fp4", "int8")
-DECODER_LAYERS = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+")
+# The decoder's projections (not Gemma 3's q_norm / k_norm, which sit in self_attn too) and the tower's layers.
+DECODER_LAYERS = re.compile(r"model\.language_model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj")
 VISION_LAYERS = re.compile(r"model\.vision_tower\.encoder\.layers\.\d+\.(self_attn|mlp)\.\w+")
 INT8_THRESHOLD = 6.0
 PACKED_CPU_SWITCH = "support_avx512bf16_for_cpu"  # bitsandbytes' Linear4bit: see keep_off_packed_cpu_path_

@@ -14,7 +14,7 @@ import peft
 import torch
 
 from paligemma.data.processor import copy_processor_files
-from paligemma.model import PaliGemmaForConditionalGeneration, lora
+from paligemma.model import lora
 from paligemma.model.quantize import dequantized_state_dict
 from paligemma.training.distributed import clean_name
 
@@ -49,7 +49,7 @@ def save_model(module, directory: str | Path, state_dict: dict | None = None) ->
         log.info("merging the adapter into the %s base dequantized to %s", module.quantization.kind, dtype)
     if state_dict is not None:
         with torch.device("meta"):
-            model = PaliGemmaForConditionalGeneration(module.net.config)
+            model = type(module.net)(module.net.config)  # PaliGemma or Gemma 3, as loaded
         model = model.to(dtype).to_empty(device="cpu")
         model.tie_weights()
         if peft_model is not None:
