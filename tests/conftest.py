@@ -89,3 +89,21 @@ def avx512_bf16_bitsandbytes(monkeypatch):
     import bitsandbytes.nn.modules
 
     monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_checkpoint(tmp_path_factory, tiny_checkpoint):
+    """A random small Gemma 3 (tests/model/test_gemma3.py's "window3": a window shorter than an image), every
+    parameter randomised, with the tiny PaliGemma's processor files (for model-only tests: their ids are not
+    Gemma 3's)."""
+    from paligemma import Gemma3Config, Gemma3ForConditionalGeneration
+    from paligemma.data.processor import copy_processor_files
+    from tests.helpers import randomize_
+    from tests.model.test_gemma3 import GEMMA3_CONFIGS
+
+    path = tmp_path_factory.mktemp("tiny-gemma3-checkpoint")
+    model = Gemma3ForConditionalGeneration(Gemma3Config.from_dict(GEMMA3_CONFIGS["window3"]))
+    randomize_(model)
+    model.save_pretrained(path)
+    copy_processor_files(tiny_checkpoint, path)
+    return path
