@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma import Gemma3Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.model.lora import (
     DECODER_LINEAR_LAYERS,
     LoraDropout,
@@ -12,8 +12,11 @@ from paligemma.model.lora import (
     add_lora,
     lora_config,
 )
-from paligemma.tiny import random_batch
+from paligemma.tiny import random_batch, random_gemma3_batch
 from tests.helpers import hf_reference, ours_from_hf, randomize_
+from tests.model.test_gemma3 import GEMMA3_CONFIGS
+from tests.model.test_gemma3 import hf_reference as gemma3_reference
+from tests.model.test_gemma3 import ours_from_hf as gemma3_from_hf
 
 
 def test_lora_on_3b_config_adapts_the_decoder_only():
@@ -106,5 +109,31 @@ def test_lora_training_step_matches_transformers_and_peft(small_config):
     hf_grads = {n: p.grad for n, p in hf_lora.named_parameters() if p.requires_grad}
     our_grads = {n: p.grad for n, p in ours_lora.named_parameters() if p.requires_grad}
     assert hf_grads.keys() == our_grads.keys() and any("lora_B" in n for n in our_grads)
+    for name, grad in hf_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(GEMMA3_CONFIGS))
+def test_gemma3_lora_training_step_matches_transformers_and_peft(name):
+    """As for PaliGemma: the same adapted layers (the decoder's, not the tower's nor the projector's), equal loss
+    and LoRA gradients."""
+    config = Gemma3Config.from_dict(GEMMA3_CONFIGS[name])
+    hf = gemma3_reference(config)
+    ours = gemma3_from_hf(hf)
+    settings = LoraSettings(dropout=0.0)
+    hf_lora = peft.get_peft_model(hf, lora_config(settings)).train()
+    ours_lora = add_lora(ours, settings).train()
+    randomize_(hf_lora, seed=1)
+    ours_lora.load_state_dict(hf_lora.state_dict())
+    batch = random_gemma3_batch(config, [[3, "image", 4, "image", 2], ["image", 6]], [4, 3])
+    hf_loss, our_loss = hf_lora(**batch).loss, ours_lora(**batch, return_logits=False).loss
+    hf_loss.backward()
+    our_loss.backward()
+    assert abs(hf_loss.item() - our_loss.item()) < 1e-5
+    hf_grads = {n: p.grad for n, p in hf_lora.named_parameters() if p.requires_grad}
+    our_grads = {n: p.grad for n, p in ours_lora.named_parameters() if p.requires_grad}
+    assert hf_grads.keys() == our_grads.keys()
+    assert len(our_grads) == 2 * len(DECODER_LINEAR_LAYERS) * config.text_config.num_hidden_layers
+    assert all(".language_model.layers." in n for n in our_grads)
     for name, grad in hf_grads.items():
         torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
