@@ -94,6 +94,15 @@ def ours_from_hf(hf_model) -> PaliGemmaForConditionalGeneration:
     return model
 
 
+def family_batch(config) -> dict:
+    """A small training batch of either family: two rows, the Gemma 3 ones with images mid-text."""
+    from paligemma.tiny import random_batch, random_gemma3_batch
+
+    if hasattr(config, "mm_tokens_per_image"):  # Gemma3Config
+        return random_gemma3_batch(config, [[3, "image", 4, "image", 2], ["image", 6]], [3, 5])
+    return random_batch(config, prefix_lens=[7, 4], suffix_lens=[3, 5])
+
+
 TINY_TEXTS = [
     "caption en",
     "answer en what color is the circle?",

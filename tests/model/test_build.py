@@ -11,25 +11,18 @@ from paligemma.model.build import ModelSettings, build_model
 from paligemma.model.gemma import GemmaRMSNorm
 from paligemma.model.lora import LoraSettings, lora_config
 from paligemma.model.quantize import is_quantized
-from paligemma.tiny import random_batch, random_gemma3_batch
+from tests.helpers import family_batch
 
 FAMILIES = {
     "paligemma": ("tiny_checkpoint", PaliGemmaForConditionalGeneration, transformers.PaliGemmaForConditionalGeneration),
     "gemma3": ("tiny_gemma3_checkpoint", Gemma3ForConditionalGeneration, transformers.Gemma3ForConditionalGeneration),
 }  # fmt: skip
-PROMPTS = [[3, "image", 4, "image", 2], ["image", 6]]
 
 
 @pytest.fixture(params=sorted(FAMILIES))
 def family(request):
     fixture, ours, theirs = FAMILIES[request.param]
     return request.getfixturevalue(fixture), ours, theirs
-
-
-def batch_for(config) -> dict:
-    if hasattr(config, "mm_tokens_per_image"):
-        return random_gemma3_batch(config, PROMPTS, [4, 3])
-    return random_batch(config, prefix_lens=[6, 4], suffix_lens=[4, 3])
 
 
 def trainable(model) -> dict[str, int]:
@@ -79,7 +72,7 @@ def test_qlora_quantizes_the_decoder_projections_only_and_a_lora_step_trains(fam
     frozen = {n: p.detach().clone() for n, p in net.named_parameters() if not p.requires_grad}
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-2)
-    batch = batch_for(net.config)
+    batch = family_batch(net.config)
     peft_model.train()
     for _ in range(2):  # lora_B starts at 0: lora_A's gradient is non-zero from the second step
         optimizer.zero_grad()
@@ -99,7 +92,7 @@ def loss_and_grads(path, checkpointing: bool):
             if "lora_B" in name:
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     peft_model.train()
-    loss = peft_model(**batch_for(peft_model.get_base_model().config), return_logits=False).loss
+    loss = peft_model(**family_batch(peft_model.get_base_model().config), return_logits=False).loss
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
 

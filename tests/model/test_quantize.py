@@ -7,6 +7,7 @@ from bitsandbytes.functional import has_avx512bf16
 
 from paligemma import PaliGemmaForConditionalGeneration
 from paligemma.errors import ConfigError
+from paligemma.model.families import model_class
 from paligemma.model.lora import LoraSettings, add_lora
 from paligemma.model.quantize import (
     PACKED_CPU_SWITCH,
@@ -22,13 +23,17 @@ from paligemma.model.quantize import (
     reference_dequantize_4bit,
 )
 from paligemma.tiny import random_batch
+from tests.helpers import family_batch
 
 
-@pytest.fixture(params=["paligemma", "paligemma2"])
+@pytest.fixture(params=["paligemma", "paligemma2", "gemma3"])
 def checkpoint(request):
-    return request.getfixturevalue(
-        {"paligemma": "tiny_checkpoint", "paligemma2": "tiny_gemma2_checkpoint"}[request.param]
-    )
+    name = {
+        "paligemma": "tiny_checkpoint",
+        "paligemma2": "tiny_gemma2_checkpoint",
+        "gemma3": "tiny_gemma3_checkpoint",
+    }
+    return request.getfixturevalue(name[request.param])
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -52,10 +57,9 @@ def test_quantized_decoder_computes_with_weights_close_to_full_precision(checkpo
     """Each stored weight is within ``tolerance`` (relative norm: nf4 0.095, fp4 0.126, int8 0.006 measured on
     these Gaussian weights) of the original, and the forward pass is that of the dequantized weights. Layers whose
     width bitsandbytes cannot dequantize here (32 on an AVX512 CPU) hold the 4-bit values in a frozen Linear."""
-    full = PaliGemmaForConditionalGeneration.from_pretrained(checkpoint)
-    quantized = load_quantized(
-        PaliGemmaForConditionalGeneration, checkpoint, QuantSettings(kind, torch.float32)
-    )
+    cls = model_class(checkpoint)
+    full = cls.from_pretrained(checkpoint)
+    quantized = load_quantized(cls, checkpoint, QuantSettings(kind, torch.float32))
     linear = {name for name, m in full.named_modules() if isinstance(m, torch.nn.Linear)}
     covered = {n: quantized.get_submodule(n) for n in linear if ".language_model.layers." in n}
     for name, layer in covered.items():
@@ -65,9 +69,9 @@ def test_quantized_decoder_computes_with_weights_close_to_full_precision(checkpo
     for name, layer in covered.items():
         original = full.get_submodule(name).weight
         assert 0 < relative_error(stored_weight(layer), original) < tolerance, name
-    dequantized = PaliGemmaForConditionalGeneration(full.config)
+    dequantized = cls(full.config)
     dequantized.load_state_dict(dequantized_state_dict(quantized, torch.float32))
-    batch = random_batch(full.config, prefix_lens=[7, 4], suffix_lens=[3, 5])
+    batch = family_batch(full.config)
     with torch.no_grad():
         assert relative_error(quantized(**batch).logits, dequantized(**batch).logits) < 1e-5
 
@@ -126,12 +130,13 @@ def test_quantize_vision_covers_the_vision_tower_too(tiny_checkpoint):
     assert not is_quantized(model.model.multi_modal_projector.linear)
 
 
-@pytest.fixture(params=["paligemma", "paligemma2", "packable"])
+@pytest.fixture(params=["paligemma", "paligemma2", "gemma3", "packable"])
 def any_checkpoint(request):
-    """The two families, and one whose every width bitsandbytes dequantizes exactly on every CPU."""
+    """The three decoders, and one whose every width bitsandbytes dequantizes exactly on every CPU."""
     name = {
         "paligemma": "tiny_checkpoint",
         "paligemma2": "tiny_gemma2_checkpoint",
+        "gemma3": "tiny_gemma3_checkpoint",
         "packable": "packable_checkpoint",
     }
     return request.getfixturevalue(name[request.param])
@@ -144,12 +149,17 @@ def test_nf4_equals_transformers_bitsandbytes_on_the_same_checkpoint(any_checkpo
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
         bnb_4bit_use_double_quant=True, llm_int8_skip_modules=["model.vision_tower", "model.multi_modal_projector", "lm_head"],
     )  # fmt: skip
-    theirs = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        any_checkpoint, quantization_config=config, device_map="cpu", attn_implementation="eager"
-    ).eval()
+    cls = model_class(any_checkpoint)
+    theirs = (
+        getattr(transformers, cls.__name__)
+        .from_pretrained(
+            any_checkpoint, quantization_config=config, device_map="cpu", attn_implementation="eager"
+        )
+        .eval()
+    )
     keep_off_packed_cpu_path_(theirs)  # as ours: an AVX512-BF16 CPU would repack it at the first no-grad pass
     settings = QuantSettings("nf4", torch.float32)
-    ours = load_quantized(PaliGemmaForConditionalGeneration, any_checkpoint, settings)
+    ours = load_quantized(cls, any_checkpoint, settings)
     their_layers = {n: m for n, m in theirs.named_modules() if is_quantized(m)}
     our_layers = {n: m for n, m in ours.named_modules() if settings.covers(n)}
     assert their_layers.keys() == our_layers.keys() and their_layers
@@ -163,7 +173,7 @@ def test_nf4_equals_transformers_bitsandbytes_on_the_same_checkpoint(any_checkpo
                 layer.weight, reference_dequantize_4bit(their.weight, their.weight.quant_state)
             )
             theirs.set_submodule(name, layer)
-    batch = random_batch(ours.config, prefix_lens=[7, 4], suffix_lens=[3, 5])
+    batch = family_batch(ours.config)
     with torch.no_grad():
         diff = (ours(**batch).logits - theirs(**batch).logits)[batch["attention_mask"].bool()]
     assert diff.abs().max() < 1e-4

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import train
 from paligemma import PaliGemmaForConditionalGeneration
 from paligemma.errors import ConfigError
+from paligemma.model.families import model_class
 from paligemma.model.quantize import QuantSettings, is_quantized, load_quantized
 from paligemma.tiny import random_batch
 from paligemma.training.checks import validate_config
@@ -24,7 +25,7 @@ class QuantizedWeightsUnchanged(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         settings = pl_module.quantization
-        fresh = load_quantized(PaliGemmaForConditionalGeneration, pl_module.hparams.path, settings)
+        fresh = load_quantized(model_class(pl_module.hparams.path), pl_module.hparams.path, settings)
         trained = {
             n.replace(".base_layer", ""): m for n, m in pl_module.net.named_modules() if is_quantized(m)
         }
