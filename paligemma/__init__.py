@@ -12,6 +12,7 @@ import importlib
 _EXPORTS = {
     "Gemma3Config": "paligemma.model.gemma3_config",
     "Gemma3ForConditionalGeneration": "paligemma.model.gemma3",
+    "Gemma3Processor": "paligemma.data.gemma3_processor",
     "GemmaConfig": "paligemma.model.config",
     "PaliGemmaConfig": "paligemma.model.config",
     "SiglipVisionConfig": "paligemma.model.config",

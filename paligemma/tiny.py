@@ -1,10 +1,11 @@
-"""Tiny PaliGemma checkpoints built from scratch: the starting point of the embedded default model.
+"""Tiny PaliGemma and Gemma 3 checkpoints built from scratch: the starting point of the embedded default model.
 
-    python -m paligemma.tiny --out checkpoints/tiny-random [--decoder gemma2]
+    python -m paligemma.tiny --out checkpoints/tiny-random [--decoder gemma2] [--family gemma3]
 
-writes a randomly initialised HF-format PaliGemma (``--decoder gemma2``: a PaliGemma 2) with a byte-fallback tokenizer trained on the
-synthetic shapes texts; ``python train.py experiment=pretrain_tiny`` then trains every parameter on
-the synthetic captions. ``random_batch`` makes prefix-LM batches of any config, for tests and benchmarks.
+writes a randomly initialised HF-format PaliGemma (``--decoder gemma2``: a PaliGemma 2; ``--family gemma3``: a
+Gemma 3 with its processor files and chat template) with a byte-fallback tokenizer trained on the synthetic shapes
+texts; ``python train.py experiment=pretrain_tiny`` then trains every parameter on the synthetic captions.
+``random_batch`` makes prefix-LM batches of any config, for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -17,11 +18,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from paligemma.data.tokenizer import IMAGE_TOKEN, build_tokenizer, save_processor_files
+from paligemma.data.gemma3_files import save_gemma3_processor_files
+from paligemma.data.tokenizer import (
+    BOI_TOKEN,
+    END_OF_TURN,
+    EOI_TOKEN,
+    IMAGE_SOFT_TOKEN,
+    IMAGE_TOKEN,
+    build_tokenizer,
+    save_processor_files,
+)
 from paligemma.errors import ConfigError, RunError, one_line
 from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.gemma import GemmaRMSNorm
-from paligemma.model.gemma3 import Gemma3MultiModalProjector
+from paligemma.model.gemma3 import Gemma3ForConditionalGeneration, Gemma3MultiModalProjector
+from paligemma.model.gemma3_config import Gemma3Config
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 TINY_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -33,6 +44,12 @@ TINY_TEXT = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, nu
 TINY_TEXT_GEMMA2 = dict(TINY_TEXT, model_type="gemma2", num_key_value_heads=2, query_pre_attn_scalar=48,
                         sliding_window=32)  # fmt: skip
 TINY_TEXTS_BY_DECODER = {"gemma": TINY_TEXT, "gemma2": TINY_TEXT_GEMMA2}
+# Gemma 3's decoder at the same size: QK norms, three sliding layers (window 32) then a full one, each type with its
+# own RoPE base; the 8x8 patches of a 64 px image pooled to 16 tokens.
+TINY_TEXT_GEMMA3 = dict(TINY_TEXT, model_type="gemma3_text", num_key_value_heads=2, query_pre_attn_scalar=48,
+                        sliding_window=32, layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                        rope_theta=1_000_000.0, rope_local_base_freq=10_000.0)  # fmt: skip
+TINY_GEMMA3_IMAGE_TOKENS = 16
 
 
 def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
@@ -90,6 +107,41 @@ def create_tiny_checkpoint(
     init_weights_(model, seed=seed)
     model.save_pretrained(out_dir)
     save_processor_files(out_dir, tokenizer, config.vision_config.image_size, config.num_image_tokens)
+    return out_dir
+
+
+def create_tiny_gemma3_checkpoint(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    vocab_size: int = 512,
+    vision: dict | None = None,
+    text: dict | None = None,
+    mm_tokens_per_image: int = TINY_GEMMA3_IMAGE_TOKENS,
+    seed: int = 0,
+) -> Path:
+    """Train a Gemma 3 tokenizer on ``texts``, build a random Gemma 3 around it and save both (with the processor
+    files and the chat template) to ``out_dir``. It stops at ``<eos>`` and ``<end_of_turn>``, as the -it
+    checkpoints."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, gemma3=True)
+    ids = {t: tokenizer.token_to_id(t) for t in (BOI_TOKEN, EOI_TOKEN, IMAGE_SOFT_TOKEN, END_OF_TURN)}
+    text_config = dict(
+        TINY_TEXT_GEMMA3 if text is None else text,
+        vocab_size=tokenizer.get_vocab_size(),
+        eos_token_id=[tokenizer.token_to_id("<eos>"), ids[END_OF_TURN]],
+    )
+    config = Gemma3Config(
+        vision_config=dict(TINY_VISION if vision is None else vision),
+        text_config=text_config,
+        mm_tokens_per_image=mm_tokens_per_image,
+        boi_token_index=ids[BOI_TOKEN],
+        eoi_token_index=ids[EOI_TOKEN],
+        image_token_index=ids[IMAGE_SOFT_TOKEN],
+    )
+    model = Gemma3ForConditionalGeneration(config)
+    init_weights_(model, seed=seed)
+    model.save_pretrained(out_dir)
+    save_gemma3_processor_files(out_dir, tokenizer, config.vision_config.image_size, mm_tokens_per_image)
     return out_dir
 
 
@@ -198,19 +250,26 @@ def main(argv: list[str] | None = None) -> None:
     from paligemma.data.synthetic import make_shapes_dataset, synthetic_texts
 
     parser = argparse.ArgumentParser(
-        description="Write a random tiny PaliGemma + tokenizer (synthetic texts)."
+        description="Write a random tiny PaliGemma (or Gemma 3) + tokenizer (synthetic texts)."
     )
     parser.add_argument("--out", required=True)
     parser.add_argument("--vocab-size", type=int, default=512)
-    parser.add_argument("--decoder", choices=sorted(TINY_TEXTS_BY_DECODER), default="gemma",
-                        help="gemma: PaliGemma 1; gemma2: PaliGemma 2")  # fmt: skip
+    parser.add_argument("--decoder", choices=sorted(TINY_TEXTS_BY_DECODER),
+                        help="gemma (default): PaliGemma 1; gemma2: PaliGemma 2")  # fmt: skip
+    parser.add_argument("--family", choices=["paligemma", "gemma3"], default="paligemma",
+                        help="gemma3: a Gemma 3 (its own decoder: --decoder does not apply)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.family == "gemma3" and args.decoder is not None:
+        parser.error("--decoder picks PaliGemma's decoder; --family gemma3 has Gemma 3's own")
     try:
         out = writable_dir(args.out)
         texts = synthetic_texts(make_shapes_dataset(num_train=2000, num_val=0, seed=args.seed))
-        text = TINY_TEXTS_BY_DECODER[args.decoder]
-        path = create_tiny_checkpoint(out, texts, vocab_size=args.vocab_size, text=text, seed=args.seed)
+        if args.family == "gemma3":
+            path = create_tiny_gemma3_checkpoint(out, texts, vocab_size=args.vocab_size, seed=args.seed)
+        else:
+            text = TINY_TEXTS_BY_DECODER[args.decoder or "gemma"]
+            path = create_tiny_checkpoint(out, texts, vocab_size=args.vocab_size, text=text, seed=args.seed)
     except RunError as error:
         sys.exit(f"error: {one_line(error)}")
     print(f"wrote {path}")

@@ -94,3 +94,59 @@ def test_cli_bad_options_end_in_one_line_naming_the_culprit(tmp_path, args, culp
         [sys.executable, "-m", "paligemma.tiny", *args], cwd=ROOT, capture_output=True, text=True
     )
     assert_one_line_error(result, culprit.format(tmp=tmp_path))
+
+
+@pytest.mark.slow  # a subprocess, and a tokenizer trained on the synthetic texts
+def test_cli_writes_a_tiny_gemma3_that_transformers_loads_with_equal_logits(tmp_path):
+    from PIL import Image
+
+    from paligemma import Gemma3Processor
+    from tests.helpers import randomize_
+
+    out = tmp_path / "tiny3"
+    args = ["--out", str(out), "--family", "gemma3", "--vocab-size", "300"]
+    subprocess.run([sys.executable, "-m", "paligemma.tiny", *args], check=True, cwd=ROOT, capture_output=True)
+    reference = transformers.Gemma3ForConditionalGeneration.from_pretrained(out, attn_implementation="eager")
+    auto = transformers.AutoProcessor.from_pretrained(out)
+    assert type(auto).__name__ == "Gemma3Processor" and auto.image_seq_length == 16
+    randomize_(reference, seed=1)  # every parameter, norms included
+    ours = Gemma3ForConditionalGeneration.from_pretrained(out)
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    config = ours.config
+    assert (config.mm_tokens_per_image, config.vision_config.image_size, config.vision_config.patch_size) == (
+        16,
+        64,
+        8,
+    )
+    text = config.text_config
+    assert "full_attention" in text.layer_types and "sliding_attention" in text.layer_types
+    processor = Gemma3Processor.from_pretrained(out, chat_template=True)
+    assert (
+        config.image_token_index == processor.image_token_id
+        and config.boi_token_index == processor.boi_token_id
+    )
+    assert text.stop_token_ids == processor.stop_token_ids
+    rgb = torch.Generator().manual_seed(0)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (48 + 8 * i, 64, 3), generator=rgb).byte().numpy())
+        for i in range(3)
+    ]
+    batch = processor(
+        text=["a red circle", "<start_of_image> left or <start_of_image> right?"],
+        images=[images[:1], images[1:]], suffix=["yes", "the left one"],
+    )  # fmt: skip
+    assert text.sliding_window < batch["input_ids"].shape[1]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}
+    with torch.no_grad():
+        diff = (reference.eval()(**inputs).logits - ours.eval()(**inputs).logits)[
+            batch["attention_mask"].bool()
+        ]
+    assert diff.abs().max() < 1e-4
+
+
+def test_cli_refuses_a_paligemma_decoder_for_gemma3(tmp_path, capsys):
+    from paligemma.tiny import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--family", "gemma3", "--decoder", "gemma2"])
+    assert "--family gemma3 has Gemma 3's own" in capsys.readouterr().err

@@ -14,7 +14,7 @@ exactly as transformers' SiglipImageProcessor (PIL backend) does, except 16-bit 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import isqrt
 from pathlib import Path
 
@@ -65,6 +65,53 @@ def read_image_settings(path: Path) -> dict:
     )
 
 
+def load_tokenizer(path: Path) -> Tokenizer:
+    """``path``/tokenizer.json; a missing or unparsable file is an error naming it."""
+    if not (path / "tokenizer.json").is_file():
+        raise MissingFileError(f"{path} has no tokenizer.json; a processor needs it")
+    try:
+        return Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as error:  # tokenizers raises a bare Exception on a file it cannot parse
+        raise ConfigError(
+            f"{path / 'tokenizer.json'} is no tokenizer ({one_line(error)}); copy it again"
+        ) from None
+
+
+def token_names(path: Path) -> Callable[[str, str], str]:
+    """A lookup of the special tokens' names (``bos_token`` ...) in special_tokens_map.json and
+    tokenizer_config.json (which wins, as in transformers; its "extra_special_tokens" too), with a default."""
+    config = {}
+    for name in ["special_tokens_map.json", "tokenizer_config.json"]:
+        if (path / name).is_file():
+            config.update(read_json(path / name))
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, dict):
+        config = {**extra, **config}
+
+    def token(key: str, default: str) -> str:
+        value = config.get(key) or default
+        return value["content"] if isinstance(value, dict) else value
+
+    return token
+
+
+def square_size(path: Path, image_cfg: dict) -> int:
+    size = image_cfg.get("size", {})
+    if size.get("height") is None or size.get("height") != size.get("width"):
+        raise ConfigError(f"{path}: image settings: expected a square size {{height, width}}, got {size}")
+    return size["height"]
+
+
+def normalize_image(
+    image: Image.Image, size: int, resample: int, rescale_factor: float, mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """(3, size, size) float32 of an RGB image: resize, x * rescale_factor, (x - mean) / std; as transformers'
+    PIL image processors do."""
+    image = image.resize((size, size), resample=resample)
+    x = (np.asarray(image, dtype=np.float64) * rescale_factor).astype(np.float32)
+    return ((x - mean) / std).transpose(2, 0, 1)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode to RGB; transparency is composited onto white, as transformers does.
 
@@ -100,11 +147,6 @@ def images_per_prompt(images, n_prompts: int) -> list[list[Image.Image]]:
     return nested
 
 
-def _pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
-    fill = [value] * (length - len(seq))
-    return fill + seq if left else seq + fill
-
-
 def pooled_token_count(num_image_tokens: int, pool: int) -> int:
     """Image tokens per image when each ``pool`` x ``pool`` block of the square patch grid becomes one."""
     if pool == 1:
@@ -118,7 +160,120 @@ def pooled_token_count(num_image_tokens: int, pool: int) -> int:
     return (side // pool) ** 2
 
 
-class PaliGemmaProcessor:
+class ProcessorBase:
+    """What PaliGemma's and Gemma 3's processors share: special ids, image settings, batches of prompt + suffix
+    rows (padding, labels' mask, truncation) and decoding."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        image_size: int,
+        bos_token: str,
+        eos_token: str,
+        pad_token: str,
+        image_mean: Sequence[float],
+        image_std: Sequence[float],
+        rescale_factor: float,
+        resample: int,
+    ):
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.bos_token, self.eos_token = bos_token, eos_token
+        self.bos_token_id = self._token_id(bos_token)
+        self.eos_token_id = self._token_id(eos_token)
+        self.pad_token_id = self._token_id(pad_token)
+        self.image_mean = np.array(image_mean, dtype=np.float32)
+        self.image_std = np.array(image_std, dtype=np.float32)
+        self.rescale_factor = rescale_factor
+        self.resample = resample
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+        return token_id
+
+    def _normalize(self, image: Image.Image) -> np.ndarray:
+        return normalize_image(
+            image, self.image_size, self.resample, self.rescale_factor, self.image_mean, self.image_std
+        )
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def _text_batch(
+        self,
+        prompts: list[str],
+        suffixes: list[str] | None,
+        padding_side: str,
+        max_length: int | None,
+        stop_ids: set[int],
+    ) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask of the rows ``prompt`` + ``suffix``, padded; "suffix_mask" (1 on the
+        suffix's tokens), "prompt_lengths" and "truncated" (whether its suffix was cut to fit ``max_length``).
+
+        Truncation keeps the suffix's end from its last stop token (``stop_ids``) on; a prompt that cannot fit,
+        with that end, raises naming the row.
+        """
+        if padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        prompt_ids = self._encode(prompts)
+        suffix_ids = [[] for _ in prompts] if suffixes is None else self._encode(suffixes)
+        rows = [
+            truncate(i, p, s, max_length, stop_ids)
+            for i, (p, s) in enumerate(zip(prompt_ids, suffix_ids, strict=True))
+        ]
+        length, left = max(len(p) + len(s) for p, s in rows), padding_side == "left"
+        batch = {
+            "input_ids": [pad(p + s, self.pad_token_id, length, left) for p, s in rows],
+            "attention_mask": [pad([1] * (len(p) + len(s)), 0, length, left) for p, s in rows],
+            "suffix_mask": [pad([0] * len(p) + [1] * len(s), 0, length, left) for p, s in rows],
+        }
+        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+        out["prompt_lengths"] = torch.tensor([len(p) for p in prompt_ids])
+        out["truncated"] = torch.tensor(
+            [len(s) < len(full) for (_, s), full in zip(rows, suffix_ids, strict=True)]
+        )
+        return out
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(
+        self, sequences: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
+    ) -> list[str]:
+        sequences = (
+            sequences.tolist() if isinstance(sequences, torch.Tensor) else [list(s) for s in sequences]
+        )
+        return self.tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+
+
+def pad(seq: list[int], value: int, length: int, left: bool) -> list[int]:
+    fill = [value] * (length - len(seq))
+    return fill + seq if left else seq + fill
+
+
+def truncate(
+    row: int, prompt: list[int], suffix: list[int], max_length: int | None, stop_ids: set[int]
+) -> tuple[list[int], list[int]]:
+    """``prompt`` and ``suffix`` cut to ``max_length`` tokens: the suffix loses tokens before its end, the tokens
+    from its last stop token on (PaliGemma's ``<eos>``; a chat turn's ``<end_of_turn>\\n``)."""
+    if max_length is None or len(prompt) + len(suffix) <= max_length:
+        return prompt, suffix
+    stops = [i for i, t in enumerate(suffix) if t in stop_ids]
+    end = suffix[stops[-1] :] if stops else []
+    if len(prompt) + len(end) > max_length:
+        held = f" (and the suffix's final {len(end)})" if end else ""
+        raise ValueError(
+            f"text {row}: max_length={max_length} cannot hold its prompt of {len(prompt)} tokens{held}"
+        )
+    return prompt, suffix[: max_length - len(prompt) - len(end)] + end
+
+
+class PaliGemmaProcessor(ProcessorBase):
     def __init__(
         self,
         tokenizer: Tokenizer,
@@ -138,26 +293,19 @@ class PaliGemmaProcessor:
         added = {t.content for t in tokenizer.get_added_tokens_decoder().values()}
         if missing := [t for t in EXTRA_TOKENS if t not in added]:
             tokenizer.add_tokens(missing)
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        self.tokenizer = tokenizer
-        self.image_size = image_size
+        super().__init__(
+            tokenizer,
+            image_size,
+            bos_token,
+            eos_token,
+            pad_token,
+            image_mean,
+            image_std,
+            rescale_factor,
+            resample,
+        )
         self.num_image_tokens = num_image_tokens
-        self.bos_token, self.eos_token = bos_token, eos_token
-        self.image_token_id = tokenizer.token_to_id(IMAGE_TOKEN)
-        self.bos_token_id = self._token_id(bos_token)
-        self.eos_token_id = self._token_id(eos_token)
-        self.pad_token_id = self._token_id(pad_token)
-        self.image_mean = np.array(image_mean, dtype=np.float32)
-        self.image_std = np.array(image_std, dtype=np.float32)
-        self.rescale_factor = rescale_factor
-        self.resample = resample
-
-    def _token_id(self, token: str) -> int:
-        token_id = self.tokenizer.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
-        return token_id
+        self.image_token_id = self._token_id(IMAGE_TOKEN)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, frame_token_pool: int = 1) -> PaliGemmaProcessor:
@@ -167,32 +315,14 @@ class PaliGemmaProcessor:
         of patches, whose mean the model puts there (``pool_image_features``): more pictures fit a prompt.
         """
         path = resolve_model_dir(path, PROCESSOR_FILES)
-        if not (path / "tokenizer.json").is_file():
-            raise MissingFileError(f"{path} has no tokenizer.json; a PaliGemma processor needs it")
+        tokenizer = load_tokenizer(path)
         image_cfg = read_image_settings(path)
-        tok_cfg = {}  # special token names; tokenizer_config.json wins, as in transformers
-        for name in ["special_tokens_map.json", "tokenizer_config.json"]:
-            if (path / name).is_file():
-                tok_cfg.update(read_json(path / name))
-
-        def token(key: str, default: str) -> str:
-            value = tok_cfg.get(key) or default
-            return value["content"] if isinstance(value, dict) else value
-
-        size = image_cfg.get("size", {})
-        if size.get("height") is None or size.get("height") != size.get("width"):
-            raise ConfigError(f"{path}: image settings: expected a square size {{height, width}}, got {size}")
         if "image_seq_length" not in image_cfg:
             raise ConfigError(f"{path}: image settings have no image_seq_length (the number of image tokens)")
-        try:
-            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as error:  # tokenizers raises a bare Exception on a file it cannot parse
-            raise ConfigError(
-                f"{path / 'tokenizer.json'} is no tokenizer ({one_line(error)}); copy it again"
-            ) from None
+        token = token_names(path)
         return cls(
             tokenizer,
-            image_size=size["height"],
+            image_size=square_size(path, image_cfg),
             num_image_tokens=pooled_token_count(image_cfg["image_seq_length"], frame_token_pool),
             bos_token=token("bos_token", "<bos>"),
             eos_token=token("eos_token", "<eos>"),
@@ -207,9 +337,7 @@ class PaliGemmaProcessor:
         """(3, size, size) float32: RGB, bicubic resize, x / 255, (x - mean) / std; as SiglipImageProcessor."""
         if not isinstance(image, Image.Image):
             raise TypeError(f"images must be PIL images, got {type(image).__name__}")
-        image = to_rgb(image).resize((self.image_size, self.image_size), resample=self.resample)
-        x = (np.asarray(image, dtype=np.float64) * self.rescale_factor).astype(np.float32)
-        return ((x - self.image_mean) / self.image_std).transpose(2, 0, 1)
+        return self._normalize(to_rgb(image))
 
     def __call__(
         self,
@@ -232,43 +360,24 @@ class PaliGemmaProcessor:
         per_prompt = images_per_prompt(images, len(texts))
         if any(IMAGE_TOKEN in t for t in texts):
             raise ValueError(f"text is the prefix only; the processor adds the {IMAGE_TOKEN} tokens itself")
-        if padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-
         prompts = [
             IMAGE_TOKEN * (self.num_image_tokens * len(ims)) + self.bos_token + t + "\n"
             for t, ims in zip(texts, per_prompt, strict=True)
         ]
-        prompt_ids = [e.ids for e in self.tokenizer.encode_batch(prompts, add_special_tokens=False)]
-        suffix_ids = [[] for _ in texts]
+        suffixes = None
         if suffix is not None:
-            suffixes = [suffix] if isinstance(suffix, str) else list(suffix)
-            if len(suffixes) != len(texts):
-                raise ValueError(f"got {len(suffixes)} suffixes for {len(texts)} texts")
-            suffixes = [s + self.eos_token for s in suffixes]
-            suffix_ids = [e.ids for e in self.tokenizer.encode_batch(suffixes, add_special_tokens=False)]
-        rows = [(p + s, [0] * len(p) + [1] * len(s)) for p, s in zip(prompt_ids, suffix_ids, strict=True)]
-        full_lengths = [len(ids) for ids, _ in rows]
-        if max_length is not None:
-            rows = [self._truncate(ids, types, max_length) for ids, types in rows]
-
-        length, left = max(len(ids) for ids, _ in rows), padding_side == "left"
-        batch = {
-            "input_ids": [_pad(ids, self.pad_token_id, length, left) for ids, _ in rows],
-            "attention_mask": [_pad([1] * len(ids), 0, length, left) for ids, _ in rows],
-            "token_type_ids": [_pad(types, 0, length, left) for _, types in rows],
-        }
-        out = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+            suffixes = [s + self.eos_token for s in suffixes_for(suffix, len(texts))]
+        batch = self._text_batch(prompts, suffixes, padding_side, max_length, {self.eos_token_id})
+        suffix_mask = batch.pop("suffix_mask")
+        out = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        out["token_type_ids"] = suffix_mask
         if suffix is not None:
-            out["labels"] = out["input_ids"].masked_fill(out["token_type_ids"] == 0, IGNORE_INDEX)
+            out["labels"] = out["input_ids"].masked_fill(suffix_mask == 0, IGNORE_INDEX)
         out["pixel_values"] = torch.from_numpy(
             np.stack([self.preprocess_image(im) for ims in per_prompt for im in ims])
         )
         if return_lengths:
-            out["prompt_lengths"] = torch.tensor([len(p) for p in prompt_ids])
-            out["truncated"] = torch.tensor(
-                [len(ids) < n for (ids, _), n in zip(rows, full_lengths, strict=True)]
-            )
+            out.update({k: batch[k] for k in ("prompt_lengths", "truncated")})
         return out
 
     def prompt_length(self, prefix: str, num_images: int = 1) -> int:
@@ -276,23 +385,9 @@ class PaliGemmaProcessor:
         text_tokens = len(self.tokenizer.encode(prefix + "\n", add_special_tokens=False))
         return self.num_image_tokens * num_images + 1 + text_tokens
 
-    def _truncate(self, ids: list[int], types: list[int], max_length: int) -> tuple[list[int], list[int]]:
-        if len(ids) <= max_length:
-            return ids, types
-        n_prompt = types.count(0)
-        if n_prompt + (1 in types) > max_length:
-            raise ValueError(f"max_length={max_length} cannot hold a prompt of {n_prompt} tokens (and <eos>)")
-        keep = max_length - n_prompt - 1  # suffix tokens kept before its <eos>
-        return ids[: n_prompt + keep] + ids[-1:], types[:max_length]
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
-    def batch_decode(
-        self, sequences: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
-    ) -> list[str]:
-        sequences = (
-            sequences.tolist() if isinstance(sequences, torch.Tensor) else [list(s) for s in sequences]
-        )
-        return self.tokenizer.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+def suffixes_for(suffix: str | Sequence[str], n_texts: int) -> list[str]:
+    suffixes = [suffix] if isinstance(suffix, str) else list(suffix)
+    if len(suffixes) != n_texts:
+        raise ValueError(f"got {len(suffixes)} suffixes for {n_texts} texts")
+    return suffixes

@@ -1,6 +1,7 @@
-"""Build small Gemma-style tokenizers and write them (with the image settings) as hub PaliGemma repos do.
+"""Build small Gemma-style tokenizers and write them (with the image settings) as hub PaliGemma and Gemma 3
+repos do.
 
-Used by the tests and to make the project's embedded tiny model. The layout follows the real PaliGemma
+Used by the tests and to make the project's embedded tiny models. The layout follows the real PaliGemma
 tokenizer, scaled down:
 
     0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, 4 <mask>       Gemma's special ids
@@ -12,7 +13,10 @@ tokenizer, scaled down:
 
 V <= ``vocab_size`` (smaller when the corpus offers fewer merges); the total is V + 1153. loc/seg
 tokens are added but not special: ``skip_special_tokens`` keeps them, as detection and segmentation
-outputs need.
+outputs need. The Gemma 3 flavour (``gemma3=True``) ends instead with its five special tokens:
+
+    V .. V+4   <start_of_turn> <end_of_turn> <start_of_image> <end_of_image> <image_soft_token>
+               (real: 105, 106, 255999, 256000, 262144)
 """
 
 from __future__ import annotations
@@ -33,10 +37,16 @@ IMAGE_TOKEN = "<image>"
 LOC_TOKENS = [f"<loc{i:04d}>" for i in range(1024)]
 SEG_TOKENS = [f"<seg{i:03d}>" for i in range(128)]
 EXTRA_TOKENS = LOC_TOKENS + SEG_TOKENS  # what transformers' PaliGemmaProcessor adds when missing
+START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"
+BOI_TOKEN, EOI_TOKEN, IMAGE_SOFT_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+GEMMA3_TOKENS = [START_OF_TURN, END_OF_TURN, BOI_TOKEN, EOI_TOKEN, IMAGE_SOFT_TOKEN]
+GEMMA_TOKEN_NAMES = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+GEMMA3_IMAGE_TOKENS = {"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_SOFT_TOKEN}
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
-    """Train a byte-fallback BPE on ``texts``; ``vocab_size`` caps specials + bytes + learned pieces."""
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, gemma3: bool = False) -> Tokenizer:
+    """Train a byte-fallback BPE on ``texts``; ``vocab_size`` caps specials + bytes + learned pieces.
+    ``gemma3``: Gemma 3's chat and image tokens after the pieces, in place of PaliGemma's loc/seg and <image>."""
     n_fixed = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
     if vocab_size <= n_fixed:
         raise ConfigError(f"vocab_size must exceed the {n_fixed} special and byte tokens, got {vocab_size}")
@@ -51,7 +61,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     trainer_tok.train_from_iterator(texts, trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
     # A piece spelling a reserved token (say "<eos>" in the corpus) could never be produced anyway.
-    reserved = set(SPECIAL_TOKENS + BYTE_TOKENS + EXTRA_TOKENS + [IMAGE_TOKEN])
+    added = GEMMA3_TOKENS if gemma3 else EXTRA_TOKENS + [IMAGE_TOKEN]
+    reserved = set(SPECIAL_TOKENS + BYTE_TOKENS + added)
     pieces = [p for p in sorted(learned["vocab"], key=learned["vocab"].get) if p not in reserved]
     # each a pair, "a b" or ["a", "b"] as tokenizers' versions write it
     merges = cast(
@@ -60,7 +71,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
     )
     merges = [m for m in merges if "".join(m) not in reserved]
 
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + BYTE_TOKENS + pieces + EXTRA_TOKENS + [IMAGE_TOKEN])}
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + BYTE_TOKENS + pieces + added)}
     tok = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
     )
@@ -71,13 +82,24 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Tokenizer:
         single="<bos> $A", pair="<bos> $A <bos>:1 $B:1", special_tokens=[("<bos>", vocab["<bos>"])]
     )
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in EXTRA_TOKENS])
-    tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+    if gemma3:
+        tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GEMMA3_TOKENS])
+    else:
+        tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in EXTRA_TOKENS])
+        tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
     return tok
 
 
-def _token_dict(content: str) -> dict:
+def token_dict(content: str) -> dict:
     return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+
+def added_tokens_decoder(tok: Tokenizer) -> dict[str, dict]:
+    """tokenizer_config.json's "added_tokens_decoder": every added token by id."""
+    return {
+        str(i): {**token_dict(t.content), "special": t.special}
+        for i, t in sorted(tok.get_added_tokens_decoder().items())
+    }
 
 
 def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
@@ -89,17 +111,12 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tok.save(str(directory / "tokenizer.json"))
-    added = {
-        str(i): {**_token_dict(t.content), "special": t.special}
-        for i, t in sorted(tok.get_added_tokens_decoder().items())
-    }
-    names = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     config = {
         "add_bos_token": True,
         "add_eos_token": False,
-        "added_tokens_decoder": added,
+        "added_tokens_decoder": added_tokens_decoder(tok),
         "additional_special_tokens": [IMAGE_TOKEN],
-        **names,
+        **GEMMA_TOKEN_NAMES,
         "clean_up_tokenization_spaces": False,
         "model_max_length": 1000000000000000019884624838656,
         "padding_side": "right",
@@ -107,10 +124,10 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> None:
         "spaces_between_special_tokens": False,
         "tokenizer_class": "GemmaTokenizer",
     }
-    special_map: dict[str, dict | list[dict]] = {"additional_special_tokens": [_token_dict(IMAGE_TOKEN)]}
-    special_map.update({k: _token_dict(v) for k, v in names.items()})
-    _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", special_map)
+    special_map: dict[str, dict | list[dict]] = {"additional_special_tokens": [token_dict(IMAGE_TOKEN)]}
+    special_map.update({k: token_dict(v) for k, v in GEMMA_TOKEN_NAMES.items()})
+    write_json(directory / "tokenizer_config.json", config)
+    write_json(directory / "special_tokens_map.json", special_map)
 
 
 def save_preprocessor_config(directory: str | Path, image_size: int, num_image_tokens: int) -> None:
@@ -129,7 +146,7 @@ def save_preprocessor_config(directory: str | Path, image_size: int, num_image_t
         "size": {"height": image_size, "width": image_size},
     }
     Path(directory).mkdir(parents=True, exist_ok=True)
-    _write_json(Path(directory) / "preprocessor_config.json", config)
+    write_json(Path(directory) / "preprocessor_config.json", config)
 
 
 def save_processor_files(
@@ -140,5 +157,5 @@ def save_processor_files(
     save_preprocessor_config(directory, image_size, num_image_tokens)
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
