@@ -17,7 +17,7 @@ import sys
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.data.processors import load_processor
 from paligemma.errors import ConfigError, find_run_error, one_line
 from paligemma.model import DTYPES
 from paligemma.model.families import model_class
@@ -103,7 +103,7 @@ def read_video(path: str, num_frames: int) -> list[Image.Image]:
 def generate(args: argparse.Namespace) -> str:
     device = check_options(args)
     images = read_video(args.video, args.num_frames) if args.video else [read_image(p) for p in args.image]
-    processor = PaliGemmaProcessor.from_pretrained(args.model, args.frame_token_pool)
+    processor = load_processor(args.model, args.frame_token_pool)
     cls = model_class(args.model)
     model = cls.from_pretrained(args.model, dtype=DTYPES[args.dtype], device=device).eval()
     batch = processor(text=[args.prompt], images=[images], padding_side="left")

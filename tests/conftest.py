@@ -53,6 +53,23 @@ def tiny_gemma2_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_gemma3_chat_checkpoint(tmp_path_factory):
+    """A random tiny Gemma 3 with its own tokenizer and chat template: 4 image tokens pooled from 4x4 patches, a
+    window (6) shorter than its prompts, one full layer after a sliding one."""
+    from paligemma.tiny import create_tiny_gemma3_checkpoint
+
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  image_size=32, patch_size=8)  # fmt: skip
+    text = dict(model_type="gemma3_text", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                sliding_window=6, layer_types=["sliding_attention", "full_attention"], rope_theta=10_000.0,
+                rope_local_base_freq=1_000.0)  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-gemma3-chat-checkpoint")
+    return create_tiny_gemma3_checkpoint(path, TINY_TEXTS, vocab_size=400, vision=vision, text=text,
+                                         mm_tokens_per_image=4)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def other_tiny_checkpoint(tmp_path_factory):
     """A second random tiny PaliGemma of other sizes: adapters of tiny_checkpoint do not fit it."""
     from paligemma.tiny import create_tiny_checkpoint

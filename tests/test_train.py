@@ -272,6 +272,46 @@ def test_paligemma2_trains_resumes_and_exports_a_merged_model_transformers_reads
     assert diff.abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_gemma3_trains_resumes_and_exports_a_merged_model_transformers_reads(
+    tmp_path, tiny_gemma3_chat_checkpoint, chat
+):
+    """Gemma 3 through the same run: its processor (plain rows, or the chat template with the loss on the model's
+    turn), LoRA with gradient checkpointing, validation generation, resume to the same adapter, and a merged export
+    equal to base + adapter in transformers' Gemma3ForConditionalGeneration."""
+    path = tiny_gemma3_chat_checkpoint
+    overrides = [f"model.path={path}", "logger=csv", *FAST, *SYNTHETIC, "model.dtype=float32",
+                 "model.gradient_checkpointing=true", "export.merged=true", "callbacks.model_checkpoint.save_top_k=-1",
+                 f"data.chat_template={str(chat).lower()}"]  # fmt: skip
+    cfg = compose_config(tmp_path / "run", overrides)
+    datamodule = train.hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    processor = datamodule.processor
+    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+        answer = processor.decode(ids[labels != -100])
+        assert answer.endswith("<end_of_turn>\n" if chat else "<eos>"), answer
+        assert "<start_of_turn>" not in answer and "<start_of_image>" not in answer
+    assert (batch["token_type_ids"] == (batch["input_ids"] == processor.image_token_id)).all()
+
+    results = train.train(cfg)
+    assert math.isfinite(results["val/vqa_accuracy"]) and results["val/loss"] > 0
+    resumed = tmp_path / "resumed"
+    train.train(compose_config(resumed, [*overrides, f"ckpt_path={tmp_path / 'run/checkpoints/step2.ckpt'}"]))
+    for name, tensor in load_file(tmp_path / "run/adapter/adapter_model.safetensors").items():
+        assert torch.equal(load_file(resumed / "adapter/adapter_model.safetensors")[name], tensor), name
+
+    merged = transformers.Gemma3ForConditionalGeneration.from_pretrained(
+        tmp_path / "run/model", attn_implementation="eager"
+    ).eval()
+    base = PaliGemmaLitModule(path=str(path), lora=None).net
+    ours = peft.PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
+    inputs = model_inputs(batch)
+    with torch.no_grad():
+        diff = (merged(**inputs).logits - ours(**inputs).logits)[inputs["attention_mask"].bool()]
+    assert diff.abs().max() < 1e-4
+
+
 @pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
 def test_multirun_sweep_runs_two_jobs_in_one_wandb_group(tmp_path, tiny_checkpoint):
     command = [sys.executable, "train.py", "-m", "lora.r=2,4", f"model.path={tiny_checkpoint}",

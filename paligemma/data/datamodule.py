@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.data.processors import Processor, load_processor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
 from paligemma.data.settings import GENERATED_PATHS, DataSettings
@@ -128,7 +128,7 @@ class PaliGemmaDataModule(L.LightningDataModule):
             raise ConfigError(f"data.box_format must be 'xywh' or 'xyxy', got {s.box_format!r}")
         if s.on_bad_sample not in ("skip", "raise"):
             raise ConfigError(f"data.on_bad_sample must be 'skip' or 'raise', got {s.on_bad_sample!r}")
-        self._processor: PaliGemmaProcessor | None = None
+        self._processor: Processor | None = None
         self._generated: datasets.DatasetDict | None = None  # synthetic, JSONL or COCO splits, made once
         self.train_data: Rows | None = None
         self.val_data: Rows | None = None
@@ -145,10 +145,10 @@ class PaliGemmaDataModule(L.LightningDataModule):
         return self.settings.metric_name
 
     @property
-    def processor(self) -> PaliGemmaProcessor:
+    def processor(self) -> Processor:
         if self._processor is None:
             s = self.settings
-            self._processor = PaliGemmaProcessor.from_pretrained(s.processor_path, s.frame_token_pool)
+            self._processor = load_processor(s.processor_path, s.frame_token_pool, s.chat_template)
         return self._processor
 
     @property

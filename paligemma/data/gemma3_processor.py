@@ -113,7 +113,6 @@ class Gemma3Processor(ProcessorBase):
             else None
         )
         self.chat_template = chat_template
-        self.stop_token_ids = [self.eos_token_id]
         if chat_template is not None:
             self._template = compile_chat_template(chat_template)
             self.stop_token_ids.append(self._token_id(END_OF_TURN))

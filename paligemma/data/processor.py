@@ -184,6 +184,9 @@ class ProcessorBase:
         self.bos_token_id = self._token_id(bos_token)
         self.eos_token_id = self._token_id(eos_token)
         self.pad_token_id = self._token_id(pad_token)
+        self.stop_token_ids = [
+            self.eos_token_id
+        ]  # what ends an answer (Gemma 3's chat rows add <end_of_turn>)
         self.image_mean = np.array(image_mean, dtype=np.float32)
         self.image_std = np.array(image_std, dtype=np.float32)
         self.rescale_factor = rescale_factor
@@ -308,12 +311,20 @@ class PaliGemmaProcessor(ProcessorBase):
         self.image_token_id = self._token_id(IMAGE_TOKEN)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, frame_token_pool: int = 1) -> PaliGemmaProcessor:
+    def from_pretrained(
+        cls, path: str | Path, frame_token_pool: int = 1, chat_template: bool = False
+    ) -> PaliGemmaProcessor:
         """Load from a local dir or a hub id holding tokenizer.json and the image settings (either layout).
 
         ``frame_token_pool`` P > 1 writes (side / P)^2 image tokens per image instead of side^2, one per P x P block
         of patches, whose mean the model puts there (``pool_image_features``): more pictures fit a prompt.
+        ``chat_template``: refused, PaliGemma has none (it is Gemma 3's option, ``Gemma3Processor``).
         """
+        if chat_template:
+            raise ConfigError(
+                f"data.chat_template=true: {path} is a PaliGemma, whose prompts have no chat template (Gemma 3 -it "
+                "checkpoints have one); set data.chat_template=false"
+            )
         path = resolve_model_dir(path, PROCESSOR_FILES)
         tokenizer = load_tokenizer(path)
         image_cfg = read_image_settings(path)

@@ -21,7 +21,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from paligemma.data.packing import pack_batch
-from paligemma.data.processor import PaliGemmaProcessor, to_rgb
+from paligemma.data.processor import to_rgb
+from paligemma.data.processors import Processor
 from paligemma.data.settings import DataSettings
 from paligemma.data.tasks import TASKS
 from paligemma.data.video import read_frames
@@ -105,7 +106,7 @@ class Rows(Dataset):
         data: datasets.Dataset,
         split: str,
         settings: DataSettings,
-        processor: PaliGemmaProcessor,
+        processor: Processor,
         train: bool,
     ):
         self.data, self.split, self.settings, self.processor, self.train = (
@@ -186,7 +187,7 @@ class Collate:
 
     def __init__(
         self,
-        processor: PaliGemmaProcessor,
+        processor: Processor,
         split: str,
         train: bool,
         max_length: int | None,

@@ -40,6 +40,8 @@ class DataSettings:
     fps: float | None = None  # frames per second to take from the start of each clip; null: uniformly over it
     # P > 1: each picture (frame) takes 1/P^2 of its image tokens, the means of P x P blocks of patches: more frames fit
     frame_token_pool: int = 1
+    # rows in the checkpoint's chat template, the loss on the assistant's turn only (Gemma 3 -it checkpoints)
+    chat_template: bool = False
     question_column: str = "question"
     answer_column: str = "answers"  # a string, a list of strings or a list of {"answer": ...} dicts
     caption_column: str = "caption"  # a string or a list of strings

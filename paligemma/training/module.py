@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, cast
 import lightning as L
 import torch
 
-from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
+from paligemma.data.processor import IGNORE_INDEX
+from paligemma.data.processors import Processor, load_processor
 from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model.build import BuiltModel, ModelSettings, build_model
@@ -59,7 +60,7 @@ class PaliGemmaLitModule(L.LightningModule):
         num_beams: int = 1,
         log_predictions: int = 16,
         task: str = "vqa",
-        processor: PaliGemmaProcessor | None = None,
+        processor: Processor | None = None,
         metric: str | None = None,
         bf16_refused_by: str | None = None,
         built: BuiltModel | None = None,
@@ -80,7 +81,7 @@ class PaliGemmaLitModule(L.LightningModule):
         self.task = task
         self.optim = OptimSettings(**(optim or {}))
         optimizer_class(self.optim.name)  # an unknown name, or bitsandbytes missing, fails before loading
-        self.processor = processor or PaliGemmaProcessor.from_pretrained(path)
+        self.processor = processor or load_processor(path)
         if built is None:
             settings = ModelSettings(**{f.name: self.hparams[f.name] for f in fields(ModelSettings)})
             built = build_model(settings, LoraSettings(**lora) if lora else None, bf16_refused_by)
@@ -177,6 +178,11 @@ class PaliGemmaLitModule(L.LightningModule):
         self.records = []
         self.val_loss_sum, self.val_tokens = 0.0, 0
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """What ends a generated answer: the model's stop ids and the processor's (chat rows end at <end_of_turn>)."""
+        return sorted(set(self.net.config.text_config.stop_token_ids) | set(self.processor.stop_token_ids))
+
     def validation_step(self, batch, batch_idx):
         """A placeholder batch (its rows all bad or shard fillers) still runs: under FSDP each forward pass is a
         collective. It adds no record and no loss."""
@@ -191,6 +197,7 @@ class PaliGemmaLitModule(L.LightningModule):
             max_new_tokens=self.hparams["max_new_tokens"],
             num_beams=self.hparams["num_beams"],
             fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
+            eos_token_id=self.stop_token_ids,
         )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for i, row_id in enumerate(batch["row_ids"]):
