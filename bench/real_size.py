@@ -2,6 +2,7 @@
 back, one LoRA training step and one short generation, with seconds and peak memory of each stage.
 
     python bench/real_size.py                                   # paligemma-3b-pt-224 and paligemma2-3b-pt-224
+    python bench/real_size.py --models gemma-3-4b-pt --quantization nf4          # Gemma 3 (896 px, 256 tokens)
     python bench/real_size.py --models paligemma2-10b-pt-224 --device cuda
     python bench/real_size.py --checkpoints /data/random --load-dtype bfloat16 --quantization nf4 --until step
 
@@ -26,13 +27,14 @@ from pathlib import Path
 
 import torch
 
-from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma import Gemma3Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.model import DTYPES
 from paligemma.model.build import ModelSettings, build_model
+from paligemma.model.families import MODEL_CLASSES
 from paligemma.model.lora import LoraSettings
-from paligemma.model.presets import hub_config
+from paligemma.model.presets import gemma3_hub_config, hub_config
 from paligemma.model.quantize import QUANTIZATIONS
-from paligemma.tiny import init_weights_, random_batch
+from paligemma.tiny import init_weights_, random_batch, random_gemma3_batch
 
 
 def native_bf16(device: str) -> bool:
@@ -69,10 +71,22 @@ def stage(name: str, device: str, fn, report: list):
     return result
 
 
-def random_model(config: PaliGemmaConfig, dtype: torch.dtype) -> PaliGemmaForConditionalGeneration:
+def hub_shapes(name: str) -> tuple[str, PaliGemmaConfig, dict]:
+    """The family (a key of MODEL_CLASSES) and config of a hub checkpoint (``gemma-3-*``: Gemma 3, else PaliGemma),
+    and a batch of one row for it: an image, 10 prompt tokens, 6 answer tokens and the stop token."""
+    if name.startswith("gemma-3-"):
+        config = Gemma3Config.from_dict(gemma3_hub_config(name))
+        return "gemma3", config, random_gemma3_batch(config, [["image", 10]], [6])
+    config = PaliGemmaConfig.from_dict(hub_config(name))
+    return "paligemma", config, random_batch(config, prefix_lens=[10], suffix_lens=[6])
+
+
+def random_model(
+    family: str, config: PaliGemmaConfig, dtype: torch.dtype
+) -> PaliGemmaForConditionalGeneration:
     """Built on the meta device and materialised in ``dtype``: no float32 copy of the weights ever exists."""
     with torch.device("meta"):
-        model = PaliGemmaForConditionalGeneration(config)
+        model = MODEL_CLASSES[family](config)
     model = model.to(dtype).to_empty(device="cpu")
     model.tie_weights()
     init_weights_(model)
@@ -117,17 +131,17 @@ def build(path: Path, args, load_dtype: torch.dtype):
 
 
 def run(name: str, args, dtype: torch.dtype, load_dtype: torch.dtype, out: Path) -> list:
-    config = PaliGemmaConfig.from_dict(hub_config(name))
+    family, config, batch = hub_shapes(name)
     device, report = args.device, []
     if not (out / "config.json").is_file():
-        model = stage("build random", device, lambda: random_model(config, dtype), report)
+        model = stage("build random", device, lambda: random_model(family, config, dtype), report)
         shard_bytes = int(args.shard_gb * 2**30)
         stage("save sharded", device, lambda: model.save_pretrained(out, max_shard_bytes=shard_bytes), report)
         del model
     model = stage("load, add LoRA", device, lambda: build(out, args, load_dtype), report)
     n_params, weights_gb = parameter_count(model), model_gb(model)
     model.train()
-    batch = {k: v.to(device) for k, v in random_batch(config, prefix_lens=[10], suffix_lens=[6]).items()}
+    batch = {k: v.to(device) for k, v in batch.items()}
     batch["pixel_values"] = batch["pixel_values"].to(load_dtype)
     loss = float("nan")
     if args.until == "forward":
@@ -152,7 +166,7 @@ def run(name: str, args, dtype: torch.dtype, load_dtype: torch.dtype, out: Path)
     quantized = f", {args.quantization} (compute {args.compute_dtype}{', vision too' if args.quantize_vision else ''})"
     print(f"\n{name}: {n_params:,} parameters made and saved in {made} ({shards} shards), loaded in {loaded}"
           f"{quantized if args.quantization else ''}: {weights_gb:.2f} GB of weights; "
-          f"{config.num_image_tokens} image tokens, loss {float(loss):.3f}")  # fmt: skip
+          f"{(batch['input_ids'] == config.image_token_index).sum()} image tokens, loss {float(loss):.3f}")  # fmt: skip
     print(f"{'stage':<22}{'seconds':>10}{'peak GB':>10}")
     for stage_name, seconds, peak in report:
         print(f"{stage_name:<22}{seconds:>10.1f}{peak:>10.2f}")
