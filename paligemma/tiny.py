@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from paligemma.data.gemma3_files import save_gemma3_processor_files
@@ -124,7 +125,7 @@ def create_tiny_gemma3_checkpoint(
     checkpoints."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(texts, vocab_size=vocab_size, gemma3=True)
-    ids = {t: tokenizer.token_to_id(t) for t in (BOI_TOKEN, EOI_TOKEN, IMAGE_SOFT_TOKEN, END_OF_TURN)}
+    ids = {t: token_id(tokenizer, t) for t in (BOI_TOKEN, EOI_TOKEN, IMAGE_SOFT_TOKEN, END_OF_TURN)}
     text_config = dict(
         TINY_TEXT_GEMMA3 if text is None else text,
         vocab_size=tokenizer.get_vocab_size(),
@@ -143,6 +144,14 @@ def create_tiny_gemma3_checkpoint(
     model.save_pretrained(out_dir)
     save_gemma3_processor_files(out_dir, tokenizer, config.vision_config.image_size, mm_tokens_per_image)
     return out_dir
+
+
+def token_id(tokenizer: Tokenizer, token: str) -> int:
+    """The id of ``token``, which ``build_tokenizer`` adds."""
+    found = tokenizer.token_to_id(token)
+    if found is None:
+        raise ValueError(f"the tokenizer has no {token!r}")
+    return found
 
 
 def random_batch(

@@ -97,6 +97,9 @@ class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
     config_class = Gemma3Config
     model_class = Gemma3Model
 
+    def __init__(self, config: Gemma3Config):
+        super().__init__(config)  # pyright: ignore[reportArgumentType] -- PaliGemma's code reads the fields both configs have
+
     def attention_inputs(
         self, input_ids, attention_mask=None, token_type_ids=None, labels=None, segment_ids=None
     ):
