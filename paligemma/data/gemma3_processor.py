@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tokenizers import Tokenizer
 
 from paligemma.data.processor import (
     IGNORE_INDEX,
@@ -69,7 +70,7 @@ def pan_and_scan_boxes(
 class Gemma3Processor(ProcessorBase):
     def __init__(
         self,
-        tokenizer,
+        tokenizer: Tokenizer,
         image_size: int,
         num_image_tokens: int,
         chat_template: str | None = None,

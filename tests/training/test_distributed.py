@@ -122,6 +122,72 @@ def test_ddp_and_fsdp_trainers_instantiate_lightning_strategies(tiny_checkpoint)
     assert fsdp.strategy.kwargs["auto_wrap_policy"]._module_classes == {GemmaDecoderLayer}
 
 
+class TrainingLoss(torch.nn.Module):
+    """What FSDP wraps in a run: a module holding the network (the LightningModule), here returning its loss."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, batch):
+        return self.net(**batch, return_logits=False).loss
+
+
+def lora_loss_and_grads(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from paligemma.training.distributed import clean_name
+
+    loss = model(batch)
+    loss.backward()
+    return loss.detach(), {clean_name(n): p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("family", ["tiny_checkpoint", "tiny_gemma3_checkpoint"])
+def test_fsdp_makes_each_decoder_layer_of_either_family_a_unit_and_computes_the_same_step(request, family):
+    """trainer=fsdp's wrap policy on a LoRA model of each family (Gemma 3 reuses GemmaDecoderLayer, whatever its
+    layer type): one FSDP unit per decoder layer plus the root, the loss and LoRA gradients of the unwrapped model.
+    One gloo rank in this process: the wrapping is what is tested here, the sharding by the two-rank runs."""
+    import hydra
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from paligemma.model.build import ModelSettings, build_model
+    from paligemma.model.gemma import GemmaDecoderLayer
+    from paligemma.model.lora import LoraSettings
+    from tests.helpers import family_batch
+
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "logger=none"]
+    policy = hydra.utils.instantiate(compose(["trainer=fsdp", *cpu]).trainer, logger=False).strategy.kwargs[
+        "auto_wrap_policy"
+    ]
+    path = str(request.getfixturevalue(family))
+    torch.manual_seed(0)
+    net = build_model(ModelSettings(path=path), LoraSettings(r=2, dropout=0.0)).net
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    batch = family_batch(net.config)
+    holder = TrainingLoss(net.train())
+    loss, grads = lora_loss_and_grads(holder, batch)
+    net.zero_grad()
+    layers = list(net.model.language_model.layers)
+    assert layers and all(type(layer) is GemmaDecoderLayer for layer in layers)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        wrapped = FullyShardedDataParallel(
+            holder, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu")
+        )
+        units = [m.module for m in wrapped.modules() if isinstance(m, FullyShardedDataParallel)]
+        assert units[1:] == layers and units[0] is holder
+        fsdp_loss, fsdp_grads = lora_loss_and_grads(wrapped, batch)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(fsdp_loss, loss, rtol=0, atol=1e-6)
+    assert fsdp_grads.keys() == grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(fsdp_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint):
     import hydra
     from hydra.core.hydra_config import HydraConfig
