@@ -97,20 +97,28 @@ def test_lora_training_step_matches_transformers_and_peft(small_config):
     hf = hf_reference(small_config)
     ours = ours_from_hf(hf)
     settings = LoraSettings(dropout=0.0)
+    batch = random_batch(small_config, prefix_lens=[3, 7, 5, 1], suffix_lens=[4, 2, 2, 6])
+    our_grads = assert_lora_step_matches(hf, ours, settings, batch)
+    assert any("lora_B" in n for n in our_grads)
+
+
+def assert_lora_step_matches(hf, ours, settings: LoraSettings, batch) -> dict:
+    """peft on ``hf`` and add_lora on ``ours`` (same weights), the same random LoRA weights, one training-mode
+    forward and backward: equal loss and LoRA gradients. Returns our LoRA gradients by name."""
     hf_lora = peft.get_peft_model(hf, lora_config(settings)).train()
     ours_lora = add_lora(ours, settings).train()
     randomize_(hf_lora, seed=1)
     ours_lora.load_state_dict(hf_lora.state_dict())
-    batch = random_batch(small_config, prefix_lens=[3, 7, 5, 1], suffix_lens=[4, 2, 2, 6])
     hf_loss, our_loss = hf_lora(**batch).loss, ours_lora(**batch, return_logits=False).loss
     hf_loss.backward()
     our_loss.backward()
     assert abs(hf_loss.item() - our_loss.item()) < 1e-5
     hf_grads = {n: p.grad for n, p in hf_lora.named_parameters() if p.requires_grad}
     our_grads = {n: p.grad for n, p in ours_lora.named_parameters() if p.requires_grad}
-    assert hf_grads.keys() == our_grads.keys() and any("lora_B" in n for n in our_grads)
+    assert hf_grads.keys() == our_grads.keys()
     for name, grad in hf_grads.items():
         torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    return our_grads
 
 
 @pytest.mark.parametrize("name", sorted(GEMMA3_CONFIGS))
@@ -121,19 +129,7 @@ def test_gemma3_lora_training_step_matches_transformers_and_peft(name):
     hf = gemma3_reference(config)
     ours = gemma3_from_hf(hf)
     settings = LoraSettings(dropout=0.0)
-    hf_lora = peft.get_peft_model(hf, lora_config(settings)).train()
-    ours_lora = add_lora(ours, settings).train()
-    randomize_(hf_lora, seed=1)
-    ours_lora.load_state_dict(hf_lora.state_dict())
     batch = random_gemma3_batch(config, [[3, "image", 4, "image", 2], ["image", 6]], [4, 3])
-    hf_loss, our_loss = hf_lora(**batch).loss, ours_lora(**batch, return_logits=False).loss
-    hf_loss.backward()
-    our_loss.backward()
-    assert abs(hf_loss.item() - our_loss.item()) < 1e-5
-    hf_grads = {n: p.grad for n, p in hf_lora.named_parameters() if p.requires_grad}
-    our_grads = {n: p.grad for n, p in ours_lora.named_parameters() if p.requires_grad}
-    assert hf_grads.keys() == our_grads.keys()
+    our_grads = assert_lora_step_matches(hf, ours, settings, batch)
     assert len(our_grads) == 2 * len(DECODER_LINEAR_LAYERS) * config.text_config.num_hidden_layers
     assert all(".language_model.layers." in n for n in our_grads)
-    for name, grad in hf_grads.items():
-        torch.testing.assert_close(our_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
