@@ -410,10 +410,12 @@ def test_a_directory_of_clips_trains_with_pooled_frame_tokens_and_a_corrupt_clip
     assert evaluated["val/vqa_accuracy"] == runs[True]["val/vqa_accuracy"] and evaluated["data/skipped"] == 1
 
 
-@pytest.mark.slow  # two short runs
-def test_packed_run_trains_the_unpacked_runs_adapter(tmp_path, tiny_checkpoint):
-    """data.packing=true end to end: the same rows per step, so the same losses and adapter as unpacked."""
-    overrides = [f"model.path={tiny_checkpoint}", "logger=csv", *FAST, *SYNTHETIC, "data=synthetic_captions",
+@pytest.mark.slow  # two short runs per family
+@pytest.mark.parametrize("checkpoint", ["tiny_checkpoint", "tiny_gemma3_chat_checkpoint"])
+def test_packed_run_trains_the_unpacked_runs_adapter(tmp_path, request, checkpoint):
+    """data.packing=true end to end, PaliGemma and Gemma 3: the same rows per step, so the same losses and adapter
+    as unpacked."""
+    overrides = [f"model.path={request.getfixturevalue(checkpoint)}", "logger=csv", *FAST, *SYNTHETIC, "data=synthetic_captions",
                  "lora.dropout=0.0", "zero_shot=false", "data.max_length=192"]  # fmt: skip
     runs = {}
     for packing in (False, True):

@@ -15,7 +15,12 @@ from torch import nn
 
 from paligemma.model.gemma import GemmaRMSNorm, attention_mask_4d
 from paligemma.model.gemma3_config import Gemma3Config
-from paligemma.model.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaModel, pool_image_features
+from paligemma.model.paligemma import (
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaModel,
+    pool_image_features,
+    valid_counts,
+)
 
 
 def image_blocks(
@@ -104,12 +109,11 @@ class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
         self, input_ids, attention_mask=None, token_type_ids=None, labels=None, segment_ids=None
     ):
         """(valid, blocks, position_ids), each (B, T): the attention mask (all ones without one), ``image_blocks``,
-        and 0-indexed positions contiguous within each row (left padding shifts nothing)."""
-        if segment_ids is not None:
-            raise ValueError("Gemma 3 does not train on packed rows yet: set data.packing=false")
+        and 0-indexed positions contiguous within each row (left padding shifts nothing), restarting at every
+        segment of packed rows (``segment_ids``)."""
         valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         blocks = image_blocks(input_ids, token_type_ids, self.config.image_token_index)
-        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        positions = (valid_counts(valid, segment_ids) - 1).clamp(min=0)
         return valid, blocks, positions
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -44,12 +44,18 @@ def prefix_lm_inputs(
         prefix = labels == ignore_index
     else:
         prefix = torch.ones_like(input_ids, dtype=torch.bool)
-    counts = valid.long().cumsum(-1)  # (B, T)
+    positions = valid_counts(valid, segment_ids).clamp(min=1)
+    return valid, prefix & valid.bool(), positions
+
+
+def valid_counts(valid: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) long: how many valid tokens each row holds up to each position, the position included; with
+    ``segment_ids`` (packed rows) counted from the start of each position's segment."""
+    counts = valid.long().cumsum(-1)
     if segment_ids is not None:
         starts = segment_ids != F.pad(segment_ids, (1, 0), value=-1)[:, :-1]  # first token of each segment
         counts = counts - torch.where(starts, counts - valid, 0).cummax(-1).values  # minus those before it
-    positions = counts.clamp(min=1)
-    return valid, prefix & valid.bool(), positions
+    return counts
 
 
 def pool_image_features(features: torch.Tensor, tokens_per_image: int) -> torch.Tensor:

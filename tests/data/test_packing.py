@@ -10,7 +10,7 @@ import torch
 from paligemma.data.packing import first_fit_decreasing, pack_rows
 from paligemma.data.settings import DataSettings
 from paligemma.errors import ConfigError, DataError
-from tests.helpers import NUM_IMAGE_TOKENS, awkward_and_bad_rows, batches, from_config
+from tests.helpers import awkward_and_bad_rows, batches, from_config
 
 MAX_LENGTH = 128  # 2 or 3 caption rows of 34 to 52 tokens
 CAPTIONS = {"synthetic.num_train": 24, "synthetic.num_val": 8, "synthetic.image_size": 32, "batch_size": 8,
@@ -32,7 +32,7 @@ def test_packed_rows_fit_max_length_and_never_pad_more_than_unpacked(seed):
     assert fullest <= 256 and len(bins) * fullest <= len(lengths) * max(lengths)
 
 
-def rows_of(batch: dict, image_token_id: int) -> list[dict]:
+def rows_of(batch: dict, processor) -> list[dict]:
     """The rows of a batch, unpadded (a packed batch: its segments, in order): tokens, labels, types, images."""
     spans = []
     if "segment_ids" in batch:
@@ -43,7 +43,7 @@ def rows_of(batch: dict, image_token_id: int) -> list[dict]:
     out, image = [], 0
     for b, start, n in spans:
         row = {k: batch[k][b, start : start + n].tolist() for k in ("input_ids", "token_type_ids", "labels")}
-        n_images = row["input_ids"].count(image_token_id) // NUM_IMAGE_TOKENS
+        n_images = row["input_ids"].count(processor.image_token_id) // processor.num_image_tokens
         row["pixel_values"] = batch["pixel_values"][image : image + n_images]
         image += n_images
         out.append(row)
@@ -63,10 +63,13 @@ def same_rows(packed: list[dict], rows: list[dict]) -> bool:
     )
 
 
-@pytest.fixture
-def captions(processor_dir):
+@pytest.fixture(params=["processor_dir", "tiny_gemma3_chat_checkpoint"])
+def captions(request):
+    """Caption datamodules of a PaliGemma's or a Gemma 3's processor."""
+
     def make(**overrides):
-        dm = from_config("synthetic_captions", processor_dir, **(CAPTIONS | overrides))
+        processor = request.getfixturevalue(request.param)
+        dm = from_config("synthetic_captions", processor, **(CAPTIONS | overrides))
         dm.setup("fit")
         return dm
 
@@ -85,8 +88,8 @@ def test_packed_batches_hold_the_unpacked_rows_in_fewer_sequences(captions):
         assert p["input_ids"].shape[0] < 8 and p["input_ids"].shape[1] <= MAX_LENGTH
         assert p["input_ids"].numel() <= u["input_ids"].numel()
         assert torch.equal(p["attention_mask"].bool(), p["segment_ids"] > 0)
-        image_token = packed_dm.processor.image_token_id
-        assert same_rows(rows_of(p, image_token), rows_of(u, image_token))
+        processor = packed_dm.processor
+        assert same_rows(rows_of(p, processor), rows_of(u, processor))
     assert not any("segment_ids" in b["batch"] for b in batches(packed_dm, packed_dm.val_dataloader()))
 
 
@@ -98,10 +101,10 @@ def test_too_long_targets_are_cut_as_unpacked(captions):
         batches(plain_dm, plain_dm.train_dataloader()),
     )
     assert packed_dm.truncated == plain_dm.truncated > 0
-    image_token, eos = packed_dm.processor.image_token_id, packed_dm.processor.eos_token_id
+    processor, eos = packed_dm.processor, packed_dm.processor.eos_token_id
     for p, u in zip(packed, plain, strict=True):
-        rows = rows_of(p, image_token)
-        assert same_rows(rows, rows_of(u, image_token))
+        rows = rows_of(p, processor)
+        assert same_rows(rows, rows_of(u, processor))
         assert all(len(r["input_ids"]) <= short and r["input_ids"][-1] == eos for r in rows)
 
 
