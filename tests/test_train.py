@@ -244,15 +244,18 @@ def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint_
         assert (hf(**text).logits - ours(**text).logits).abs().max() < 1e-4
 
 
-def test_paligemma2_trains_resumes_and_exports_a_merged_model_transformers_reads(
-    tmp_path, tiny_gemma2_checkpoint
-):
-    """Everything PaliGemma 1 has, on a Gemma 2 decoder: LoRA with gradient checkpointing, validation
-    generation, resume to the same adapter, and a merged export equal to base + adapter in transformers."""
-    # float32 pinned: the merged export must equal base + adapter to 1e-4 (a bf16 base, auto on native-bf16 CPUs, is
-    # merged and saved in bf16: 5e-3 apart)
-    overrides = [f"model.path={tiny_gemma2_checkpoint}", "logger=csv", *FAST, *SYNTHETIC, "model.dtype=float32",
-                 "model.gradient_checkpointing=true", "export.merged=true", "callbacks.model_checkpoint.save_top_k=-1"]  # fmt: skip
+def merged_export_overrides(checkpoint, *extra: str) -> list[str]:
+    """A run with LoRA, gradient checkpointing, validation generation, a checkpoint per step and a merged export.
+    float32 pinned: the merged export must equal base + adapter to 1e-4 (a bf16 base, auto on native-bf16 CPUs, is
+    merged and saved in bf16: 5e-3 apart)."""
+    return [f"model.path={checkpoint}", "logger=csv", *FAST, *SYNTHETIC, "model.dtype=float32",
+            "model.gradient_checkpointing=true", "export.merged=true", "callbacks.model_checkpoint.save_top_k=-1",
+            *extra]  # fmt: skip
+
+
+def assert_trains_resumes_and_exports_merged(tmp_path, checkpoint, overrides, hf_class, batch_of):
+    """The run of ``overrides`` validates, resumed from step 2 ends on the same adapter, and transformers'
+    ``hf_class`` reads its merged export with base + adapter's logits on ``batch_of(config)``; returns that model."""
     results = train.train(compose_config(tmp_path / "run", overrides))
     assert math.isfinite(results["val/vqa_accuracy"]) and results["val/loss"] > 0
     resumed = tmp_path / "resumed"
@@ -260,31 +263,38 @@ def test_paligemma2_trains_resumes_and_exports_a_merged_model_transformers_reads
     for name, tensor in load_file(tmp_path / "run/adapter/adapter_model.safetensors").items():
         assert torch.equal(load_file(resumed / "adapter/adapter_model.safetensors")[name], tensor), name
 
-    merged = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        tmp_path / "run/model", attn_implementation="eager"
-    ).eval()
-    assert merged.config.text_config.model_type == "gemma2"
-    base = PaliGemmaLitModule(path=str(tiny_gemma2_checkpoint), lora=None).net
+    merged = hf_class.from_pretrained(tmp_path / "run/model", attn_implementation="eager").eval()
+    base = PaliGemmaLitModule(path=str(checkpoint), lora=None).net
     ours = peft.PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
-    batch = random_batch(ours.config, prefix_lens=[3, 6], suffix_lens=[2, 4])
+    batch = batch_of(base.config)
     with torch.no_grad():
         diff = (merged(**batch).logits - ours(**batch).logits)[batch["attention_mask"].bool()]
     assert diff.abs().max() < 1e-4
+    return merged
+
+
+def test_paligemma2_trains_resumes_and_exports_a_merged_model_transformers_reads(
+    tmp_path, tiny_gemma2_checkpoint
+):
+    """Everything PaliGemma 1 has, on a Gemma 2 decoder."""
+    merged = assert_trains_resumes_and_exports_merged(
+        tmp_path,
+        tiny_gemma2_checkpoint,
+        merged_export_overrides(tiny_gemma2_checkpoint),
+        transformers.PaliGemmaForConditionalGeneration,
+        lambda config: random_batch(config, prefix_lens=[3, 6], suffix_lens=[2, 4]),
+    )
+    assert merged.config.text_config.model_type == "gemma2"
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
 def test_gemma3_trains_resumes_and_exports_a_merged_model_transformers_reads(
     tmp_path, tiny_gemma3_chat_checkpoint, chat
 ):
-    """Gemma 3 through the same run: its processor (plain rows, or the chat template with the loss on the model's
-    turn), LoRA with gradient checkpointing, validation generation, resume to the same adapter, and a merged export
-    equal to base + adapter in transformers' Gemma3ForConditionalGeneration."""
+    """Gemma 3 through the same run, its rows plain or in the chat template with the loss on the model's turn."""
     path = tiny_gemma3_chat_checkpoint
-    overrides = [f"model.path={path}", "logger=csv", *FAST, *SYNTHETIC, "model.dtype=float32",
-                 "model.gradient_checkpointing=true", "export.merged=true", "callbacks.model_checkpoint.save_top_k=-1",
-                 f"data.chat_template={str(chat).lower()}"]  # fmt: skip
-    cfg = compose_config(tmp_path / "run", overrides)
-    datamodule = train.hydra.utils.instantiate(cfg.data)
+    overrides = merged_export_overrides(path, f"data.chat_template={str(chat).lower()}")
+    datamodule = train.hydra.utils.instantiate(compose_config(tmp_path / "data", overrides).data)
     datamodule.setup("fit")
     batch = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     processor = datamodule.processor
@@ -294,22 +304,9 @@ def test_gemma3_trains_resumes_and_exports_a_merged_model_transformers_reads(
         assert "<start_of_turn>" not in answer and "<start_of_image>" not in answer
     assert (batch["token_type_ids"] == (batch["input_ids"] == processor.image_token_id)).all()
 
-    results = train.train(cfg)
-    assert math.isfinite(results["val/vqa_accuracy"]) and results["val/loss"] > 0
-    resumed = tmp_path / "resumed"
-    train.train(compose_config(resumed, [*overrides, f"ckpt_path={tmp_path / 'run/checkpoints/step2.ckpt'}"]))
-    for name, tensor in load_file(tmp_path / "run/adapter/adapter_model.safetensors").items():
-        assert torch.equal(load_file(resumed / "adapter/adapter_model.safetensors")[name], tensor), name
-
-    merged = transformers.Gemma3ForConditionalGeneration.from_pretrained(
-        tmp_path / "run/model", attn_implementation="eager"
-    ).eval()
-    base = PaliGemmaLitModule(path=str(path), lora=None).net
-    ours = peft.PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
-    inputs = model_inputs(batch)
-    with torch.no_grad():
-        diff = (merged(**inputs).logits - ours(**inputs).logits)[inputs["attention_mask"].bool()]
-    assert diff.abs().max() < 1e-4
+    assert_trains_resumes_and_exports_merged(
+        tmp_path, path, overrides, transformers.Gemma3ForConditionalGeneration, lambda _: model_inputs(batch)
+    )
 
 
 @pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
