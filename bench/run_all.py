@@ -4,7 +4,8 @@
 
 Runs, each side by side with transformers (+ peft) in this process: the LoRA training step and its peak memory
 (bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode in fp32 and bf16 with
-the bandwidth it reaches, and prefill (bench_decode.py), the second epoch with cached image features
+the bandwidth it reaches, and prefill (bench_decode.py), the candidate kernels of a decode step's products
+(bench_decode_kernels.py), the second epoch with cached image features
 (bench_feature_cache.py), packed vs padded caption batches (bench_packing.py, ours only: packed / padded
 tokens/s), and peak memory and time of a step at 224 / 448 / 896 px and 8 frames (bench_long.py, the longest part:
 ``--skip-long`` leaves it out). Ratios are transformers time / ours (> 1: we are faster), medians of interleaved
@@ -24,6 +25,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_decode  # noqa: E402
+import bench_decode_kernels  # noqa: E402
 import bench_feature_cache  # noqa: E402
 import bench_long  # noqa: E402
 import bench_packing  # noqa: E402
@@ -110,6 +112,10 @@ def main() -> None:
                 list(bench_decode.SHAPES), [1, 4, 16], ["float32", "bfloat16"], "cpu", 33, args.repeats
             )
         ),
+        "Decode kernels (bench_decode_kernels.py): one pass over the seven products of one PaliGemma 2 3B decoder "
+        "layer per candidate kernel; cells: ms, GB/s of weights read, largest difference from `torch`'s output "
+        "relative to its largest value:\n\n"
+        + bench_decode_kernels.table([torch.float32, torch.bfloat16], [1, 4, 16], 20),
         "Cached image features (`model.cache_image_features=true`), small-vocab, LoRA training over the same "
         "batches twice:\n\n" + feature_cache_table(),
         "Packing (`data.packing=true`), the tiny shape, LoRA steps over 8 batches of 16 captions of 4 to 160 "
