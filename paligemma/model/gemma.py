@@ -142,8 +142,9 @@ class GemmaAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
         mask, dropout = masks[self.layer_type][:, :, queries_from:], self.dropout if self.training else 0.0
-        decoding = kv_cache is not None and Tq == 1  # one query: grouped matmuls beat the CPU SDPA kernel
-        if self.softcap is None and not decoding:
+        # one fp32 query: grouped matmuls beat the CPU SDPA kernel (in bf16 they lose to it, as bf16 matmuls)
+        fp32_decoding = kv_cache is not None and Tq == 1 and q.dtype == torch.float32
+        if self.softcap is None and not fp32_decoding:
             y = F.scaled_dot_product_attention(
                 q,
                 k,

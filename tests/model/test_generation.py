@@ -271,6 +271,32 @@ def test_unknown_forward_arguments_are_a_type_error():
         model(**prompt_batch(config, [3]), use_cache=True)
 
 
+@pytest.mark.parametrize("name", ["gqa", "gemma2"])
+def test_bf16_decode_steps_match_transformers_bf16_forward(name):
+    """bf16 decode (SDPA, or Gemma 2's soft-capped matmuls) gives, step by step, the logits transformers' bf16
+    forward gives over the prompt and the tokens fed, within what bf16 forward passes differ by."""
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS[name])
+    hf = hf_reference(config)
+    ours = ours_from_hf(hf).to(torch.bfloat16)
+    hf = hf.to(torch.bfloat16)
+    batch = prompt_batch(config, [2, 6])
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    fed = torch.randint(
+        1, config.text_config.vocab_size - 1, (2, 5), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        logits, state = ours.prefill(**batch, max_new_tokens=fed.shape[1])
+        steps = [logits] + [ours.decode_step(fed[:, k], state) for k in range(fed.shape[1] - 1)]
+        ones = torch.ones_like(fed)
+        ref = hf(
+            input_ids=torch.cat([batch["input_ids"], fed], 1),
+            pixel_values=batch["pixel_values"],
+            attention_mask=torch.cat([batch["attention_mask"], ones], 1),
+            token_type_ids=torch.cat([batch["token_type_ids"], ones], 1),
+        ).logits[:, batch["input_ids"].shape[1] - 1 : -1]
+    assert (torch.stack(steps, 1).float() - ref.float()).abs().max() < 0.03
+
+
 def test_prefill_and_decode_steps_equal_generate_and_rows_reorder():
     config = PaliGemmaConfig.from_dict(SMALL_CONFIGS["gqa"])
     model = ours_from_hf(hf_reference(config))
