@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-frames", type=int, default=8, help="with --video")
     parser.add_argument("--frame-token-pool", type=int, default=1,
                         help="image tokens of each picture pooled P x P, as data.frame_token_pool in training")  # fmt: skip
+    parser.add_argument("--pan-and-scan", action="store_true",
+                        help="Gemma 3: crops of a wide or tall image too, as data.pan_and_scan in training")  # fmt: skip
     parser.add_argument("--prompt", default="caption en", help='task prefix, e.g. "caption en"')
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -103,7 +105,8 @@ def read_video(path: str, num_frames: int) -> list[Image.Image]:
 def generate(args: argparse.Namespace) -> str:
     device = check_options(args)
     images = read_video(args.video, args.num_frames) if args.video else [read_image(p) for p in args.image]
-    processor = load_processor(args.model, args.frame_token_pool)
+    pan_and_scan = {"do_pan_and_scan": True} if args.pan_and_scan else {}
+    processor = load_processor(args.model, args.frame_token_pool, **pan_and_scan)
     cls = model_class(args.model)
     model = cls.from_pretrained(args.model, dtype=DTYPES[args.dtype], device=device).eval()
     batch = processor(text=[args.prompt], images=[images], padding_side="left")

@@ -79,6 +79,7 @@ GENERATE_ERRORS = {
     "top-p above 1": (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
     "no GPU": (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
     "no such device": (["--device", "gpu0"], "--device: 'gpu0' is not a torch device"),
+    "pan & scan on a PaliGemma": (["--pan-and-scan"], "is a PaliGemma, whose prompts have no crops"),
 }  # fmt: skip
 
 
@@ -123,6 +124,23 @@ def test_several_images_generate_for_one_prompt_as_the_processor_batches_them(ti
     images = [[Image.open(p) for p in paths]]
     batch = processor(text=["caption en"], images=images, padding_side="left")
     assert batch["pixel_values"].shape[0] == 2
+    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
+    assert generate(args) == expected
+
+
+def test_pan_and_scan_generates_from_the_picture_and_its_crops(tiny_gemma3_chat_checkpoint, tmp_path):
+    from PIL import Image
+
+    from paligemma import Gemma3ForConditionalGeneration, Gemma3Processor
+    from paligemma.generate import generate, parse_args
+
+    Image.new("RGB", (900, 300), (200, 30, 30)).save(tmp_path / "wide.png")
+    args = parse_args(["--model", str(tiny_gemma3_chat_checkpoint), "--image", str(tmp_path / "wide.png"),
+                       "--prompt", "caption en", "--max-new-tokens", "5", "--pan-and-scan"])  # fmt: skip
+    processor = Gemma3Processor.from_pretrained(tiny_gemma3_chat_checkpoint, do_pan_and_scan=True)
+    model = Gemma3ForConditionalGeneration.from_pretrained(tiny_gemma3_chat_checkpoint).eval()
+    batch = processor(text=["caption en"], images=[[Image.open(tmp_path / "wide.png")]], padding_side="left")
+    assert batch["pixel_values"].shape[0] == 4  # the picture and 3 crops of 300 x 300
     expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
     assert generate(args) == expected
 

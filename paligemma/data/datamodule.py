@@ -148,7 +148,9 @@ class PaliGemmaDataModule(L.LightningDataModule):
     def processor(self) -> Processor:
         if self._processor is None:
             s = self.settings
-            self._processor = load_processor(s.processor_path, s.frame_token_pool, s.chat_template)
+            self._processor = load_processor(
+                s.processor_path, s.frame_token_pool, s.chat_template, **s.pan_and_scan_options
+            )
         return self._processor
 
     @property

@@ -164,7 +164,7 @@ class Gemma3Processor(ProcessorBase):
         if not isinstance(image, Image.Image):
             raise TypeError(f"images must be PIL images, got {type(image).__name__}")
         image = to_rgb(image)
-        boxes = pan_and_scan_boxes(*image.size, *self.pan_and_scan) if self.pan_and_scan else []
+        boxes = pan_and_scan_boxes(*image.size, *self.pan_and_scan) if self.pan_and_scan is not None else []
         return [self._normalize(image)] + [self._normalize(image.crop(box)) for box in boxes]
 
     def image_text(self, num_crops: int) -> str:
@@ -251,9 +251,16 @@ class Gemma3Processor(ProcessorBase):
             )
         return text
 
-    def prompt_length(self, prefix: str, num_images: int = 1) -> int:
-        """Tokens of the prompt ``prefix`` with ``num_images`` images becomes (without pan & scan crops)."""
-        prompt = self._expand(self.prompt_text(prefix, num_images), [0] * num_images)
+    def crop_counts(self, images: Sequence[Image.Image]) -> list[int]:
+        """The pan & scan crops each image adds to ``pixel_values`` and its prompt (none when off)."""
+        if self.pan_and_scan is None:
+            return [0] * len(images)
+        return [len(pan_and_scan_boxes(*image.size, *self.pan_and_scan)) for image in images]
+
+    def prompt_length(self, prefix: str, num_images: int = 1, num_crops: Sequence[int] = ()) -> int:
+        """Tokens of the prompt ``prefix`` with ``num_images`` images becomes, ``num_crops`` (``crop_counts``)
+        after each of them (none: no crops)."""
+        prompt = self._expand(self.prompt_text(prefix, num_images), list(num_crops) or [0] * num_images)
         return len(self.tokenizer.encode(prompt, add_special_tokens=False))
 
     def _expand(self, prompt: str, num_crops: list[int]) -> str:

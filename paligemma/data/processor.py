@@ -191,6 +191,13 @@ class ProcessorBase:
         self.image_std = np.array(image_std, dtype=np.float32)
         self.rescale_factor = rescale_factor
         self.resample = resample
+        # Gemma 3's crop settings (min crop size, max crops, min aspect ratio); None: each image is only resized
+        self.pan_and_scan: tuple[int, int, float] | None = None
+
+    def crop_counts(self, images: Sequence[Image.Image]) -> list[int]:
+        """The pan & scan crops each image adds to ``pixel_values`` and its prompt: none (Gemma 3's processor
+        crops when asked)."""
+        return [0] * len(images)
 
     def _token_id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -312,18 +319,23 @@ class PaliGemmaProcessor(ProcessorBase):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, frame_token_pool: int = 1, chat_template: bool = False
+        cls, path: str | Path, frame_token_pool: int = 1, chat_template: bool = False, **pan_and_scan
     ) -> PaliGemmaProcessor:
         """Load from a local dir or a hub id holding tokenizer.json and the image settings (either layout).
 
         ``frame_token_pool`` P > 1 writes (side / P)^2 image tokens per image instead of side^2, one per P x P block
         of patches, whose mean the model puts there (``pool_image_features``): more pictures fit a prompt.
-        ``chat_template``: refused, PaliGemma has none (it is Gemma 3's option, ``Gemma3Processor``).
+        ``chat_template`` and ``pan_and_scan`` (``do_pan_and_scan=True``): refused, they are Gemma 3's options.
         """
         if chat_template:
             raise ConfigError(
                 f"data.chat_template=true: {path} is a PaliGemma, whose prompts have no chat template (Gemma 3 -it "
                 "checkpoints have one); set data.chat_template=false"
+            )
+        if pan_and_scan.get("do_pan_and_scan"):
+            raise ConfigError(
+                f"pan & scan: {path} is a PaliGemma, whose prompts have no crops (Gemma 3's have); set "
+                "data.pan_and_scan=false (python -m paligemma.generate: leave out --pan-and-scan)"
             )
         path = resolve_model_dir(path, PROCESSOR_FILES)
         tokenizer = load_tokenizer(path)
@@ -391,8 +403,11 @@ class PaliGemmaProcessor(ProcessorBase):
             out.update({k: batch[k] for k in ("prompt_lengths", "truncated")})
         return out
 
-    def prompt_length(self, prefix: str, num_images: int = 1) -> int:
-        """Tokens of the prompt ``prefix`` becomes: image tokens, ``<bos>``, the prefix and "\\n"."""
+    def prompt_length(self, prefix: str, num_images: int = 1, num_crops: Sequence[int] = ()) -> int:
+        """Tokens of the prompt ``prefix`` becomes: image tokens, ``<bos>``, the prefix and "\\n" (PaliGemma has
+        no pan & scan: ``num_crops`` are zeros, as ``crop_counts`` gives)."""
+        if any(num_crops):
+            raise ValueError(f"a PaliGemma prompt has no pan & scan crops, got {list(num_crops)}")
         text_tokens = len(self.tokenizer.encode(prefix + "\n", add_special_tokens=False))
         return self.num_image_tokens * num_images + 1 + text_tokens
 

@@ -30,12 +30,17 @@ def processor_class_name(path: Path) -> str:
     return "PaliGemmaProcessor"
 
 
-def load_processor(path: str | Path, frame_token_pool: int = 1, chat_template: bool = False) -> Processor:
-    """The processor of the checkpoint at ``path`` (a local dir or hub id), of the class its files name."""
+def load_processor(
+    path: str | Path, frame_token_pool: int = 1, chat_template: bool = False, **pan_and_scan
+) -> Processor:
+    """The processor of the checkpoint at ``path`` (a local dir or hub id), of the class its files name.
+    ``pan_and_scan``: transformers' ``do_pan_and_scan`` and ``pan_and_scan_*`` arguments (Gemma 3's)."""
     directory = resolve_model_dir(path, PROCESSOR_FILES)
     name = processor_class_name(directory)
     if name not in PROCESSOR_CLASSES:
         raise UnsupportedConfigError(
             f"{directory}: processor_class {name!r} is not one this code implements; known: {', '.join(PROCESSOR_CLASSES)}"
         )
-    return PROCESSOR_CLASSES[name].from_pretrained(directory, frame_token_pool, chat_template=chat_template)
+    return PROCESSOR_CLASSES[name].from_pretrained(
+        directory, frame_token_pool, chat_template=chat_template, **pan_and_scan
+    )

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any, overload
 
 import datasets
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from paligemma.data.packing import pack_batch
@@ -63,18 +63,26 @@ def open_images(value: Any) -> list[Image.Image]:
     return images
 
 
-def too_long(n_prompt: int, n_pictures: int, image_tokens: int, s: DataSettings) -> str:
+def too_long(n_prompt: int, n_pictures: int, n_crops: int, image_tokens: int, s: DataSettings) -> str:
     """Why a prompt does not fit data.max_length, by how much, and what to change."""
     over = n_prompt + 1 - (s.max_length or 0)
-    text = n_prompt - n_pictures * image_tokens
-    pictures = (
-        f"{n_pictures} picture{'s' if n_pictures > 1 else ''} x {image_tokens} image tokens + {text} more"
-    )
+    text = n_prompt - (n_pictures + n_crops) * image_tokens
+    blocks = f"{n_pictures} picture{'s' if n_pictures > 1 else ''}"
+    if n_crops:
+        blocks = f"({blocks} + {n_crops} pan & scan crop{'s' if n_crops > 1 else ''})"
+    pictures = f"{blocks} x {image_tokens} image tokens + {text} more"
     fewer = "data.num_frames" if s.video_column else "fewer pictures per row"
     return (
         f"prompt of {n_prompt} tokens ({pictures}) leaves no room in max_length={s.max_length} for the target: "
-        f"{over} over; raise data.max_length" + (f" or use {fewer}" if n_pictures > 1 else "")
+        f"{over} over; raise data.max_length"
+        + (f" or use {fewer}" if n_pictures > 1 else "")
+        + (" or lower data.pan_and_scan_max_num_crops" if n_crops else "")
     )
+
+
+def preview(images: list[Image.Image], size: int) -> Image.Image:
+    """A row's pictures side by side, each at most ``size`` px a side, for a predictions table."""
+    return strip([im if max(im.size) <= size else ImageOps.contain(im, (size, size)) for im in images])
 
 
 def strip(images: list[Image.Image]) -> Image.Image:
@@ -154,17 +162,21 @@ class Rows(Dataset):
         if not refs:
             raise ValueError(f"missing or empty target in column {getattr(s, self.task.columns[-1])!r}")
         if s.max_length is not None:
-            n_prompt = self.processor.prompt_length(prompt, len(images))
+            crops = self.processor.crop_counts(images)
+            n_prompt = self.processor.prompt_length(prompt, len(images), crops)
             if n_prompt + 1 > s.max_length:  # no room left for the target's <eos>
-                raise ValueError(too_long(n_prompt, len(images), self.processor.num_image_tokens, s))
+                raise ValueError(
+                    too_long(n_prompt, len(images), sum(crops), self.processor.num_image_tokens, s)
+                )
         if self.train:
             target = refs[random.Random(f"{s.seed}:{epoch}:{row}").randrange(len(refs))]
         else:
             target = Counter(refs).most_common(1)[0][0]
-        # Convert and resize here, exactly as the processor would (it then finds nothing left to do), so a
-        # failure is this row's and validation can return small preview images.
-        size = (self.processor.image_size, self.processor.image_size)
-        images = [image.resize(size, resample=self.processor.resample) for image in images]
+        # Resize here, exactly as the processor would (it then finds nothing left to do), so a failure is this
+        # row's; pan & scan crops the original pictures.
+        if self.processor.pan_and_scan is None:
+            size = (self.processor.image_size, self.processor.image_size)
+            images = [image.resize(size, resample=self.processor.resample) for image in images]
         kind = str(item[s.kind_column]) if s.kind_column else s.task
         return {
             "row": row,
@@ -219,7 +231,9 @@ class Collate:
         if self.train:
             if self.packing:
                 assert self.max_length is not None  # DataSettings checks that packing has one
-                n_images = [len(ims) for ims in images]
+                n_images = [
+                    len(ims) + sum(self.processor.crop_counts(ims)) for ims in images
+                ]  # crops included
                 batch = pack_batch(batch, n_images, self.max_length, self.processor.pad_token_id)
             return {**batch, "rows": len(good), "stats": stats}
         return {
@@ -229,7 +243,7 @@ class Collate:
             "kinds": [it["kind"] for it in good],
             "prompts": prompts[: len(good)],
             "row_ids": [it["row"] for it in good],
-            "images": [strip(ims) for ims in images[: len(good)]],
+            "images": [preview(ims, self.processor.image_size) for ims in images[: len(good)]],
             "rows": len(good),
             "stats": stats,
         }

@@ -42,6 +42,12 @@ class DataSettings:
     frame_token_pool: int = 1
     # rows in the checkpoint's chat template, the loss on the assistant's turn only (Gemma 3 -it checkpoints)
     chat_template: bool = False
+    # Gemma 3: a wide or tall image also goes in as crops along its long side (transformers' do_pan_and_scan);
+    # every crop costs an image's tokens
+    pan_and_scan: bool = False
+    pan_and_scan_min_crop_size: int = 256  # px, each side of a crop
+    pan_and_scan_max_num_crops: int = 4  # crops of one image (at least 2)
+    pan_and_scan_min_ratio_to_activate: float = 1.2  # long side / short side from which an image is cropped
     question_column: str = "question"
     answer_column: str = "answers"  # a string, a list of strings or a list of {"answer": ...} dicts
     caption_column: str = "caption"  # a string or a list of strings
@@ -80,6 +86,15 @@ class DataSettings:
             raise ConfigError(
                 f"data.frame_token_pool must be at least 1 (1: no pooling), got {self.frame_token_pool}"
             )
+        if self.pan_and_scan_min_crop_size < 1:
+            raise ConfigError(
+                f"data.pan_and_scan_min_crop_size must be at least 1 px, got {self.pan_and_scan_min_crop_size}"
+            )
+        if self.pan_and_scan_max_num_crops < 2:
+            raise ConfigError(
+                "data.pan_and_scan_max_num_crops must be at least 2 (fewer: data.pan_and_scan=false), "
+                f"got {self.pan_and_scan_max_num_crops}"
+            )
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(
                 f"data.fps must be a positive number of frames per second (null: uniform), got {self.fps}"
@@ -100,6 +115,18 @@ class DataSettings:
             return self.num_workers
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return min(MAX_DEFAULT_WORKERS, cores - 1)
+
+    @property
+    def pan_and_scan_options(self) -> dict[str, Any]:
+        """The processor's pan & scan arguments, as transformers' Gemma3Processor names them (none when off)."""
+        if not self.pan_and_scan:
+            return {}
+        return {
+            "do_pan_and_scan": True,
+            "pan_and_scan_min_crop_size": self.pan_and_scan_min_crop_size,
+            "pan_and_scan_max_num_crops": self.pan_and_scan_max_num_crops,
+            "pan_and_scan_min_ratio_to_activate": self.pan_and_scan_min_ratio_to_activate,
+        }
 
     @property
     def metric_name(self) -> str:

@@ -132,6 +132,20 @@ def test_pan_and_scan_matches_reference(gemma3_dir, ref, padding_side):
     assert "Here is the original image" in decoded and "crops to help you see better" in decoded
 
 
+def test_prompt_length_counts_each_images_crops(gemma3_dir, ours):
+    panning = Gemma3Processor.from_pretrained(gemma3_dir, **PAN_AND_SCAN)
+    texts = [f"{MARKER} wide and {MARKER} tall", f"square {MARKER}"]
+    images = [[random_image(0, (50, 20)), random_image(1, (16, 70))], [random_image(2, (30, 27))]]
+    lengths = panning(text=texts, images=images, return_lengths=True)["prompt_lengths"].tolist()
+    crops = [panning.crop_counts(ims) for ims in images]
+    assert crops == [[3, 3], [0]]
+    assert [
+        panning.prompt_length(t, len(ims), c) for t, ims, c in zip(texts, images, crops, strict=True)
+    ] == lengths
+    assert ours.crop_counts(images[0]) == [0, 0]
+    assert ours.prompt_length(texts[0], 2) < lengths[0]
+
+
 def test_without_markers_the_images_come_first(ours, ref):
     images = mixed_images()
     texts = ["caption en", "what is in the image?", ""]

@@ -313,3 +313,11 @@ def test_copied_transformers5_files_load_in_both(transformers5_dir, tmp_path):
         out.pop("pixel_values"), expected.pop("pixel_values"), atol=0.1
     )  # torchvision's resize
     assert_same(out, expected)
+
+
+def test_pan_and_scan_is_refused_naming_the_setting(tiny_processor_dir, ours):
+    with pytest.raises(ConfigError, match=r"pan & scan: .* is a PaliGemma.*data\.pan_and_scan=false"):
+        PaliGemmaProcessor.from_pretrained(tiny_processor_dir, do_pan_and_scan=True)
+    assert ours.crop_counts([Image.new("RGB", (90, 10))]) == [0]
+    with pytest.raises(ValueError, match=r"no pan & scan crops, got \[2\]"):
+        ours.prompt_length("caption en", 1, [2])

@@ -28,3 +28,22 @@ def test_default_workers_leave_the_main_process_a_core_and_never_exceed_the_mach
 def test_impossible_counts_are_one_line_naming_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"^data\.{key} must be .*, got {value}$"):
         DataSettings(path="x", **{key: value})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("pan_and_scan_min_crop_size", 0), ("pan_and_scan_max_num_crops", 1)]
+)
+def test_impossible_pan_and_scan_sizes_name_the_keys(key, value):
+    with pytest.raises(ConfigError, match=rf"^data\.{key} must be at least .*, got {value}$"):
+        DataSettings(path="x", pan_and_scan=True, **{key: value})
+
+
+def test_pan_and_scan_options_are_transformers_processor_arguments():
+    assert DataSettings(path="x").pan_and_scan_options == {}
+    options = DataSettings(path="x", pan_and_scan=True, pan_and_scan_max_num_crops=3).pan_and_scan_options
+    assert options == {
+        "do_pan_and_scan": True,
+        "pan_and_scan_min_crop_size": 256,
+        "pan_and_scan_max_num_crops": 3,
+        "pan_and_scan_min_ratio_to_activate": 1.2,
+    }
