@@ -411,9 +411,10 @@ def test_a_directory_of_clips_trains_with_pooled_frame_tokens_and_a_corrupt_clip
 @pytest.mark.parametrize("checkpoint", ["tiny_checkpoint", "tiny_gemma3_chat_checkpoint"])
 def test_packed_run_trains_the_unpacked_runs_adapter(tmp_path, request, checkpoint):
     """data.packing=true end to end, PaliGemma and Gemma 3: the same rows per step, so the same losses and adapter
-    as unpacked."""
+    as unpacked. float32 pinned: a bf16 base (auto on native-bf16 CPUs) rounds the two batch shapes' products
+    differently, well beyond these tolerances."""
     overrides = [f"model.path={request.getfixturevalue(checkpoint)}", "logger=csv", *FAST, *SYNTHETIC, "data=synthetic_captions",
-                 "lora.dropout=0.0", "zero_shot=false", "data.max_length=192"]  # fmt: skip
+                 "lora.dropout=0.0", "zero_shot=false", "data.max_length=192", "model.dtype=float32"]  # fmt: skip
     runs = {}
     for packing in (False, True):
         run = tmp_path / f"packing_{packing}"

@@ -132,7 +132,8 @@ def test_packed_loss_and_lora_gradients_equal_the_unpacked_batchs(config, return
             (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
         )
     (unpacked_loss, unpacked_grads), (packed_loss, packed_grads) = grads
-    torch.testing.assert_close(packed_loss, unpacked_loss, rtol=0, atol=1e-6)
+    # a few float32 ulps: the packed batch's other shapes sum in another order (AVX512's kernels block so)
+    torch.testing.assert_close(packed_loss, unpacked_loss, rtol=1e-6, atol=1e-6)
     assert unpacked_grads.keys() == packed_grads.keys() and all("lora_" in n for n in packed_grads)
     for name, grad in unpacked_grads.items():
         assert grad.abs().max() > 0, name

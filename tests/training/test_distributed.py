@@ -153,15 +153,16 @@ def test_fsdp_makes_each_decoder_layer_of_either_family_a_unit_and_computes_the_
     from paligemma.model.build import ModelSettings, build_model
     from paligemma.model.gemma import GemmaDecoderLayer
     from paligemma.model.lora import LoraSettings
+    from paligemma.training.checks import bf16_refusal
     from tests.helpers import family_batch
 
     cpu = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "logger=none"]
-    policy = hydra.utils.instantiate(compose(["trainer=fsdp", *cpu]).trainer, logger=False).strategy.kwargs[
-        "auto_wrap_policy"
-    ]
+    cfg = compose(["trainer=fsdp", *cpu])
+    policy = hydra.utils.instantiate(cfg.trainer, logger=False).strategy.kwargs["auto_wrap_policy"]
     path = str(request.getfixturevalue(family))
     torch.manual_seed(0)
-    net = build_model(ModelSettings(path=path), LoraSettings(r=2, dropout=0.0)).net
+    # as train.py builds it: model.dtype=auto is float32 under FSDP with LoRA, also on a native-bf16 CPU
+    net = build_model(ModelSettings(path=path), LoraSettings(r=2, dropout=0.0), bf16_refusal(cfg)).net
     with torch.no_grad():
         for name, p in net.named_parameters():
             if "lora_B" in name:
