@@ -8,9 +8,10 @@ A decode step is the time between two consecutive entries into the first decoder
 (a forward pre-hook): one whole iteration of the generation loop, its sampling and bookkeeping included, the
 prompt's prefill excluded. Quoted: the median step over every step of every repeat; prefill = the time from the
 call to its first decode step. Ours and transformers run interleaved in one process (the machines are shared and
-noisy). Bandwidth = the bytes a decode step must read (the decoder layers' and the LM head's weights, and the KV
-cache at the median step, all in the dtype measured) / the time per token. Ratios are transformers time / ours:
-> 1 means we are faster. Without native bf16 (AVX2) torch's bf16 matmuls are ~30x slower than fp32: bf16 then runs
+noisy). Where our bf16 generation packs its weights (a CPU with bf16 instructions), the same generation on
+``F.linear``'s products runs beside them ("weights unpacked": how it ran before). Bandwidth = the bytes a decode
+step must read (the decoder layers' and the LM head's weights, and the KV cache at the median step, all in the
+dtype measured) / the time per token. Ratios are transformers time / ours: > 1 means we are faster. Without native bf16 (AVX2) torch's bf16 matmuls are ~30x slower than fp32: bf16 then runs
 only the first shape at batch <= 4, once, unless ``--full-bf16``. ``--profile`` prints torch.profiler's top
 operators of our decode steps.
 """
@@ -82,20 +83,29 @@ def prompts(config, batch_size: int, dtype: torch.dtype, device: str) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def packs_weights(dtype: torch.dtype) -> bool:
+    """Whether our generation packs its weights here (paligemma/model/packed_weights.py): bf16, bf16 instructions."""
+    return dtype == torch.bfloat16 and native_bf16_cpu()
+
+
 def generators(ours, hf, batch: dict, new_tokens: int) -> dict:
-    """name -> (callable generating new_tokens greedily, all of them; the first decoder layer it runs)."""
+    """name -> (callable generating new_tokens greedily, all of them; the first decoder layer it runs). Where ours
+    packs its weights, also "ours, unpacked": the same generation on ``F.linear``'s products (what it was before)."""
 
     def run_hf():
         with torch.inference_mode():
             hf.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-    def run_ours():
-        ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[])
+    def run_ours(pack_weights=True):
+        ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[], pack_weights=pack_weights)
 
-    return {
+    runs = {
         "transformers": (run_hf, hf.model.language_model.layers[0]),
         "ours": (run_ours, ours.language_model.layers[0]),
     }
+    if packs_weights(ours.dtype):
+        runs["ours, unpacked"] = (lambda: run_ours(pack_weights=False), ours.language_model.layers[0])
+    return runs
 
 
 def sync(device: str) -> None:
@@ -163,10 +173,11 @@ def measure(shape: str, batch_sizes: list[int], dtype_name: str, device: str, ne
         r = interleaved_medians(generators(ours, hf, batch, new_tokens), new_tokens, repeats, device)
         (hf_prefill, hf_token), (ours_prefill, ours_token) = r["transformers"], r["ours"]
         weight_bytes, kv_bytes = bytes_read(ours, batch_size, batch["input_ids"].shape[1] + new_tokens // 2)
+        unpacked_token = r["ours, unpacked"][1] if "ours, unpacked" in r else None
         yield {"shape": shape, "batch": batch_size, "dtype": dtype_name, "hf_token_s": hf_token,
                "ours_token_s": ours_token, "decode_speedup": hf_token / ours_token, "hf_prefill_s": hf_prefill,
                "ours_prefill_s": ours_prefill, "prefill_speedup": hf_prefill / ours_prefill,
-               "weight_bytes": weight_bytes, "kv_bytes": kv_bytes}  # fmt: skip
+               "unpacked_token_s": unpacked_token, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes}  # fmt: skip
 
 
 def plan(shapes: list[str], batch_sizes: list[int], dtypes: list[str], repeats: int, full_bf16: bool) -> list:
@@ -196,9 +207,10 @@ def decode_table(results: list[dict]) -> str:
     by_key = {(r["shape"], r["batch"], r["dtype"]): r for r in results}
     rows_keys = list(dict.fromkeys((r["shape"], r["batch"]) for r in results))
     names = " / ".join(SHORT.get(d, d) for d in dtypes)
+    unpacked = any(r["unpacked_token_s"] is not None for r in results)
 
     def cell(r, seconds_key):
-        if r is None:
+        if r is None or r[seconds_key] is None:
             return "not run"
         gb_per_s = (r["weight_bytes"] + r["kv_bytes"]) / r[seconds_key] / 1e9
         return f"{r[seconds_key] * 1e3:.2f} ms, {gb_per_s:.1f} GB/s"
@@ -210,6 +222,7 @@ def decode_table(results: list[dict]) -> str:
         "shape, batch",
         f"MB per step, weights + KV: {names}",
         *[f"{SHORT.get(d, d)} {who}" for d in dtypes for who in ("ours", "transformers")],
+        *(["bf16 ours, weights unpacked"] if unpacked else []),
         f"decode speed-up: {names}",
         f"prefill speed-up: {names}",
     ]
@@ -220,6 +233,7 @@ def decode_table(results: list[dict]) -> str:
             f"{shape}, {batch}",
             joined(rs, lambda r: f"{r['weight_bytes'] / 1e6:.0f} + {r['kv_bytes'] / 1e6:.1f}"),
             *[cell(r, key) for r in rs for key in ("ours_token_s", "hf_token_s")],
+            *([cell(by_key.get((shape, batch, "bfloat16")), "unpacked_token_s")] if unpacked else []),
             joined(rs, lambda r: f"x{r['decode_speedup']:.2f}"),
             joined(rs, lambda r: f"x{r['prefill_speedup']:.2f}"),
         ]

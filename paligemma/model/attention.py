@@ -10,12 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from paligemma.model.precision import native_bf16_cpu
+
 QUERY_CHUNK_SIZE = 512  # queries per chunk; a sequence up to this long (224 px: ~280) runs in one piece
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     """Gemma 2's tanh soft-capping into (-cap, cap), in x's dtype; cap None leaves x as it is."""
     return x if cap is None else torch.tanh(x / cap) * cap
+
+
+def grouped_decoding_is_faster(q: torch.Tensor) -> bool:
+    """Whether one query's attention (a decode step) runs faster as ``grouped_attention``'s matmuls than as SDPA:
+    in fp32, and in bf16 on a CPU with bf16 instructions, where torch's SDPA kernel, tiled for many queries, is
+    several times slower at one. Without them bf16 matmuls are emulated and SDPA wins (bench/bench_decode.py)."""
+    native_bf16 = q.dtype == torch.bfloat16 and q.device.type == "cpu" and native_bf16_cpu()
+    return q.dtype == torch.float32 or native_bf16
 
 
 def grouped_attention(q, k, v, mask, scale: float, cap: float | None, dropout_p: float = 0.0) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from paligemma.model.attention import QUERY_CHUNK_SIZE, chunked_attention, softcap
+from paligemma.model.attention import QUERY_CHUNK_SIZE, chunked_attention, grouped_decoding_is_faster, softcap
 from paligemma.model.config import GemmaConfig
 from paligemma.model.kv_cache import KVCache, SlidingKVCache
 
@@ -142,9 +142,8 @@ class GemmaAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
         mask, dropout = masks[self.layer_type][:, :, queries_from:], self.dropout if self.training else 0.0
-        # one fp32 query: grouped matmuls beat the CPU SDPA kernel (in bf16 they lose to it, as bf16 matmuls)
-        fp32_decoding = kv_cache is not None and Tq == 1 and q.dtype == torch.float32
-        if self.softcap is None and not fp32_decoding:
+        grouped_decoding = kv_cache is not None and Tq == 1 and grouped_decoding_is_faster(q)
+        if self.softcap is None and not grouped_decoding:
             y = F.scaled_dot_product_attention(
                 q,
                 k,

@@ -9,6 +9,8 @@ on one CPU kind runs on every kind. GPUs are not ``auto``'s business: their conf
 (conf/model/paligemma*-*.yaml).
 """
 
+import functools
+
 import torch
 
 from paligemma.model.config import DTYPES
@@ -16,6 +18,7 @@ from paligemma.model.config import DTYPES
 DTYPE_NAMES = (*DTYPES, "auto")
 
 
+@functools.cache
 def native_bf16_cpu() -> bool:
     """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX tiles). Private torch functions: the
     public ``torch.backends.cpu.get_cpu_capability()`` says "AVX512" either way (test_private_apis.py checks them)."""

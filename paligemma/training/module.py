@@ -7,6 +7,7 @@ merged model written by ``export``.
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import fields
 from typing import TYPE_CHECKING, cast
 
@@ -19,6 +20,7 @@ from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model.build import BuiltModel, ModelSettings, build_model
 from paligemma.model.lora import LoraSettings
+from paligemma.model.packed_weights import packed_weights
 from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
@@ -97,6 +99,7 @@ class PaliGemmaLitModule(L.LightningModule):
         self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
         self.records: list[dict] = []
         self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
+        self.validation_weights = ExitStack()  # holds bf16 weights packed for validation while it runs
 
     def setup(self, stage: str) -> None:
         """A quantization that bitsandbytes cannot run on the trainer's device (CUDA, ...) is one line, here."""
@@ -173,6 +176,15 @@ class PaliGemmaLitModule(L.LightningModule):
             )
         self.skipped_steps += 1
         log.warning("skipping the optimizer step: %s", where)
+
+    def on_validation_start(self):
+        """Validation's forward passes and generations multiply by bf16 weights packed once for all its batches
+        (on a CPU with bf16 instructions: paligemma/model/packed_weights.py), freed when it ends. Not under FSDP,
+        whose weights are shards outside its forward passes."""
+        self.validation_weights.enter_context(packed_weights(self.net, enabled=not self.sharded))
+
+    def on_validation_end(self):
+        self.validation_weights.close()
 
     def on_validation_epoch_start(self):
         self.records = []

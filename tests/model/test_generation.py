@@ -273,8 +273,9 @@ def test_unknown_forward_arguments_are_a_type_error():
 
 @pytest.mark.parametrize("name", ["gqa", "gemma2"])
 def test_bf16_decode_steps_match_transformers_bf16_forward(name):
-    """bf16 decode (SDPA, or Gemma 2's soft-capped matmuls) gives, step by step, the logits transformers' bf16
-    forward gives over the prompt and the tokens fed, within what bf16 forward passes differ by."""
+    """bf16 decode (grouped matmuls on a CPU with bf16 instructions, else SDPA; Gemma 2's soft-capped matmuls)
+    gives, step by step, the logits transformers' bf16 forward gives over the prompt and the tokens fed, within
+    what bf16 forward passes differ by."""
     config = PaliGemmaConfig.from_dict(SMALL_CONFIGS[name])
     hf = hf_reference(config)
     ours = ours_from_hf(hf).to(torch.bfloat16)

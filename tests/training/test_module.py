@@ -73,3 +73,36 @@ def test_a_batch_of_bad_rows_only_is_a_step_that_changes_no_weight(tiny_checkpoi
         unchanged = all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
         assert unchanged == (rows == 0)
         before = after
+
+
+class PackedLinears(L.Callback):
+    """At each validation batch: how many of the network's linear layers run packed."""
+
+    def __init__(self):
+        self.during = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.during.append(sum("forward" in m.__dict__ for m in pl_module.net.modules()))
+
+
+def test_validation_runs_on_weights_packed_once_and_frees_them(tiny_checkpoint, tmp_path):
+    """A bf16 base: every validation batch multiplies by the packed weights (where the CPU has bf16 instructions;
+    elsewhere none are packed), and nothing stays packed after validation."""
+    from paligemma.data.datamodule import PaliGemmaDataModule
+    from paligemma.model.precision import native_bf16_cpu
+    from paligemma.training.module import PaliGemmaLitModule
+
+    write_parquet(tmp_path / "vqa", {"train": (vqav2_rows(4), VQAV2_FEATURES)})
+    data = PaliGemmaDataModule(
+        path=str(tmp_path / "vqa"), processor_path=str(tiny_checkpoint), batch_size=2, val_split="train"
+    )
+    module = PaliGemmaLitModule(path=str(tiny_checkpoint), dtype="bfloat16", lora={"r": 4}, max_new_tokens=3)
+    packed = PackedLinears()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[packed],
+    )  # fmt: skip
+    trainer.validate(module, datamodule=data)
+    layers = module.net.config.text_config.num_hidden_layers
+    assert packed.during == [7 * layers + 1 if native_bf16_cpu() else 0] * 2
+    assert sum("forward" in m.__dict__ for m in module.net.modules()) == 0

@@ -1,0 +1,90 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from paligemma import PaliGemmaConfig
+from paligemma.model.lora import LoraSettings, add_lora
+from paligemma.model.packed_weights import PACKED, packed_weights
+from paligemma.model.precision import native_bf16_cpu
+from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
+from tests.model.test_generation import prompt_batch
+
+needs_bf16_instructions = pytest.mark.skipif(
+    not native_bf16_cpu(), reason="oneDNN packs bf16 weights only on a CPU with bf16 instructions"
+)
+
+
+def bf16_model(name="gqa", lora=False):
+    config = PaliGemmaConfig.from_dict(SMALL_CONFIGS[name])
+    model = ours_from_hf(hf_reference(config)).to(torch.bfloat16)
+    if lora:
+        add_lora(model, LoraSettings(r=4))
+        for name, param in model.named_parameters():  # peft starts B at zero: make the adapters count
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)
+    batch = prompt_batch(config, [2, 6, 3])
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    return model.eval(), batch
+
+
+def packed_linears(model) -> int:
+    return sum("forward" in m.__dict__ for m in model.modules())
+
+
+def test_the_private_ops_are_there():
+    """torch.ops.mkldnn's packing ops, as inductor's freezing pass calls them; a release that drops them fails here."""
+    assert callable(torch.ops.mkldnn._reorder_linear_weight)
+    assert callable(torch.ops.mkldnn._linear_pointwise)
+
+
+@needs_bf16_instructions
+@pytest.mark.parametrize("rows", [1, 3, 17, 300])
+def test_a_packed_product_is_bit_identical_to_f_linear(rows):
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(96, 64, generator=gen).bfloat16()
+    x, bias = torch.randn(rows, 64, generator=gen).bfloat16(), torch.randn(96, generator=gen).bfloat16()
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+    out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    assert torch.equal(out, F.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("name, lora, num_beams", [("gqa", False, 1), ("gemma2", True, 1), ("gqa", True, 3)])
+def test_generation_is_the_same_with_packed_weights(name, lora, num_beams):
+    model, batch = bf16_model(name, lora)
+    seen = []
+    hook = model.language_model.layers[0].register_forward_pre_hook(
+        lambda *_: seen.append(packed_linears(model))
+    )
+    packed = model.generate(**batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams)
+    hook.remove()
+    plain = model.generate(
+        **batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams, pack_weights=False
+    )
+    assert torch.equal(packed, plain)
+    text = model.config.text_config
+    expected = 7 * text.num_hidden_layers + 1 if native_bf16_cpu() else 0  # q k v o gate up down, the LM head
+    assert set(seen) == {expected}
+    assert packed_linears(model) == 0
+
+
+def test_closing_leaves_the_model_as_it_was():
+    model, batch = bf16_model(lora=True)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with packed_weights(model):
+        with packed_weights(model):  # re-entrant: the inner one packs nothing more
+            inner = packed_linears(model)
+        assert packed_linears(model) == inner
+        loss = model(**batch, labels=batch["input_ids"]).loss  # gradients on: the plain products
+        loss.backward()
+    assert packed_linears(model) == 0 and not hasattr(model, PACKED)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert any(p.grad is not None for p in model.parameters())
+
+
+def test_float32_and_disabled_pack_nothing():
+    model, _ = bf16_model()
+    with packed_weights(model, enabled=False):
+        assert packed_linears(model) == 0
+    with packed_weights(model.float()):
+        assert packed_linears(model) == 0
