@@ -314,3 +314,24 @@ def test_prefill_and_decode_steps_equal_generate_and_rows_reorder():
     state.select_rows(torch.tensor([1, 1, 0]))  # rows swapped and one repeated
     step = model.decode_step(logits.argmax(-1)[[1, 1, 0]], state).argmax(-1)
     assert step.tolist() == [expected[1, 1], expected[1, 1], expected[0, 1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("sliding", [False, True])
+def test_attention_over_every_slot_of_a_cache_equals_attention_over_its_filled_ones(sliding, dtype):
+    from paligemma.model.attention import grouped_attention
+
+    gen = torch.Generator().manual_seed(0)
+    B, H, n_kv, hd, prompt = 2, 4, 2, 8, 5
+    cache = SlidingKVCache(B, 7, n_kv, hd, dtype) if sliding else KVCache(B, 12, n_kv, hd, dtype)
+    cache.update(*torch.randn(2, B, n_kv, prompt, hd, generator=gen).to(dtype))
+    for _ in range(3):  # the sliding ring (7 slots) is filled by the second step, wrapped by the third
+        k, v = cache.update(*torch.randn(2, B, n_kv, 1, hd, generator=gen).to(dtype))
+        q = torch.randn(B, H, 1, hd, generator=gen).to(dtype)
+        mask = torch.rand(B, 1, 1, k.shape[2], generator=gen) > 0.3
+        mask[..., -1] = True  # each query sees its own key
+        every_k, every_v, every_mask = cache.every_slot(mask)
+        assert every_k.shape[2] == cache.k_cache.shape[2] and not every_mask[..., k.shape[2] :].any()
+        expected = grouped_attention(q, k, v, mask, hd**-0.5, None)
+        torch.testing.assert_close(grouped_attention(q, every_k, every_v, every_mask, hd**-0.5, None), expected,
+                                   rtol=0, atol=0)  # fmt: skip
