@@ -114,7 +114,7 @@ def tiny_gemma3_checkpoint(tmp_path_factory, tiny_checkpoint):
     parameter randomised, with the tiny PaliGemma's processor files (for model-only tests: their ids are not
     Gemma 3's)."""
     from paligemma import Gemma3Config, Gemma3ForConditionalGeneration
-    from paligemma.data.processor import copy_processor_files
+    from paligemma.data.processor_files import copy_processor_files
     from tests.helpers import randomize_
     from tests.model.test_gemma3 import GEMMA3_CONFIGS
 

@@ -15,7 +15,7 @@ from huggingface_hub.errors import (
 )
 
 from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
-from paligemma.data.processor import copy_processor_files
+from paligemma.data.processor_files import copy_processor_files
 from paligemma.errors import ConfigError, HubError
 from paligemma.paths import hub_error, hub_failure, is_hub_id, local_path
 from paligemma.training.checks import validate_config

@@ -29,15 +29,17 @@ from tokenizers import Tokenizer
 
 from paligemma.data.processor import (
     IGNORE_INDEX,
-    PROCESSOR_FILES,
     ProcessorBase,
     images_per_prompt,
-    load_tokenizer,
     pooled_token_count,
-    read_image_settings,
-    square_size,
     suffixes_for,
     to_rgb,
+)
+from paligemma.data.processor_files import (
+    PROCESSOR_FILES,
+    load_tokenizer,
+    read_image_settings,
+    square_size,
     token_names,
 )
 from paligemma.data.tokenizer import BOI_TOKEN, END_OF_TURN, EOI_TOKEN, IMAGE_SOFT_TOKEN

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from paligemma.data.gemma3_processor import Gemma3Processor
-from paligemma.data.processor import PROCESSOR_FILES, PaliGemmaProcessor
+from paligemma.data.processor import PaliGemmaProcessor
+from paligemma.data.processor_files import PROCESSOR_FILES
 from paligemma.errors import UnsupportedConfigError
 from paligemma.paths import read_json, resolve_model_dir
 

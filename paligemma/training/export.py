@@ -13,7 +13,7 @@ from pathlib import Path
 import peft
 import torch
 
-from paligemma.data.processor import copy_processor_files
+from paligemma.data.processor_files import copy_processor_files
 from paligemma.model import lora
 from paligemma.model.quantize import dequantized_state_dict
 from paligemma.training.distributed import clean_name

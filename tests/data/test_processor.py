@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from paligemma.data.processor import PaliGemmaProcessor, copy_processor_files, to_rgb
+from paligemma.data.processor import PaliGemmaProcessor, to_rgb
+from paligemma.data.processor_files import copy_processor_files
 from paligemma.data.tokenizer import build_tokenizer, save_processor_files
 from paligemma.errors import ConfigError
 
