@@ -85,6 +85,7 @@ class PackedLinears(L.Callback):
         self.during.append(sum("forward" in m.__dict__ for m in pl_module.net.modules()))
 
 
+@pytest.mark.slow  # a Lightning validate run
 def test_validation_runs_on_weights_packed_once_and_frees_them(tiny_checkpoint, tmp_path):
     """A bf16 base: every validation batch multiplies by the packed weights (where the CPU has bf16 instructions;
     elsewhere none are packed), and nothing stays packed after validation."""
