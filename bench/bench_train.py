@@ -1,11 +1,13 @@
 """LoRA training step and its peak memory, ours against transformers + peft: same weights, LoRA, batch.
 
-    python bench/bench_train.py [--shapes small-vocab vocab32k 3b-vocab --dtype float32 --repeats 5 --threads 1]
+    python bench/bench_train.py [--shapes small-vocab vocab32k gemma2-window128 3b-vocab --dtype float32
+                                 --repeats 5 --threads 1]
 
-A step is forward + backward in train mode (LoRA dropout on), as training runs it: ours computes the LM head
-at the answer tokens only (``return_logits=False``), transformers at every position. Times are interleaved
-medians; ratios are transformers / ours (> 1: we are faster). Peak memory is the growth of the process's
-resident high-water mark over one step (reset after building the models; Linux), each implementation
+A step is forward + backward in train mode (LoRA dropout on), as training runs it (transformers with SDPA, eager
+for Gemma 2, which SDPA cannot soft-cap): ours computes the LM head at the answer tokens only
+(``return_logits=False``), transformers at every position. Times are interleaved medians; ratios are
+transformers / ours (> 1: we are faster). Peak memory is the growth of the process's resident high-water mark over
+one step (reset after building the models; Linux), each implementation
 measured alone in a fresh subprocess.
 """
 
@@ -42,14 +44,14 @@ SHAPES = {
     # PaliGemma-3B's decoder layer and real 257,216-token vocabulary, one decoder and two vision layers.
     "3b-vocab": with_layers(hub_config("paligemma-3b-pt-224"), vision=2, text=1),
 }
-BATCH_SIZES = {"small-vocab": 4, "vocab32k": 4, "3b-vocab": 1}
+BATCH_SIZES = {"small-vocab": 4, "vocab32k": 4, "gemma2-window128": 4, "3b-vocab": 1}
 
 
 def build(shape: str, dtype: torch.dtype, which=("hf", "ours")) -> dict:
     """name -> LoRA model (train mode) for the implementations in ``which``, all with the same weights."""
     config = PaliGemmaConfig.from_dict(SHAPES[shape])
     hf_config = transformers.PaliGemmaConfig.from_dict(config.to_dict())
-    hf_config._attn_implementation = "sdpa"
+    hf_config._attn_implementation = "eager" if config.text_config.model_type == "gemma2" else "sdpa"
     torch.manual_seed(0)
     hf = transformers.PaliGemmaForConditionalGeneration(hf_config).to(dtype)
     models = {}

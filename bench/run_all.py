@@ -1,6 +1,7 @@
-"""Every speed ratio of bench/ in one run, as the markdown page docs/benchmarks.md, headed by the machine it ran on.
+"""Every speed ratio of bench/ in one run, as a markdown page headed by the machine it ran on: one page per CPU kind
+(machine.page_kind), since the kind decides which kernels run (bf16 is native on AVX512-BF16 / AMX only).
 
-    python bench/run_all.py [--threads 2 --repeats 3] --out docs/benchmarks.md
+    python bench/run_all.py [--threads 2 --repeats 3] --out docs/benchmarks   # writes docs/benchmarks/<kind>.md
 
 Runs, each side by side with transformers (+ peft) in this process: the LoRA training step and its peak memory
 (bench_train.py; fp32, and bf16 where the CPU computes it natively), per-token decode in fp32 and bf16 with
@@ -30,7 +31,7 @@ import bench_feature_cache  # noqa: E402
 import bench_long  # noqa: E402
 import bench_packing  # noqa: E402
 import bench_train  # noqa: E402
-from machine import cpu_kind, cpu_name  # noqa: E402
+from machine import cpu_kind, cpu_name, page_kind  # noqa: E402
 
 from paligemma.model.precision import native_bf16_cpu  # noqa: E402
 
@@ -88,20 +89,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="also write the markdown here")
+    parser.add_argument(
+        "--out", type=Path, help="also write the markdown into this directory, as <cpu kind>.md"
+    )
     parser.add_argument("--skip-long", action="store_true", help="leave out bench_long.py's rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     dtypes = ["float32", "bfloat16"] if native_bf16_cpu() else ["float32"]
+    kind = page_kind()
     sections = [
-        "# Benchmarks\n\nThis page is generated: `python bench/run_all.py --out docs/benchmarks.md` measures each "
-        "row side by side with transformers (+ peft) in one process and writes it. Speed-ups are transformers' "
-        "time / ours (> 1: we are faster), medians of interleaved repeats after a warm-up of each row.",
+        f"# Benchmarks: {kind}\n\nThis page is generated: `python bench/run_all.py --out docs/benchmarks` on an "
+        f"{kind} machine measures each row side by side with transformers (+ peft) in one process and writes it. "
+        "Speed-ups are transformers' time / ours (> 1: we are faster), medians of interleaved repeats after a "
+        "warm-up of each row.",
         f"Measured on: {machine(torch.get_num_threads())}.",
         "LoRA r=8 training step (forward + backward, train mode; peak = resident high-water mark growth of one "
-        "step, each implementation alone in a fresh process):\n\n" + training_table(dtypes, args.repeats),
+        "step, each implementation alone in a fresh process; transformers with SDPA, eager for Gemma 2):\n\n"
+        + training_table(dtypes, args.repeats),
         "Greedy decode, 33 new tokens (bench_decode.py): the median decode step (one iteration of the generation "
         "loop, sampling included) in ms/token, and the bandwidth it reaches: the bytes a step must read (the "
         "decoder layers' and LM head's weights, and the KV cache at the median step, in the dtype measured) / its "
@@ -136,7 +142,8 @@ def main() -> None:
     markdown = "\n\n".join(sections) + "\n"
     print(markdown)
     if args.out:
-        args.out.write_text(markdown)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{kind.lower()}.md").write_text(markdown)
 
 
 if __name__ == "__main__":
