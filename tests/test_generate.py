@@ -1,6 +1,7 @@
 """python -m paligemma.generate: one image, greedy or beam search, equal to the model's own generate; bad options
 end in one line."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,15 +135,17 @@ def test_pan_and_scan_generates_from_the_picture_and_its_crops(tiny_gemma3_chat_
     from paligemma import Gemma3ForConditionalGeneration, Gemma3Processor
     from paligemma.generate import generate, parse_args
 
-    Image.new("RGB", (900, 300), (200, 30, 30)).save(tmp_path / "wide.png")
-    args = parse_args(["--model", str(tiny_gemma3_chat_checkpoint), "--image", str(tmp_path / "wide.png"),
-                       "--prompt", "caption en", "--max-new-tokens", "5", "--pan-and-scan"])  # fmt: skip
+    noise = np.random.default_rng(0).integers(0, 256, (300, 900, 3), dtype=np.uint8)  # crops unlike the whole
+    Image.fromarray(noise).save(tmp_path / "wide.png")
+    options = ["--model", str(tiny_gemma3_chat_checkpoint), "--image", str(tmp_path / "wide.png"),
+               "--prompt", "caption en", "--max-new-tokens", "8"]  # fmt: skip
     processor = Gemma3Processor.from_pretrained(tiny_gemma3_chat_checkpoint, do_pan_and_scan=True)
     model = Gemma3ForConditionalGeneration.from_pretrained(tiny_gemma3_chat_checkpoint).eval()
     batch = processor(text=["caption en"], images=[[Image.open(tmp_path / "wide.png")]], padding_side="left")
     assert batch["pixel_values"].shape[0] == 4  # the picture and 3 crops of 300 x 300
-    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=5), skip_special_tokens=True)[0]
-    assert generate(args) == expected
+    expected = processor.batch_decode(model.generate(**batch, max_new_tokens=8), skip_special_tokens=True)[0]
+    assert generate(parse_args([*options, "--pan-and-scan"])) == expected
+    assert generate(parse_args(options)) != expected  # without the crops: another prompt, other tokens
 
 
 def test_a_video_generates_from_its_frames_and_a_bad_one_is_one_line(tiny_checkpoint, tmp_path):

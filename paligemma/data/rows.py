@@ -231,9 +231,8 @@ class Collate:
         if self.train:
             if self.packing:
                 assert self.max_length is not None  # DataSettings checks that packing has one
-                n_images = [
-                    len(ims) + sum(self.processor.crop_counts(ims)) for ims in images
-                ]  # crops included
+                # each pan & scan crop is an image block of its row too
+                n_images = [len(ims) + sum(self.processor.crop_counts(ims)) for ims in images]
                 batch = pack_batch(batch, n_images, self.max_length, self.processor.pad_token_id)
             return {**batch, "rows": len(good), "stats": stats}
         return {
