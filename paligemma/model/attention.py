@@ -37,11 +37,15 @@ def grouped_attention(q, k, v, mask, scale: float, cap: float | None, dropout_p:
     """
     B, H, T, hd = q.shape
     n_kv, L = k.shape[1], k.shape[2]
-    q = q.reshape(B, n_kv, H // n_kv * T, hd)  # heads of a group are adjacent: group-major rows
-    scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, cap).view(B, n_kv, H // n_kv, T, L)
+    q = q.reshape(B * n_kv, H // n_kv * T, hd)  # heads of a group are adjacent: group-major rows
+    # bmm on 3-d views: matmul copies the keys of a lone group (B * n_kv = 1) before multiplying
+    k, v = k.reshape(B * n_kv, L, hd), v.reshape(B * n_kv, L, hd)
+    scores = softcap(torch.bmm(q, k.transpose(1, 2)) * scale, cap).view(B, n_kv, H // n_kv, T, L)
     scores = scores.masked_fill(~mask[:, :, None], torch.finfo(scores.dtype).min)
-    probs = F.dropout(scores.softmax(-1, dtype=torch.float32).to(q.dtype), dropout_p)
-    return torch.matmul(probs.view(B, n_kv, -1, L), v).view(B, H, T, hd)
+    probs = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    return torch.bmm(probs.view(B * n_kv, -1, L), v).view(B, H, T, hd)
 
 
 def chunked_attention(

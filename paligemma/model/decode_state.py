@@ -33,10 +33,11 @@ class DecodeState:
         return self.length - self.prompt_len
 
     def advance(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Make room for one more fed token; return its (N, 1, 1, length) masks and (N, 1, hd) cos, sin."""
+        """Make room for one more fed token; return its (N, 1, 1, L) masks, over every slot of the caches (the
+        unfilled masked), and (N, 1, hd) cos, sin."""
         k = self.step
         self.length += 1
-        masks = {name: mask[:, :, k : k + 1, : self.length] for name, mask in self.masks.items()}
+        masks = {name: mask[:, :, k : k + 1] for name, mask in self.masks.items()}
         cos = {name: c[:, k : k + 1] for name, c in self.cos.items()}
         sin = {name: s[:, k : k + 1] for name, s in self.sin.items()}
         return masks, cos, sin

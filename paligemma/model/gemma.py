@@ -141,10 +141,11 @@ class GemmaAttention(nn.Module):
         k = apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)  # (B, n_kv, L, hd)
-        mask, dropout = masks[self.layer_type][:, :, queries_from:], self.dropout if self.training else 0.0
         grouped_decoding = kv_cache is not None and Tq == 1 and grouped_decoding_is_faster(q)
         if kv_cache is not None and grouped_decoding and q.dtype == torch.bfloat16:
-            k, v, mask = kv_cache.every_slot(mask)  # the same shapes every step (oneDNN)
+            k, v = kv_cache.every_slot()  # the same shapes every step (oneDNN)
+        mask = masks[self.layer_type][:, :, queries_from:, : k.shape[2]]  # decoding's masks span every slot
+        dropout = self.dropout if self.training else 0.0
         if self.softcap is None and not grouped_decoding:
             y = F.scaled_dot_product_attention(
                 q,

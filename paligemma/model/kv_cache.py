@@ -2,7 +2,6 @@
 (``KVCache``), or a ring of a sliding-window layer's last slots (``SlidingKVCache``)."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -42,12 +41,11 @@ class KVCache(nn.Module):
         """A (N, 1, T, L) mask over sequence slots, as the keys that ``update`` returns lie: unchanged here."""
         return mask
 
-    def every_slot(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every slot's keys and values, filled or not, and ``mask`` over what ``update`` returned, widened to them
-        (unfilled slots masked, so attention over them is the same). oneDNN's bf16 matmuls build a kernel per
-        shape: a decode step over the whole cache has the same shapes as the last, and takes ~10x less time."""
-        padded = F.pad(mask, (0, self.k_cache.shape[2] - mask.shape[-1]), value=False)
-        return self.k_cache, self.v_cache, padded
+    def every_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every slot's keys and values, filled or not: attention over them, the unfilled masked, is the same.
+        oneDNN's bf16 matmuls build a kernel per shape: a decode step over the whole cache has the same shapes
+        as the last, and takes ~10x less time."""
+        return self.k_cache, self.v_cache
 
     def reorder(self, indices: torch.Tensor) -> None:
         """Keep batch rows `indices` (N,), in that order: N may differ from the batch (beam expansion)."""

@@ -328,10 +328,11 @@ def test_attention_over_every_slot_of_a_cache_equals_attention_over_its_filled_o
     for _ in range(3):  # the sliding ring (7 slots) is filled by the second step, wrapped by the third
         k, v = cache.update(*torch.randn(2, B, n_kv, 1, hd, generator=gen).to(dtype))
         q = torch.randn(B, H, 1, hd, generator=gen).to(dtype)
-        mask = torch.rand(B, 1, 1, k.shape[2], generator=gen) > 0.3
-        mask[..., -1] = True  # each query sees its own key
-        every_k, every_v, every_mask = cache.every_slot(mask)
-        assert every_k.shape[2] == cache.k_cache.shape[2] and not every_mask[..., k.shape[2] :].any()
-        expected = grouped_attention(q, k, v, mask, hd**-0.5, None)
+        every_k, every_v = cache.every_slot()
+        filled = k.shape[2]
+        every_mask = torch.rand(B, 1, 1, every_k.shape[2], generator=gen) > 0.3
+        every_mask[..., filled - 1] = True  # each query sees its own key
+        every_mask[..., filled:] = False  # as a decode step's mask holds the unfilled slots
+        expected = grouped_attention(q, k, v, every_mask[..., :filled], hd**-0.5, None)
         torch.testing.assert_close(grouped_attention(q, every_k, every_v, every_mask, hd**-0.5, None), expected,
                                    rtol=0, atol=0)  # fmt: skip
