@@ -9,7 +9,8 @@ A decode step is the time between two consecutive entries into the first decoder
 prompt's prefill excluded. Quoted: the median step over every step of every repeat; prefill = the time from the
 call to its first decode step. Ours and transformers run interleaved in one process (the machines are shared and
 noisy). Where our bf16 generation packs its weights (a CPU with bf16 instructions), the same generation on
-``F.linear``'s products runs beside them ("weights unpacked": how it ran before). Bandwidth = the bytes a decode
+``F.linear``'s products runs beside them ("weights unpacked": how it ran before), and packing is timed alone: our
+prefill includes it, and it pays after (packing seconds / seconds saved per token) tokens. Bandwidth = the bytes a decode
 step must read (the decoder layers' and the LM head's weights, and the KV cache at the median step, all in the
 dtype measured) / the time per token. Ratios are transformers time / ours: > 1 means we are faster. Without native bf16 (AVX2) torch's bf16 matmuls are ~30x slower than fp32: bf16 then runs
 only the first shape at batch <= 4, once, unless ``--full-bf16``. ``--profile`` prints torch.profiler's top
@@ -27,6 +28,7 @@ import transformers
 from machine import cpu_kind, cpu_name
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma.model.packed_weights import packed_weights
 from paligemma.model.precision import native_bf16_cpu
 from paligemma.tiny import random_batch
 
@@ -55,6 +57,15 @@ SHAPES = {
                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=1, head_dim=256,
                          query_pre_attn_scalar=256, sliding_window=128),
         image_token_index=1000, projection_dim=512,
+    ),
+    # PaliGemma 2 3B's decoder width and vocabulary, 4 of its 26 layers: a step reads ~1.8 GB in bf16, far more than
+    # any cache, so it runs at the memory's speed, as a real-size model's decode does.
+    "pg2-3b-width": dict(
+        vision_config=VISION,
+        text_config=dict(model_type="gemma2", vocab_size=257216, hidden_size=2304, intermediate_size=9216,
+                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                         query_pre_attn_scalar=256, sliding_window=4096),
+        image_token_index=257152, projection_dim=2304,
     ),
 }  # fmt: skip
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
@@ -96,7 +107,7 @@ def generators(ours, hf, batch: dict, new_tokens: int) -> dict:
         with torch.inference_mode():
             hf.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-    def run_ours(pack_weights=True):
+    def run_ours(pack_weights=None):
         ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[], pack_weights=pack_weights)
 
     runs = {
@@ -156,6 +167,16 @@ def bytes_read(model, batch_size: int, cache_len: int) -> tuple[int, int]:
     return sum(p.numel() * p.element_size() for p in weights), kv
 
 
+def packing_seconds(model, repeats: int) -> float:
+    """Median seconds to pack the model's weights (opening ``packed_weights``), what a generation call pays first."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with packed_weights(model):
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def profile_decode(ours, batch: dict, new_tokens: int, rows: int = 15) -> None:
     ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -174,10 +195,12 @@ def measure(shape: str, batch_sizes: list[int], dtype_name: str, device: str, ne
         (hf_prefill, hf_token), (ours_prefill, ours_token) = r["transformers"], r["ours"]
         weight_bytes, kv_bytes = bytes_read(ours, batch_size, batch["input_ids"].shape[1] + new_tokens // 2)
         unpacked_token = r["ours, unpacked"][1] if "ours, unpacked" in r else None
+        pack_s = packing_seconds(ours, repeats) if unpacked_token is not None else None
         yield {"shape": shape, "batch": batch_size, "dtype": dtype_name, "hf_token_s": hf_token,
                "ours_token_s": ours_token, "decode_speedup": hf_token / ours_token, "hf_prefill_s": hf_prefill,
                "ours_prefill_s": ours_prefill, "prefill_speedup": hf_prefill / ours_prefill,
-               "unpacked_token_s": unpacked_token, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes}  # fmt: skip
+               "unpacked_token_s": unpacked_token, "pack_s": pack_s, "weight_bytes": weight_bytes,
+               "kv_bytes": kv_bytes}  # fmt: skip
 
 
 def plan(shapes: list[str], batch_sizes: list[int], dtypes: list[str], repeats: int, full_bf16: bool) -> list:
@@ -215,6 +238,13 @@ def decode_table(results: list[dict]) -> str:
         gb_per_s = (r["weight_bytes"] + r["kv_bytes"]) / r[seconds_key] / 1e9
         return f"{r[seconds_key] * 1e3:.2f} ms, {gb_per_s:.1f} GB/s"
 
+    def packing(r):
+        if r is None or r["pack_s"] is None:
+            return "not run"
+        saved = r["unpacked_token_s"] - r["ours_token_s"]
+        pays = f"pays after {r['pack_s'] / saved:.0f} tokens" if saved > 0 else "never pays"
+        return f"{r['pack_s'] * 1e3:.0f} ms, {pays}"
+
     def joined(rs, fmt):
         return " / ".join("-" if r is None else fmt(r) for r in rs)
 
@@ -222,18 +252,19 @@ def decode_table(results: list[dict]) -> str:
         "shape, batch",
         f"MB per step, weights + KV: {names}",
         *[f"{SHORT.get(d, d)} {who}" for d in dtypes for who in ("ours", "transformers")],
-        *(["bf16 ours, weights unpacked"] if unpacked else []),
+        *(["bf16 ours, weights unpacked", "bf16 packing the weights"] if unpacked else []),
         f"decode speed-up: {names}",
         f"prefill speed-up: {names}",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for shape, batch in rows_keys:
         rs = [by_key.get((shape, batch, d)) for d in dtypes]
+        bf16 = by_key.get((shape, batch, "bfloat16"))
         row = [
             f"{shape}, {batch}",
             joined(rs, lambda r: f"{r['weight_bytes'] / 1e6:.0f} + {r['kv_bytes'] / 1e6:.1f}"),
             *[cell(r, key) for r in rs for key in ("ours_token_s", "hf_token_s")],
-            *([cell(by_key.get((shape, batch, "bfloat16")), "unpacked_token_s")] if unpacked else []),
+            *([cell(bf16, "unpacked_token_s"), packing(bf16)] if unpacked else []),
             joined(rs, lambda r: f"x{r['decode_speedup']:.2f}"),
             joined(rs, lambda r: f"x{r['prefill_speedup']:.2f}"),
         ]

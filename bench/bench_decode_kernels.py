@@ -12,7 +12,9 @@ than any cache), the time of one pass over them and the bandwidth that makes (we
 - ``torch, oneDNN off``: ``F.linear`` under ``torch.backends.mkldnn.flags(enabled=False)`` (bf16: torch's own
   kernels, whose one-row product is a dot per weight row);
 - ``oneDNN prepacked``: the weight packed once (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
-  freezing pass does) and ``torch.ops.mkldnn._linear_pointwise`` per call: a decode-time view of the weights.
+  freezing pass does) and ``torch.ops.mkldnn._linear_pointwise`` per call: a decode-time view of the weights;
+- ``memory read, no product``: each weight's bytes read once and nothing multiplied (their largest as int16): the
+  bandwidth that bounds every kernel's pass here, so the ceiling of any decode's speed-up at real width.
 
 Each cell also gives the largest difference from ``torch``'s output relative to its largest value (rounding: a
 kernel that the decode would use must stay within bf16's own error, ~4e-3). The kernels run interleaved and the
@@ -51,21 +53,29 @@ def onednn_prepacked(weights: list[torch.Tensor], batch_size: int):
     return lambda x, i: torch.ops.mkldnn._linear_pointwise(x, packed[i], None, "none", [], "")
 
 
+def memory_read(weights: list[torch.Tensor], batch_size: int):
+    """No product: each weight's bytes read once (their largest as int16), what bounds any kernel's pass."""
+    raw = [w.view(torch.int16) for w in weights]
+    return lambda x, i: raw[i].max()
+
+
 KERNELS = {"torch": plain, "torch, oneDNN off": onednn_off, "oneDNN prepacked": onednn_prepacked}
+READ = "memory read, no product"
 
 
 def layer_pass(kernel, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [kernel(x, i) for i, x in enumerate(inputs)]
 
 
-def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tuple[float, float] | str]:
-    """kernel name -> (median seconds of a layer pass, largest difference from ``torch`` / its largest |value|),
+def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tuple[float, float | None] | str]:
+    """kernel name -> (median seconds of a layer pass, largest difference from ``torch`` / its largest |value|;
+    None for the memory read),
     or why this CPU refuses the kernel."""
     gen = torch.Generator().manual_seed(0)
     weights = [(torch.randn(out, d_in, generator=gen) * d_in**-0.5).to(dtype) for d_in, out in PRODUCTS]
     inputs = [torch.randn(batch_size, d_in, generator=gen).to(dtype) for d_in, _ in PRODUCTS]
     kernels, results = {}, {}
-    for name, make in KERNELS.items():
+    for name, make in {**KERNELS, READ: memory_read}.items():
         try:
             kernels[name] = make(weights, batch_size)
             layer_pass(kernels[name], inputs)  # warm-up
@@ -79,7 +89,10 @@ def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tupl
             start = time.perf_counter()
             layer_pass(kernel, inputs)
             times[name].append(time.perf_counter() - start)
+    results[READ] = (statistics.median(times.pop(READ)), None)
     for name, kernel in kernels.items():
+        if name == READ:
+            continue
         outputs = layer_pass(kernel, inputs)
         error = max(((o.float() - r.float()).abs().max() / r.float().abs().max()).item()
                     for o, r in zip(outputs, reference, strict=True))  # fmt: skip
@@ -90,20 +103,22 @@ def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tupl
 def table(dtypes: list[torch.dtype], batch_sizes: list[int], repeats: int) -> str:
     """Markdown: a row per (dtype, batch), a column per kernel: ms per layer pass, GB/s, relative difference."""
     params = sum(d_in * out for d_in, out in PRODUCTS)
-    lines = ["| dtype, batch | " + " | ".join(KERNELS) + " |", "|---|" + "---|" * len(KERNELS)]
+    names = [*KERNELS, READ]
+    lines = ["| dtype, batch | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for dtype in dtypes:
         weight_bytes = params * torch.tensor([], dtype=dtype).element_size()
         for batch_size in batch_sizes:
             results = measure(dtype, batch_size, repeats)
             cells = []
-            for name in KERNELS:
+            for name in names:
                 result = results[name]
                 if isinstance(result, str):
                     cells.append(result)
                 else:
                     seconds, error = result
+                    difference = "" if error is None else f", {error:.0e}"
                     cells.append(
-                        f"{seconds * 1e3:.2f} ms, {weight_bytes / seconds / 1e9:.1f} GB/s, {error:.0e}"
+                        f"{seconds * 1e3:.2f} ms, {weight_bytes / seconds / 1e9:.1f} GB/s{difference}"
                     )
             lines.append(f"| {str(dtype).removeprefix('torch.')}, {batch_size} | " + " | ".join(cells) + " |")
             print(lines[-1], file=sys.stderr, flush=True)

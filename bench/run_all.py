@@ -111,7 +111,8 @@ def main() -> None:
         "Greedy decode, 33 new tokens (bench_decode.py): the median decode step (one iteration of the generation "
         "loop, sampling included) in ms/token, and the bandwidth it reaches: the bytes a step must read (the "
         "decoder layers' and LM head's weights, and the KV cache at the median step, in the dtype measured) / its "
-        "time. Prefill = the call's time to its first decode step. Without native bf16, bf16 runs the first shape "
+        "time. Prefill = the call's time to its first decode step; where our bf16 packs its weights (native bf16) "
+        "it includes that packing, timed alone in its own column. Without native bf16, bf16 runs the first shape "
         "at batch <= 4, once (it is ~30x slower there):\n\n"
         + bench_decode.decode_table(
             bench_decode.measure_all(
@@ -120,7 +121,7 @@ def main() -> None:
         ),
         "Decode kernels (bench_decode_kernels.py): one pass over the seven products of one PaliGemma 2 3B decoder "
         "layer per candidate kernel; cells: ms, GB/s of weights read, largest difference from `torch`'s output "
-        "relative to its largest value:\n\n"
+        "relative to its largest value. The memory read multiplies nothing: the bandwidth that bounds them all:\n\n"
         + bench_decode_kernels.table([torch.float32, torch.bfloat16], [1, 4, 16], 20),
         "Cached image features (`model.cache_image_features=true`), small-vocab, LoRA training over the same "
         "batches twice:\n\n" + feature_cache_table(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from paligemma.model.beam_search import BeamSearch
-from paligemma.model.packed_weights import packed_weights
+from paligemma.model.packed_weights import PACKING_PAYS_FROM, packed_weights
 
 
 def sample_next(logits, do_sample=False, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -43,7 +43,7 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     fixed_length: bool = False,
-    pack_weights: bool = True,
+    pack_weights: bool | None = None,
 ) -> torch.Tensor:
     """Generate up to max_new_tokens per row of a left-padded prompt batch; returns only the new tokens.
 
@@ -53,7 +53,9 @@ def generate(
     must run equally many forward passes (FSDP ranks) do; the tokens returned are the same, padded wider.
     num_beams > 1 runs beam search (see `beam_search`) and returns each row's best hypothesis.
     ``pack_weights``: a bf16 model on a CPU with bf16 instructions multiplies by weights packed once for the call
-    (paligemma/model/packed_weights.py: the same tokens, faster, a copy of the decoder's weights meanwhile).
+    (paligemma/model/packed_weights.py: the same tokens, faster, a copy of the decoder's weights meanwhile). None:
+    from ``PACKING_PAYS_FROM`` new tokens on, below which packing costs more time than it saves; inside an open
+    ``packed_weights`` (a loop of calls) the packed weights serve every call.
     """
     text = model.config.text_config
     if num_beams > 1 and do_sample:
@@ -65,6 +67,8 @@ def generate(
     pad_id = pad_token_id if pad_token_id is not None else text.pad_token_id
     if max_new_tokens <= 0:
         return input_ids.new_zeros(input_ids.shape[0], 0)
+    if pack_weights is None:
+        pack_weights = max_new_tokens >= PACKING_PAYS_FROM
     with packed_weights(model, enabled=pack_weights):
         logits, state = model.prefill(input_ids, pixel_values, attention_mask, token_type_ids, max_new_tokens)
         if num_beams > 1:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 PACKED = "_packed_for_decode"  # set on the model while its weights are packed
+# Packing writes a copy of every weight, which takes about as long as ten decode steps save (bench/bench_decode.py's
+# "packing pays after" column): a generation call packs by default from this many new tokens on.
+PACKING_PAYS_FROM = 16
 
 
 def packable(linear: nn.Module) -> bool:

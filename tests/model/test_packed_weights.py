@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from paligemma import PaliGemmaConfig
 from paligemma.model.lora import LoraSettings, add_lora
-from paligemma.model.packed_weights import PACKED, packed_weights
+from paligemma.model.packed_weights import PACKED, PACKING_PAYS_FROM, packed_weights
 from paligemma.model.precision import native_bf16_cpu
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
 from tests.model.test_generation import prompt_batch
@@ -55,7 +55,9 @@ def test_generation_is_the_same_with_packed_weights(name, lora, num_beams):
     hook = model.language_model.layers[0].register_forward_pre_hook(
         lambda *_: seen.append(packed_linears(model))
     )
-    packed = model.generate(**batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams)
+    packed = model.generate(
+        **batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams, pack_weights=True
+    )
     hook.remove()
     plain = model.generate(
         **batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams, pack_weights=False
@@ -88,3 +90,20 @@ def test_float32_and_disabled_pack_nothing():
         assert packed_linears(model) == 0
     with packed_weights(model.float()):
         assert packed_linears(model) == 0
+
+
+def test_a_call_packs_by_default_only_where_packing_pays_and_an_open_context_serves_short_calls():
+    model, batch = bf16_model()
+    seen = []
+    model.language_model.layers[0].register_forward_pre_hook(lambda *_: seen.append(packed_linears(model)))
+    expected = 7 * model.config.text_config.num_hidden_layers + 1 if native_bf16_cpu() else 0
+    short = PACKING_PAYS_FROM - 1
+    model.generate(**batch, max_new_tokens=short, eos_token_id=[])
+    assert set(seen) == {0}
+    seen.clear()
+    model.generate(**batch, max_new_tokens=PACKING_PAYS_FROM, eos_token_id=[])
+    assert set(seen) == {expected}
+    seen.clear()
+    with packed_weights(model):
+        model.generate(**batch, max_new_tokens=short, eos_token_id=[])
+    assert set(seen) == {expected}
