@@ -34,7 +34,7 @@ from paligemma.tiny import random_batch
 
 VISION = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
               image_size=224, patch_size=14)  # fmt: skip
-SHAPES = {
+SMALL_SHAPES = {  # the training, packing and feature-cache benchmarks' shapes too
     # ~40M parameters, 256 image tokens: a decode step reads ~123 MB of fp32 weights.
     "small-vocab": dict(
         vision_config=VISION,
@@ -58,6 +58,9 @@ SHAPES = {
                          query_pre_attn_scalar=256, sliding_window=128),
         image_token_index=1000, projection_dim=512,
     ),
+}  # fmt: skip
+SHAPES = {
+    **SMALL_SHAPES,
     # PaliGemma 2 3B's decoder width and vocabulary, 4 of its 26 layers: a step reads ~1.8 GB in bf16, far more than
     # any cache, so it runs at the memory's speed, as a real-size model's decode does.
     "pg2-3b-width": dict(

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_decode import SHAPES as DECODE_SHAPES  # noqa: E402
+from bench_decode import SMALL_SHAPES as DECODE_SHAPES  # noqa: E402
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
 from paligemma.data.packing import pack_batch  # noqa: E402

@@ -25,7 +25,7 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_decode import SHAPES as DECODE_SHAPES  # noqa: E402
+from bench_decode import SMALL_SHAPES as DECODE_SHAPES  # noqa: E402
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration  # noqa: E402
 from paligemma.model.lora import LoraSettings, add_lora, lora_config  # noqa: E402
