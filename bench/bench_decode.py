@@ -10,8 +10,8 @@ prompt's prefill excluded. Quoted: the median step over every step of every repe
 call to its first decode step. Ours and transformers run interleaved in one process (the machines are shared and
 noisy). Where our bf16 generation packs its weights (a CPU with bf16 instructions), the same generation on
 ``F.linear``'s products runs beside them ("weights unpacked": how it ran before), and packing is timed alone: our
-prefill includes it, and it pays after (packing seconds / seconds saved per token) tokens. Bandwidth = the bytes a decode
-step must read (the decoder layers' and the LM head's weights, and the KV cache at the median step, all in the
+prefill includes it, and it pays after (packing seconds / seconds saved per token) tokens. Bandwidth = the bytes a
+decode step must read (the decoder layers' and the LM head's weights, and the KV cache at the median step, all in the
 dtype measured) / the time per token. Ratios are transformers time / ours: > 1 means we are faster. Without native bf16 (AVX2) torch's bf16 matmuls are ~30x slower than fp32: bf16 then runs
 only the first shape at batch <= 4, once, unless ``--full-bf16``. ``--profile`` prints torch.profiler's top
 operators of our decode steps.
@@ -30,6 +30,7 @@ from machine import cpu_kind, cpu_name
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.model.packed_weights import packed_weights
 from paligemma.model.precision import native_bf16_cpu
+from paligemma.model.presets import hub_config
 from paligemma.tiny import random_batch
 
 VISION = dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
@@ -59,18 +60,17 @@ SMALL_SHAPES = {  # the training, packing and feature-cache benchmarks' shapes t
         image_token_index=1000, projection_dim=512,
     ),
 }  # fmt: skip
+PG2_3B = hub_config("paligemma2-3b-pt-224")
 SHAPES = {
     **SMALL_SHAPES,
-    # PaliGemma 2 3B's decoder width and vocabulary, 4 of its 26 layers: a step reads ~1.8 GB in bf16, far more than
-    # any cache, so it runs at the memory's speed, as a real-size model's decode does.
-    "pg2-3b-width": dict(
-        vision_config=VISION,
-        text_config=dict(model_type="gemma2", vocab_size=257216, hidden_size=2304, intermediate_size=9216,
-                         num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
-                         query_pre_attn_scalar=256, sliding_window=4096),
-        image_token_index=257152, projection_dim=2304,
-    ),
-}  # fmt: skip
+    # PaliGemma 2 3B's decoder (width, vocabulary, Gemma 2 settings), 4 of its 26 layers: a step reads ~1.8 GB in
+    # bf16, far more than any cache, so it runs at the memory's speed, as a real-size model's decode does.
+    "pg2-3b-width": {
+        **PG2_3B,
+        "vision_config": VISION,
+        "text_config": {**PG2_3B["text_config"], "num_hidden_layers": 4},
+    },
+}
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
 
@@ -110,7 +110,7 @@ def generators(ours, hf, batch: dict, new_tokens: int) -> dict:
         with torch.inference_mode():
             hf.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-    def run_ours(pack_weights=None):
+    def run_ours(pack_weights=True):
         ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[], pack_weights=pack_weights)
 
     runs = {

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 PACKED = "_packed_for_decode"  # set on the model while its weights are packed
-# Packing writes a copy of every weight, which takes about as long as ten decode steps save (bench/bench_decode.py's
-# "packing pays after" column): a generation call packs by default from this many new tokens on.
+# Packing writes a copy of every weight, which takes as long as several decode steps save (bench/bench_decode.py's
+# packing column says how many): a generation call packs by default from this many new tokens on.
 PACKING_PAYS_FROM = 16
 
 
