@@ -69,8 +69,7 @@ class GemmaRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x * rsqrt(mean(x^2) + eps), in float32
         return (y * (1.0 + self.weight.float())).type_as(x)
 
 
@@ -132,9 +131,10 @@ class GemmaAttention(nn.Module):
         B, T, _ = x.shape
         Tq = T - queries_from
         cos, sin = cos[self.layer_type], sin[self.layer_type]  # (B, T, hd)
-        q = self.q_proj(x[:, queries_from:]).view(B, Tq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project_qkv(x, queries_from)
+        q = q.view(B, Tq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Tq, hd)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, cos[:, queries_from:], sin[:, queries_from:])  # (B, H, Tq, hd)
@@ -160,6 +160,10 @@ class GemmaAttention(nn.Module):
             y = chunked_attention(q, k, v, mask, self.scale, self.softcap, dropout, self.query_chunk_size)
         return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
 
+    def project_qkv(self, x: torch.Tensor, queries_from: int = 0) -> tuple[torch.Tensor, ...]:
+        """(B, T, D) -> queries (B, T - queries_from, H * hd), keys and values (B, T, n_kv * hd)."""
+        return self.q_proj(x[:, queries_from:]), self.k_proj(x), self.v_proj(x)
+
 
 class GemmaMLP(nn.Module):
     def __init__(self, config: GemmaConfig):
@@ -169,7 +173,12 @@ class GemmaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        gate, up = self.project_gate_up(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+
+    def project_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, T, D) -> gate, up (B, T, intermediate_size)."""
+        return self.gate_proj(x), self.up_proj(x)
 
 
 class GemmaDecoderLayer(nn.Module):

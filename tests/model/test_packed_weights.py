@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from paligemma import PaliGemmaConfig
 from paligemma.model.lora import LoraSettings, add_lora
-from paligemma.model.packed_weights import PACKED, PACKING_PAYS_FROM, packed_weights
+from paligemma.model.packed_weights import PACKED, PACKING_PAYS_FROM, SHARED_INPUT_PRODUCTS, packed_weights
 from paligemma.model.precision import native_bf16_cpu
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
 from tests.model.test_generation import prompt_batch
@@ -28,7 +28,18 @@ def bf16_model(name="gqa", lora=False):
 
 
 def packed_linears(model) -> int:
-    return sum("forward" in m.__dict__ for m in model.modules())
+    """Linears multiplying by packed weights: one product by a packed concatenation counts each of its linears."""
+    methods = {entry[0]: len(entry[1]) for entry in SHARED_INPUT_PRODUCTS.values()}
+    return sum(
+        ("forward" in m.__dict__) + sum(n for method, n in methods.items() if method in m.__dict__)
+        for m in model.modules()
+    )
+
+
+def shared_products(model) -> int:
+    """Products of one input by several linears that run as one."""
+    methods = [entry[0] for entry in SHARED_INPUT_PRODUCTS.values()]
+    return sum(method in m.__dict__ for m in model.modules() for method in methods)
 
 
 def test_the_private_ops_are_there():
@@ -48,12 +59,25 @@ def test_a_packed_product_is_bit_identical_to_f_linear(rows):
     assert torch.equal(out, F.linear(x, weight, bias))
 
 
-@pytest.mark.parametrize("name, lora, num_beams", [("gqa", False, 1), ("gemma2", True, 1), ("gqa", True, 3)])
+@needs_bf16_instructions
+@pytest.mark.parametrize("rows", [1, 4, 300])
+def test_one_product_by_weights_packed_side_by_side_is_bit_identical_to_each_by_its_own(rows):
+    gen = torch.Generator().manual_seed(rows)
+    weights = [torch.randn(n, 128, generator=gen).bfloat16() for n in (512, 128, 128)]
+    x = torch.randn(rows, 128, generator=gen).bfloat16()
+    packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat(weights), 1)
+    outputs = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").split([512, 128, 128], -1)
+    assert all(torch.equal(out, F.linear(x, w)) for out, w in zip(outputs, weights, strict=True))
+
+
+@pytest.mark.parametrize(
+    "name, lora, num_beams", [("gqa", False, 1), ("gemma2", False, 1), ("gemma2", True, 1), ("gqa", True, 3)]
+)
 def test_generation_is_the_same_with_packed_weights(name, lora, num_beams):
     model, batch = bf16_model(name, lora)
     seen = []
     hook = model.language_model.layers[0].register_forward_pre_hook(
-        lambda *_: seen.append(packed_linears(model))
+        lambda *_: seen.append((packed_linears(model), shared_products(model)))
     )
     packed = model.generate(
         **batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams, pack_weights=True
@@ -63,10 +87,11 @@ def test_generation_is_the_same_with_packed_weights(name, lora, num_beams):
         **batch, max_new_tokens=6, eos_token_id=[], num_beams=num_beams, pack_weights=False
     )
     assert torch.equal(packed, plain)
-    text = model.config.text_config
-    expected = 7 * text.num_hidden_layers + 1 if native_bf16_cpu() else 0  # q k v o gate up down, the LM head
+    layers = model.config.text_config.num_hidden_layers
+    # q k v o gate up down, the LM head; without LoRA q k v and gate up as two products a layer
+    expected = (7 * layers + 1, 0 if lora else 2 * layers) if native_bf16_cpu() else (0, 0)
     assert set(seen) == {expected}
-    assert packed_linears(model) == 0
+    assert packed_linears(model) == 0 and shared_products(model) == 0
 
 
 def test_closing_leaves_the_model_as_it_was():
