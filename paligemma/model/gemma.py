@@ -82,26 +82,27 @@ class GemmaRotaryEmbedding(nn.Module):
         self.rope = config.rope_by_layer_type
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[dict, dict]:
-        """position_ids (B, T) -> cos, sin: layer type -> (B, T, head_dim) in x's dtype."""
+        """position_ids (B, T) -> cos, sin: layer type -> (B, T, head_dim) in x's dtype; sin's first half
+        negated (see ``apply_rotary``)."""
         exponents = torch.arange(0, self.head_dim, 2, device=x.device).float() / self.head_dim
         cos, sin = {}, {}
         for layer_type, (theta, factor) in self.rope.items():
             inv_freq = 1.0 / (theta**exponents) / factor
             freqs = position_ids[..., None].float() * inv_freq  # (B, T, hd/2)
             emb = torch.cat((freqs, freqs), dim=-1)
-            cos[layer_type], sin[layer_type] = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+            half_sin = emb.sin().chunk(2, dim=-1)
+            cos[layer_type] = emb.cos().to(x.dtype)
+            sin[layer_type] = torch.cat((-half_sin[0], half_sin[1]), dim=-1).to(
+                x.dtype
+            )  # signed for apply_rotary
         return cos, sin
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, hd); cos, sin (B, T, hd)."""
-    cos, sin = cos[:, None], sin[:, None]
-    return x * cos + rotate_half(x) * sin
+    """x (B, H, T, hd); cos, sin (B, T, hd), sin's first half negated. x * cos + rotate_half(x) * sin, where
+    rotate_half(x) = (-x2, x1): the halves swapped with one copy, the sign carried by sin (bit-identical)."""
+    half = x.shape[-1] // 2
+    return x * cos[:, None] + x.roll(half, dims=-1) * sin[:, None]
 
 
 class GemmaAttention(nn.Module):
