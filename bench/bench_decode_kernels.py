@@ -13,6 +13,8 @@ than any cache), the time of one pass over them and the bandwidth that makes (we
   kernels, whose one-row product is a dot per weight row);
 - ``oneDNN prepacked``: the weight packed once (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
   freezing pass does) and ``torch.ops.mkldnn._linear_pointwise`` per call: a decode-time view of the weights;
+- ``oneDNN prepacked, shared inputs as one``: the same, with the products of one input (q, k, v; gate, up) as one
+  product by their weights packed side by side and split after, as our decode runs them;
 - ``memory read, no product``: each weight's bytes read once and nothing multiplied (their largest as int16): the
   bandwidth that bounds every kernel's pass here, so the ceiling of any decode's speed-up at real width.
 
@@ -34,6 +36,7 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP = 2304, 8, 4, 256, 9216
 # (in, out) of q, k, v, o, gate, up, down
 PRODUCTS = [(HIDDEN, HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM),
             (HEADS * HEAD_DIM, HIDDEN), (HIDDEN, MLP), (HIDDEN, MLP), (MLP, HIDDEN)]  # fmt: skip
+SHARED_INPUTS = [[0, 1, 2], [3], [4, 5], [6]]  # the products of one input: q k v; o; gate up; down
 
 
 def plain(weights: list[torch.Tensor], batch_size: int):
@@ -53,13 +56,34 @@ def onednn_prepacked(weights: list[torch.Tensor], batch_size: int):
     return lambda x, i: torch.ops.mkldnn._linear_pointwise(x, packed[i], None, "none", [], "")
 
 
+def onednn_prepacked_shared_inputs(weights: list[torch.Tensor], batch_size: int):
+    """A group's first product computes the whole group's (one product, split); the others return their part."""
+    packed = {g[0]: torch.ops.mkldnn._reorder_linear_weight(torch.cat([weights[i] for i in g]), batch_size)
+              for g in SHARED_INPUTS}  # fmt: skip
+    outputs = {}
+
+    def run(x, i):
+        group = next(g for g in SHARED_INPUTS if i in g)
+        if i == group[0]:
+            product = torch.ops.mkldnn._linear_pointwise(x, packed[i], None, "none", [], "")
+            outputs.update(zip(group, product.split([weights[j].shape[0] for j in group], -1), strict=True))
+        return outputs.pop(i)
+
+    return run
+
+
 def memory_read(weights: list[torch.Tensor], batch_size: int):
     """No product: each weight's bytes read once (their largest as int16), what bounds any kernel's pass."""
     raw = [w.view(torch.int16) for w in weights]
     return lambda x, i: raw[i].max()
 
 
-KERNELS = {"torch": plain, "torch, oneDNN off": onednn_off, "oneDNN prepacked": onednn_prepacked}
+KERNELS = {
+    "torch": plain,
+    "torch, oneDNN off": onednn_off,
+    "oneDNN prepacked": onednn_prepacked,
+    "oneDNN prepacked, shared inputs as one": onednn_prepacked_shared_inputs,
+}
 READ = "memory read, no product"
 
 
@@ -73,7 +97,12 @@ def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tupl
     or why this CPU refuses the kernel."""
     gen = torch.Generator().manual_seed(0)
     weights = [(torch.randn(out, d_in, generator=gen) * d_in**-0.5).to(dtype) for d_in, out in PRODUCTS]
-    inputs = [torch.randn(batch_size, d_in, generator=gen).to(dtype) for d_in, _ in PRODUCTS]
+    group_inputs = [
+        torch.randn(batch_size, PRODUCTS[g[0]][0], generator=gen).to(dtype) for g in SHARED_INPUTS
+    ]
+    inputs = [
+        group_inputs[next(n for n, g in enumerate(SHARED_INPUTS) if i in g)] for i in range(len(PRODUCTS))
+    ]
     kernels, results = {}, {}
     for name, make in {**KERNELS, READ: memory_read}.items():
         try:
@@ -90,10 +119,8 @@ def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tupl
             layer_pass(kernel, inputs)
             times[name].append(time.perf_counter() - start)
     results[READ] = (statistics.median(times.pop(READ)), None)
-    for name, kernel in kernels.items():
-        if name == READ:
-            continue
-        outputs = layer_pass(kernel, inputs)
+    for name in times:  # the products
+        outputs = layer_pass(kernels[name], inputs)
         error = max(((o.float() - r.float()).abs().max() / r.float().abs().max()).item()
                     for o, r in zip(outputs, reference, strict=True))  # fmt: skip
         results[name] = (statistics.median(times[name]), error)
