@@ -37,6 +37,7 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP = 2304, 8, 4, 256, 9216
 PRODUCTS = [(HIDDEN, HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM),
             (HEADS * HEAD_DIM, HIDDEN), (HIDDEN, MLP), (HIDDEN, MLP), (MLP, HIDDEN)]  # fmt: skip
 SHARED_INPUTS = [[0, 1, 2], [3], [4, 5], [6]]  # the products of one input: q k v; o; gate up; down
+GROUP_OF = {i: group for group in SHARED_INPUTS for i in group}
 
 
 def plain(weights: list[torch.Tensor], batch_size: int):
@@ -63,7 +64,7 @@ def onednn_prepacked_shared_inputs(weights: list[torch.Tensor], batch_size: int)
     outputs = {}
 
     def run(x, i):
-        group = next(g for g in SHARED_INPUTS if i in g)
+        group = GROUP_OF[i]
         if i == group[0]:
             product = torch.ops.mkldnn._linear_pointwise(x, packed[i], None, "none", [], "")
             outputs.update(zip(group, product.split([weights[j].shape[0] for j in group], -1), strict=True))
@@ -97,12 +98,12 @@ def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tupl
     or why this CPU refuses the kernel."""
     gen = torch.Generator().manual_seed(0)
     weights = [(torch.randn(out, d_in, generator=gen) * d_in**-0.5).to(dtype) for d_in, out in PRODUCTS]
-    group_inputs = [
-        torch.randn(batch_size, PRODUCTS[g[0]][0], generator=gen).to(dtype) for g in SHARED_INPUTS
-    ]
+    group_inputs = {
+        g[0]: torch.randn(batch_size, PRODUCTS[g[0]][0], generator=gen).to(dtype) for g in SHARED_INPUTS
+    }
     inputs = [
-        group_inputs[next(n for n, g in enumerate(SHARED_INPUTS) if i in g)] for i in range(len(PRODUCTS))
-    ]
+        group_inputs[GROUP_OF[i][0]] for i in range(len(PRODUCTS))
+    ]  # a group's products share one input
     kernels, results = {}, {}
     for name, make in {**KERNELS, READ: memory_read}.items():
         try:

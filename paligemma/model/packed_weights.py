@@ -7,8 +7,9 @@ before) multiplies by a copy packed once, with the same kernel: the products are
 view for decoding only. Products of one input by several linears (an attention layer's queries, keys and values;
 the MLP's gate and up) run as one, by their weights packed side by side, where none of them is wrapped: one call
 instead of three or two, each output column computed as before. State dicts, peft, exports and checkpoints never
-see it; closing frees it. It costs a copy of those weights while open. Where the CPU lacks bf16 instructions (AVX2: oneDNN refuses bf16 there), in fp32 (the
-packed fp32 kernel rounds differently from MKL's) and with gradients on, nothing changes.
+see it; closing frees it. It costs a copy of those weights while open. Where the CPU lacks bf16 instructions (AVX2:
+oneDNN refuses bf16 there), in fp32 (the packed fp32 kernel rounds differently from MKL's) and with gradients on,
+nothing changes.
 
 Private torch ops, as inductor's freezing pass uses them: tests/model/test_packed_weights.py checks them.
 """
@@ -112,10 +113,8 @@ def packed_weights(model: PaliGemmaForConditionalGeneration, enabled: bool = Tru
     with torch.no_grad():
         for module, linears in shared.items():
             method, _, packed_method = SHARED_INPUT_PRODUCTS[type(module)]
-            packed, sizes = (
-                pack(torch.cat([lin.weight for lin in linears])),
-                [lin.out_features for lin in linears],
-            )
+            packed = pack(torch.cat([linear.weight for linear in linears]))
+            sizes = [linear.out_features for linear in linears]
             setattr(module, method, partial(packed_method, module, packed, sizes))
             replaced.append((module, method))
         for linear in (m for m in modules if packable(m) and m not in in_shared):

@@ -4,7 +4,14 @@ import torch.nn.functional as F
 
 from paligemma import PaliGemmaConfig
 from paligemma.model.lora import LoraSettings, add_lora
-from paligemma.model.packed_weights import PACKED, PACKING_PAYS_FROM, SHARED_INPUT_PRODUCTS, packed_weights
+from paligemma.model.packed_weights import (
+    PACKED,
+    PACKING_PAYS_FROM,
+    SHARED_INPUT_PRODUCTS,
+    pack,
+    packed_product,
+    packed_weights,
+)
 from paligemma.model.precision import native_bf16_cpu
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf
 from tests.model.test_generation import prompt_batch
@@ -65,8 +72,7 @@ def test_one_product_by_weights_packed_side_by_side_is_bit_identical_to_each_by_
     gen = torch.Generator().manual_seed(rows)
     weights = [torch.randn(n, 128, generator=gen).bfloat16() for n in (512, 128, 128)]
     x = torch.randn(rows, 128, generator=gen).bfloat16()
-    packed = torch.ops.mkldnn._reorder_linear_weight(torch.cat(weights), 1)
-    outputs = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "").split([512, 128, 128], -1)
+    outputs = packed_product(x, pack(torch.cat(weights))).split([512, 128, 128], -1)
     assert all(torch.equal(out, F.linear(x, w)) for out, w in zip(outputs, weights, strict=True))
 
 
