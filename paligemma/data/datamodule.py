@@ -115,15 +115,6 @@ class PaliGemmaDataModule(L.LightningDataModule):
         self._truncated: set[tuple[str, int]] = set()
 
     @property
-    def task(self) -> str:
-        return self.settings.task
-
-    @property
-    def metric(self) -> str:
-        """What validation scores (data.metric, else the task's): a key of paligemma.training.scoring.METRICS."""
-        return self.settings.metric_name
-
-    @property
     def processor(self) -> Processor:
         if self._processor is None:
             s = self.settings
