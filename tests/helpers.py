@@ -351,14 +351,16 @@ def batches(dm, loader) -> list[dict]:
 
 
 def from_config(name: str, processor_dir: Path, **data_overrides):
-    """The data module of conf/data/<name>.yaml as train.py builds it, with ``model.path`` = processor_dir."""
-    from paligemma.training.build import build_datamodule
-    from paligemma.training.checks import run_settings
+    """The data module of conf/data/<name>.yaml as train.py types it, with ``model.path`` = processor_dir (a
+    processor without weights)."""
+    from paligemma.data.datamodule import PaliGemmaDataModule
+    from paligemma.data.settings import DataSettings
+    from paligemma.training.checks import typed
 
     cfg = compose_config(Path(tempfile.mkdtemp()), [f"data={name}", f"model.path={processor_dir}"])
     for key, value in data_overrides.items():
         OmegaConf.update(cfg, f"data.{key}", value)
-    return build_datamodule(run_settings(cfg))
+    return PaliGemmaDataModule(typed(DataSettings, cfg.data, "data"))
 
 
 def built_run(cfg):
