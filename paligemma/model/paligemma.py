@@ -222,8 +222,8 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     ) -> ModelOutput:
         """Logits for every position and, given labels, the mean loss over labels != -100.
 
-        The mask's spans and the positions come from ``attention_inputs``. ``return_logits=False`` computes the head only
-        where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
+        The mask's spans and the positions come from ``attention_inputs``. ``return_logits=False`` computes the
+        head only where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
         prompt + target that attends only within itself, its positions restarting.
         """
         valid, spans, positions = self.attention_inputs(

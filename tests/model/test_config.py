@@ -64,8 +64,8 @@ def test_transformers5_config_round_trips():
 
 def test_the_constructor_takes_objects_and_from_dict_dicts():
     vision = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1)
-    a = PaliGemmaConfig(vision_config=SiglipVisionConfig(**vision), text_config=GemmaConfig(hidden_size=64, vocab_size=500),
-                        image_token_index=499)  # fmt: skip
+    text = GemmaConfig(hidden_size=64, vocab_size=500)
+    a = PaliGemmaConfig(vision_config=SiglipVisionConfig(**vision), text_config=text, image_token_index=499)
     b = PaliGemmaConfig.from_dict(dict(vision_config=vision, text_config={"hidden_size": 64, "vocab_size": 500},
                                        image_token_index=499))  # fmt: skip
     assert a == b and a.projection_dim == 64
