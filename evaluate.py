@@ -26,9 +26,10 @@ register_configs()
 
 def load_module(cfg: DictConfig, datamodule):
     from paligemma.training.module import PaliGemmaLitModule
+    from paligemma.training.scoring import GenerationSettings
 
     overrides = {
-        **cfg.generation,
+        **vars(GenerationSettings(**cfg.generation).for_task(datamodule.settings)),
         "task": datamodule.task,
         "processor": datamodule.processor,
         "metric": datamodule.metric,

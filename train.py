@@ -76,6 +76,7 @@ def train(cfg: DictConfig) -> dict:
     from paligemma.training.module import PaliGemmaLitModule
     from paligemma.training.preemption import sigterm_outside_training_is_preemption
     from paligemma.training.run import fit_and_save, instantiate_all
+    from paligemma.training.scoring import GenerationSettings
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -87,7 +88,7 @@ def train(cfg: DictConfig) -> dict:
     )
     module = PaliGemmaLitModule(
         **cfg.model,
-        **cfg.generation,
+        **vars(GenerationSettings(**cfg.generation).for_task(datamodule.settings)),
         lora=lora,
         optim=OmegaConf.to_container(cfg.optim),
         task=datamodule.task,

@@ -62,7 +62,6 @@ NOTES = {
     "optim.warmup_ratio": "The share of the optimizer steps spent warming up linearly.",
     "optim.min_lr_ratio": "Where the cosine decay ends, as a share of `lr`.",
     "optim.betas": "AdamW's betas.",
-    "generation.max_new_tokens": "The most tokens generated per row.",
 }
 
 
