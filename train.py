@@ -90,7 +90,7 @@ def train(cfg: DictConfig) -> dict:
         **cfg.model,
         **vars(GenerationSettings(**cfg.generation).for_task(datamodule.settings)),
         lora=lora,
-        optim=OmegaConf.to_container(cfg.optim),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),  # optim.lr: the model's unless set
         task=datamodule.task,
         processor=datamodule.processor,
         metric=datamodule.metric,

@@ -56,6 +56,8 @@ class PaliGemmaLitModule(L.LightningModule):
         cache_image_features: bool = False,
         final_logit_softcap: bool = True,
         adapter: str | None = None,
+        lr: float = 2e-3,
+        chat_template: bool = False,
         lora: dict | None = None,
         optim: dict | None = None,
         max_new_tokens: int = 8,
@@ -67,7 +69,7 @@ class PaliGemmaLitModule(L.LightningModule):
         bf16_refused_by: str | None = None,
         built: BuiltModel | None = None,
     ):
-        """The fields of ``ModelSettings`` (``path`` .. ``adapter``: what checkpoints save, so that
+        """The fields of ``ModelSettings`` (``path`` .. ``chat_template``: what checkpoints save, so that
         ``load_from_checkpoint`` builds the network again), ``lora`` and ``optim`` (the fields of ``LoraSettings``
         and ``OptimSettings``, plain dicts so that checkpoints hold no classes; ``lora=None`` trains the whole
         decoder), and the validation generation (``max_new_tokens``,
