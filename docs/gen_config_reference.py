@@ -62,7 +62,6 @@ NOTES = {
     "optim.warmup_ratio": "The share of the optimizer steps spent warming up linearly.",
     "optim.min_lr_ratio": "Where the cosine decay ends, as a share of `lr`.",
     "optim.betas": "AdamW's betas.",
-    "generation.max_new_tokens": "The most tokens generated per row.",
 }
 
 
@@ -324,8 +323,9 @@ def render() -> str:
         "`python train.py` composes `conf/config.yaml`, `python evaluate.py` `conf/eval.yaml`; any key below is "
         "set on the command line as `key=value`. The `model.*`, `data.*`, `lora.*`, `optim.*` and `generation.*` "
         "keys are typed: a misspelt key or a value of the wrong type stops the run, naming it. The defaults are "
-        "the dataclasses'; the files of `conf/model/`, `conf/data/` and `conf/experiment/` set only what differs "
-        "(e.g. `data.processor_path: ${model.path}` and `data.seed: ${seed}` in every data config). "
+        "the dataclasses'; the files of `conf/model/` and `conf/data/` set only what differs in their own group, "
+        "those of `conf/experiment/` in any, and `conf/config.yaml` gives one group's keys another's values "
+        "(`optim.lr: ${model.lr}`, `data.processor_path: ${model.path}`; below). "
         "`lora=null` trains the whole decoder instead of LoRA.",
         "",
     ]

@@ -1,6 +1,7 @@
 """Shared fixtures: offline environment, small random configs and the transformers reference."""
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -18,6 +19,16 @@ from paligemma import PaliGemmaConfig  # noqa: E402
 from tests.helpers import SMALL_CONFIGS, TINY_TEXTS  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch before this file
+
+
+@pytest.fixture(autouse=True)
+def no_wandb_run_left_open():
+    """A run that raised inside this process (train.train in a test) leaves its W&B run open, and the next
+    WandbLogger would log into it: end it, as train.py's process exit does."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 @pytest.fixture(params=sorted(SMALL_CONFIGS))

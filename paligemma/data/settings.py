@@ -68,6 +68,8 @@ class DataSettings:
     suffix_column: str = "suffix"  # prefix_suffix: the target (a string or a list of references)
     objects_column: str = "objects"  # detection: {"bbox": [[4 numbers]...], "category": [names or class ids]}
     box_format: str = "xywh"  # detection boxes in pixels: "xywh" (COCO: x, y, width, height) or "xyxy"
+    # detection: the boxes generation has room for, 8 tokens each (when generation.max_new_tokens is null)
+    max_objects: int = 16
     lang: str = "en"  # the language code of the VQA and captioning prompts
     prompt: str | None = None  # a prompt template instead of the task's (paligemma/data/tasks.py)
     metric: str | None = None  # None: the task's
@@ -89,7 +91,8 @@ class DataSettings:
         if self.task not in TASKS:
             raise ConfigError(f"data.task must be one of {sorted(TASKS)}, got {self.task!r}")
         counts = {"batch_size": self.batch_size, "val_batch_size": self.val_batch_size,
-                  "max_train_samples": self.max_train_samples, "max_val_samples": self.max_val_samples}  # fmt: skip
+                  "max_train_samples": self.max_train_samples, "max_val_samples": self.max_val_samples,
+                  "max_objects": self.max_objects}  # fmt: skip
         for key, value in counts.items():
             if value is not None and value < 1:
                 raise ConfigError(f"data.{key} must be at least 1, got {value}")

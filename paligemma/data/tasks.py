@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 REFERENCE_KEYS = ("answer", "caption", "text", "raw")  # where a dict-shaped reference keeps its string
 # (row, settings, picture size (w, h), class names of integer categories or None) -> (prompt fields, references)
 RowFields = Callable[[dict, "DataSettings", tuple[int, int], "list[str] | None"], tuple[dict, list[str]]]
+# The tokens of one box of a detection answer: four <locNNNN>, a class name of up to two tokens, and " ; " (two
+# tokens in the tiny base's vocabulary: "▁;" and the "▁" before the next <locNNNN>)
+TOKENS_PER_BOX = 8
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,9 @@ class Task:
     """``prompt``: the template, of ``{lang}`` and ``prompt_field`` (None: no field of the row). ``columns``: the
     ``DataSettings`` options naming the columns it reads, the target's last. ``metric``: what validation scores
     unless ``data.metric`` names another (a key of paligemma.training.scoring.METRICS). ``row_fields``: a row's
-    prompt fields and references. ``class_names``: it reads the ClassLabel names of its objects column."""
+    prompt fields and references. ``answer_tokens``: the most tokens validation generates for an answer
+    (``generation.max_new_tokens: null``), or for each part of it that the ``answer_parts`` option counts.
+    ``class_names``: it reads the ClassLabel names of its objects column."""
 
     name: str
     prompt: str
@@ -36,7 +41,13 @@ class Task:
     columns: tuple[str, ...]
     metric: str
     row_fields: RowFields
+    answer_tokens: int
+    answer_parts: str | None = None
     class_names: bool = False
+
+    def answer_length(self, settings: DataSettings) -> int:
+        """The most tokens an answer takes: ``answer_tokens``, times the ``answer_parts`` option's value."""
+        return self.answer_tokens * (getattr(settings, self.answer_parts) if self.answer_parts else 1)
 
 
 def references(value: Any) -> list[str]:
@@ -89,11 +100,12 @@ TASKS = {
     task.name: task
     for task in (
         Task("vqa", "answer {lang} {question}", "question", ("question_column", "answer_column"), "vqa_accuracy",
-             _vqa),
-        Task("caption", "caption {lang}", None, ("caption_column",), "cider", _caption),
+             _vqa, 16),
+        Task("caption", "caption {lang}", None, ("caption_column",), "cider", _caption, 32),
         Task("prefix_suffix", "{prefix}", "prefix", ("prefix_column", "suffix_column"), "exact_match",
-             _prefix_suffix),
+             _prefix_suffix, 16),
         # {classes}: the class names of the picture, sorted, joined by " ; "
-        Task("detection", "detect {classes}", "classes", ("objects_column",), "map", _detection, class_names=True),
+        Task("detection", "detect {classes}", "classes", ("objects_column",), "map", _detection, TOKENS_PER_BOX,
+             answer_parts="max_objects", class_names=True),
     )
 }  # fmt: skip

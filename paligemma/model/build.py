@@ -32,7 +32,10 @@ class ModelSettings:
     with ``quantize_vision``) through bitsandbytes, 4-bit ones computing in ``compute_dtype`` (null: ``dtype``).
     ``final_logit_softcap=False`` turns PaliGemma 2's soft-capping of the logits off (big_vision fine-tunes so).
     ``cache_image_features`` computes each image's features once (frozen towers only). ``adapter``: a saved PEFT
-    adapter dir (train.py writes <run>/adapter), loaded frozen on the base: what evaluate.py scores.
+    adapter dir (train.py writes <run>/adapter), loaded frozen on the base: what evaluate.py scores. ``lr``: the
+    learning rate this base fine-tunes at (the default: the embedded tiny model's), which ``optim.lr`` takes unless
+    set. ``chat_template``: rows in the checkpoint's chat template (the Gemma 3 -it ones), which
+    ``data.chat_template`` takes.
     """
 
     path: str
@@ -46,6 +49,8 @@ class ModelSettings:
     cache_image_features: bool = False
     final_logit_softcap: bool = True
     adapter: str | None = None
+    lr: float = 2e-3
+    chat_template: bool = False
 
     def __post_init__(self):
         for key in ("dtype", "compute_dtype"):

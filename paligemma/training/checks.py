@@ -82,7 +82,7 @@ def run_settings(
         model=model,
         lora=lora,
         optim=typed(OptimSettings, cfg.optim, "optim") if "optim" in cfg else OptimSettings(),
-        generation=typed(GenerationSettings, cfg.generation, "generation"),
+        generation=typed(GenerationSettings, cfg.generation, "generation").for_task(data),
         data=data,
         metric=Metric(data.metric_name),
         bf16_refused_by=bf16_refusal(model, lora, uses_fsdp(cfg), trains),

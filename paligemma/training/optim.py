@@ -26,7 +26,8 @@ OPTIMIZERS = {
 class OptimSettings:
     """AdamW with linear warm-up and cosine decay; the Hydra config's defaults are these.
 
-    ``lr`` suits LoRA on the embedded tiny model; the 3B model configs set their own (2e-4)."""
+    ``lr``: conf/config.yaml sets it to the model's (``model.lr``, a value of each model config); this default is
+    the embedded tiny model's."""
 
     name: str = "adamw"  # adamw | adamw8bit | paged_adamw8bit (the last two: bitsandbytes)
     lr: float = 2e-3

@@ -10,26 +10,37 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from paligemma import metrics
 from paligemma.data.boxes import parse_boxes
+from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError
+
+if TYPE_CHECKING:
+    from paligemma.data.settings import DataSettings
 
 
 @dataclass
 class GenerationSettings:
     """``generation.*``: how validation (train.py) and evaluate.py generate, and how many rows W&B shows."""
 
-    max_new_tokens: int = 8
+    max_new_tokens: int | None = None  # the most tokens generated per row; null: the task's answer length
     num_beams: int = 1  # beam search with this many beams if > 1 (upstream scores captions with 2)
     log_predictions: int = 16  # rows of the W&B predictions table
 
     def __post_init__(self):
         for key, least in (("max_new_tokens", 1), ("num_beams", 1), ("log_predictions", 0)):
             value = getattr(self, key)
-            if value < least:
+            if value is not None and value < least:
                 raise ConfigError(f"generation.{key} must be at least {least}, got {value}")
+
+    def for_task(self, data: DataSettings) -> GenerationSettings:
+        """These settings for the data's task: ``max_new_tokens`` the task's answer length where it is null."""
+        if self.max_new_tokens is not None:
+            return self
+        return replace(self, max_new_tokens=TASKS[data.task].answer_length(data))
 
 
 def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[dict]], dict]:
