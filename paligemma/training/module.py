@@ -25,7 +25,7 @@ from paligemma.model.packed_weights import packed_weights
 from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
-from paligemma.training.scoring import MONITORED_METRIC, log_predictions, score
+from paligemma.training.scoring import MONITORED_METRIC, Record, log_predictions, score
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -93,7 +93,7 @@ class PaliGemmaLitModule(L.LightningModule):
         self.fit_validated_at_step = None  # global step of the last validation inside trainer.fit
         self.skipped_steps = 0  # non-finite ones, with optim.skip_nonfinite
         self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
-        self.records: list[dict] = []
+        self.records: list[Record] = []
         self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
         self.validation_weights = ExitStack()  # holds bf16 weights packed for validation while it runs
 
@@ -209,14 +209,14 @@ class PaliGemmaLitModule(L.LightningModule):
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for i, row_id in enumerate(batch.row_ids):
             self.records.append(
-                {
-                    "row_id": row_id,
-                    "kind": batch.kinds[i],
-                    "prompt": batch.prompts[i],
-                    "prediction": predictions[i].strip(),
-                    "references": batch.references[i],
-                    "image": batch.images[i] if i < self.hparams["log_predictions"] else None,
-                }
+                Record(
+                    row_id=row_id,
+                    kind=batch.kinds[i],
+                    prompt=batch.prompts[i],
+                    prediction=predictions[i].strip(),
+                    references=batch.references[i],
+                    image=batch.images[i] if i < self.hparams["log_predictions"] else None,
+                )
             )
 
     def on_validation_epoch_end(self):
