@@ -10,58 +10,47 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from paligemma.errors import find_run_error, one_line  # noqa: E402
-from paligemma.training.checks import bf16_refusal, expand_user_paths, run_entry, validate_config  # noqa: E402
+from paligemma.training.build import saved_network  # noqa: E402
+from paligemma.training.checks import expand_user_paths, read_checkpoint, run_entry, run_settings  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
 register_configs()
 
 
-def load_module(cfg: DictConfig, datamodule):
-    from paligemma.training.module import PaliGemmaLitModule
-
-    overrides = {
-        **cfg.generation,
-        "task": datamodule.task,
-        "processor": datamodule.processor,
-        "metric": datamodule.metric,
-        "bf16_refused_by": bf16_refusal(cfg, trains=False),
-    }
-    if cfg.ckpt_path is not None:
-        return PaliGemmaLitModule.load_from_checkpoint(
-            cfg.ckpt_path, map_location="cpu", weights_only=True, **overrides
-        )
-    model = {**OmegaConf.to_container(cfg.model, resolve=True), **overrides}
-    return PaliGemmaLitModule(**model)
-
-
 def evaluate(cfg: DictConfig) -> dict:
-    validate_config(cfg)
     expand_user_paths(cfg)
-    import lightning as L  # the stack loads after the checks: a bad config fails in seconds
-
-    from paligemma.training.run import instantiate_all, no_metric_reason, write_json
-    from paligemma.training.scoring import MONITORED_METRIC
-
-    L.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
-    datamodule = hydra.utils.instantiate(
-        cfg.data,
+    checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
+    settings = run_settings(cfg, trains=False, network=saved_network(checkpoint) if checkpoint else None)
+    data = replace(
+        settings.data,
         val_split=cfg.eval.split,
         max_val_samples=cfg.eval.max_samples,
         val_batch_size=cfg.eval.batch_size,
     )
+    settings = replace(settings, data=data)
+    import lightning as L  # the stack loads after the checks: a bad config fails in seconds
+
+    from paligemma.training.build import build_datamodule, build_module
+    from paligemma.training.run import instantiate_all, no_metric_reason, run_config, write_json
+
+    L.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(settings)
     datamodule.prepare_data()
     datamodule.setup("validate")  # a missing split or column fails here, before the model loads
-    module = load_module(cfg, datamodule)
-    if cfg.eval.packed_4bit and module.quantization is not None:
+    module = build_module(settings, datamodule, run_config(cfg))
+    if checkpoint is not None:
+        module.load_trained_weights(checkpoint)
+    if cfg.eval.packed_4bit and module.network.quantization is not None:
         from paligemma.model.quantize import allow_packed_cpu_path_
 
         allow_packed_cpu_path_(module.net)
@@ -78,13 +67,13 @@ def evaluate(cfg: DictConfig) -> dict:
             f.write(json.dumps({**row, "references": r.references}) + "\n")
     results = {
         **scores,
-        "monitor": MONITORED_METRIC[datamodule.metric],
+        "monitor": settings.metric.monitor,
         "eval/samples": len(records),
         "eval/seconds": seconds,
         "eval/samples_per_sec": len(records) / seconds if seconds > 0 else 0.0,
         "data/skipped": datamodule.skipped,
-        "model_path": str(module.hparams.path),
-        "adapter_path": str(Path(cfg.model.adapter).resolve()) if cfg.model.adapter else None,
+        "model_path": settings.model.path,
+        "adapter_path": str(Path(settings.model.adapter).resolve()) if settings.model.adapter else None,
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path else None,
     }
     write_json(out_dir / "metrics.json", results)

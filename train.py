@@ -31,7 +31,7 @@ from paligemma.errors import (  # noqa: E402
     find_run_error,
     one_line,
 )
-from paligemma.training.checks import bf16_refusal, expand_user_paths, run_entry, validate_config  # noqa: E402
+from paligemma.training.checks import expand_user_paths, run_entry, run_settings  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
 register_configs()
@@ -65,36 +65,21 @@ def check_launch(trainer) -> None:
 
 def train(cfg: DictConfig) -> dict:
     """Fit and validate; returns (and writes to <run dir>/metrics.json) the run's metrics."""
-    validate_config(cfg)
     expand_user_paths(cfg)
+    settings = run_settings(cfg)
     import lightning as L  # the training stack loads after the checks: a bad config fails in seconds
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from paligemma.model.build import ModelSettings, build_model
-    from paligemma.model.lora import LoraSettings
+    from paligemma.training.build import build_datamodule, build_module
     from paligemma.training.faults import lost_ranks_fail_the_job
-    from paligemma.training.module import PaliGemmaLitModule
     from paligemma.training.preemption import sigterm_outside_training_is_preemption
-    from paligemma.training.run import fit_and_save, instantiate_all
+    from paligemma.training.run import fit_and_save, instantiate_all, run_config
 
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = build_datamodule(settings)
     datamodule.prepare_data()
     datamodule.setup("fit")  # missing splits or columns fail here, before the model loads
-    lora = OmegaConf.to_container(cfg.lora) if cfg.lora else None
-    built = build_model(
-        ModelSettings(**cfg.model), LoraSettings(**lora) if lora else None, bf16_refused_by=bf16_refusal(cfg)
-    )
-    module = PaliGemmaLitModule(
-        **cfg.model,
-        **cfg.generation,
-        lora=lora,
-        optim=OmegaConf.to_container(cfg.optim),
-        task=datamodule.task,
-        processor=datamodule.processor,
-        metric=datamodule.metric,
-        built=built,
-    )
+    module = build_module(settings, datamodule, run_config(cfg))
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.callbacks)
     if not loggers:  # logger=none: nothing to log the learning rate to
@@ -102,7 +87,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     check_launch(trainer)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(run_config(cfg))
     with lost_ranks_fail_the_job(trainer), sigterm_outside_training_is_preemption(trainer):
         return fit_and_save(cfg, trainer, module, datamodule, loggers)
 

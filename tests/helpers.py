@@ -12,7 +12,6 @@ from pathlib import Path
 
 import datasets
 import huggingface_hub
-import hydra
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
@@ -352,11 +351,50 @@ def batches(dm, loader) -> list:
 
 
 def from_config(name: str, processor_dir: Path, **data_overrides):
-    """Instantiate conf/data/<name>.yaml as train.py would, with ``model.path`` = processor_dir."""
+    """The data module of conf/data/<name>.yaml as train.py types it, with ``model.path`` = processor_dir (a
+    processor without weights)."""
+    from paligemma.data.datamodule import PaliGemmaDataModule
+    from paligemma.data.settings import DataSettings
+    from paligemma.training.checks import typed
+
     cfg = compose_config(Path(tempfile.mkdtemp()), [f"data={name}", f"model.path={processor_dir}"])
     for key, value in data_overrides.items():
         OmegaConf.update(cfg, f"data.{key}", value)
-    return hydra.utils.instantiate(cfg.data)
+    return PaliGemmaDataModule(typed(DataSettings, cfg.data, "data"))
+
+
+def built_run(cfg):
+    """The data module and LightningModule of a composed train.py config, built as train.py builds them."""
+    from paligemma.training.build import build_datamodule, build_module
+    from paligemma.training.checks import run_settings
+
+    settings = run_settings(cfg)
+    datamodule = build_datamodule(settings)
+    return datamodule, build_module(settings, datamodule)
+
+
+def load_network(path: Path | str, **model_fields) -> PaliGemmaForConditionalGeneration:
+    """The frozen base ``build_model`` loads from ``path``: float32 unless ``model_fields`` say otherwise."""
+    from paligemma.model.build import ModelSettings, build_model
+
+    return build_model(ModelSettings(path=str(path), **{"dtype": "float32", **model_fields}), None).net
+
+
+def lit_module(path: Path | str, lora: dict | None = None, optim: dict | None = None, metric: str = "vqa_accuracy",
+               generation: dict | None = None, **model_fields):  # fmt: skip
+    """A LightningModule on the network ``build_model`` makes of ``path``, ``lora`` (None: the decoder trains
+    fully) and ``model_fields`` (float32 unless they say otherwise), with the base's processor."""
+    from paligemma.data.processors import load_processor
+    from paligemma.model.build import ModelSettings, build_model
+    from paligemma.model.lora import LoraSettings
+    from paligemma.training.module import PaliGemmaLitModule
+    from paligemma.training.optim import OptimSettings
+    from paligemma.training.scoring import GenerationSettings, Metric
+
+    model = ModelSettings(path=str(path), **{"dtype": "float32", **model_fields})
+    network = build_model(model, LoraSettings(**lora) if lora is not None else None)
+    return PaliGemmaLitModule(network, load_processor(str(path)), OptimSettings(**(optim or {})),
+                              GenerationSettings(**(generation or {})), Metric(metric))  # fmt: skip
 
 
 def write_clip(path: Path, levels=tuple(12 * i for i in range(20)), fps: int = 10, size: int = 32) -> Path:

@@ -18,7 +18,7 @@ from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 from paligemma.data.processor_files import copy_processor_files
 from paligemma.errors import ConfigError, HubError
 from paligemma.paths import hub_error, hub_failure, is_hub_id, local_path
-from paligemma.training.checks import validate_config
+from paligemma.training.checks import run_settings
 from tests.helpers import FAST, SYNTHETIC, assert_one_line_error, compose_config, offline_hub_cache, run_cli
 
 REPO = "google/paligemma-3b-pt-224"
@@ -68,7 +68,7 @@ def test_home_relative_model_dir_loads_and_passes_the_checks(home_model, tmp_pat
     assert processor.image_token_id == model.config.image_token_index
     torch.save({"state_dict": {}}, local_path("~/last.ckpt"))
     overrides = [f"model.path='{home_model}'", "ckpt_path='~/last.ckpt'"]  # as a yaml file would set them
-    validate_config(compose_config(tmp_path / "run", overrides))
+    run_settings(compose_config(tmp_path / "run", overrides))
 
 
 def test_home_relative_processor_files_copy(home_model, tmp_path):

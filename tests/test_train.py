@@ -20,16 +20,17 @@ import train
 from paligemma.errors import NonFiniteError
 from paligemma.model.precision import resolve_dtype
 from paligemma.tiny import random_batch
-from paligemma.training.module import PaliGemmaLitModule
 from tests.helpers import (
     COCO_FEATURES,
     FAST,
     SYNTHETIC,
     VQAV2_FEATURES,
     awkward_and_bad_rows,
+    built_run,
     coco_rows,
     compose_config,
     history,
+    load_network,
     noise,
     png,
     run_group,
@@ -134,14 +135,16 @@ def test_broken_and_awkward_rows_train_to_the_end_with_exact_counts(tmp_path, ti
 
 
 def test_optimizer_steps_change_the_adapter_and_nothing_frozen(tmp_path, tiny_checkpoint):
-    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
-    module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora), optim={"lr": 1e-2, "warmup_ratio": 0.0})
+    optim = ["optim.lr=1e-2", "optim.warmup_ratio=0.0"]
+    datamodule, module = built_run(
+        compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC, *optim])
+    )
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     trainable = {name for name, p in module.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
                         limit_val_batches=0, enable_progress_bar=False)  # fmt: skip
-    trainer.fit(module, datamodule=train.hydra.utils.instantiate(cfg.data))
+    trainer.fit(module, datamodule=datamodule)
     for name, p in module.named_parameters():
         if name in trainable:
             if "lora_B" in name:  # lora_B starts at zero, so the first steps move it
@@ -153,9 +156,10 @@ def test_optimizer_steps_change_the_adapter_and_nothing_frozen(tmp_path, tiny_ch
 @pytest.mark.parametrize("skip", [False, True], ids=["stop", "skip"])
 @pytest.mark.parametrize("fault", ["loss", "gradient"])
 def test_non_finite_step_stops_the_run_or_is_skipped(tmp_path, tiny_checkpoint, fault, skip):
-    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
-    optim = {"lr": 1e-2, "warmup_ratio": 0.0, "skip_nonfinite": skip}
-    module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora), optim=optim)
+    optim = ["optim.lr=1e-2", "optim.warmup_ratio=0.0", f"optim.skip_nonfinite={str(skip).lower()}"]
+    datamodule, module = built_run(
+        compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC, *optim])
+    )
     broken = next(p for name, p in module.named_parameters() if "lora_B" in name)
     if fault == "loss":
         with torch.no_grad():
@@ -165,7 +169,6 @@ def test_non_finite_step_stops_the_run_or_is_skipped(tmp_path, tiny_checkpoint, 
     before = {name: p.detach().clone() for name, p in module.named_parameters()}
     trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False, num_sanity_val_steps=0,
                         limit_val_batches=0, enable_progress_bar=False)  # fmt: skip
-    datamodule = train.hydra.utils.instantiate(cfg.data)
     if skip:
         trainer.fit(module, datamodule=datamodule)
         assert module.skipped_steps == 3 and trainer.global_step == 3
@@ -179,11 +182,12 @@ def test_non_finite_step_stops_the_run_or_is_skipped(tmp_path, tiny_checkpoint, 
 
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_checkpoint):
-    cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC])
-    module = PaliGemmaLitModule(**cfg.model, lora=dict(cfg.lora, r=16, alpha=32, dropout=0.0))
+    lora = ["lora.r=16", "lora.alpha=32", "lora.dropout=0.0"]
+    datamodule, module = built_run(
+        compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *FAST, *SYNTHETIC, *lora])
+    )
     with torch.no_grad():  # trained models scale up their final norm; at random init it caps |logits| below 1
         module.net.model.language_model.norm.weight.fill_(9.0)
-    datamodule = train.hydra.utils.instantiate(cfg.data)
     datamodule.setup("fit")
     inputs = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0).inputs
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
@@ -211,18 +215,18 @@ def test_adapter_loads_onto_transformers_paligemma_with_equal_logits(
     cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", "logger=none", "zero_shot=false",
                                     *FAST, *SYNTHETIC, "optim.lr=5e-2", "optim.warmup_ratio=0"])  # fmt: skip
     train.train(cfg)
-    ours = PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net
+    ours = load_network(tiny_checkpoint)
     ours = peft.PeftModel.from_pretrained(ours, tmp_path / "adapter").eval()
     hf = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
         tiny_checkpoint, attn_implementation="eager"
     )
     hf = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
-    datamodule = train.hydra.utils.instantiate(cfg.data)
+    datamodule = built_run(cfg)[0]
     datamodule.setup("fit")
     batch = datamodule.on_before_batch_transfer(next(iter(datamodule.val_dataloader())), 0).inputs.as_kwargs()
     with torch.no_grad():
         ref, out = hf(**batch), ours(**batch)
-        plain = PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net(**batch)
+        plain = load_network(tiny_checkpoint)(**batch)
     mask = batch["attention_mask"].bool()
     assert (ref.logits - out.logits)[mask].abs().max() < 1e-4
     assert (plain.logits - out.logits)[mask].abs().max() > 1e-3  # the adapter does something
@@ -237,7 +241,7 @@ def test_transformers_trained_adapter_loads_onto_ours(tmp_path, tiny_checkpoint_
                              init_lora_weights=False)  # fmt: skip
     hf = peft.get_peft_model(hf, config).eval()
     hf.save_pretrained(tmp_path / "hf-adapter")
-    ours = peft.PeftModel.from_pretrained(PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None).net,
+    ours = peft.PeftModel.from_pretrained(load_network(tiny_checkpoint),
                                           tmp_path / "hf-adapter").eval()  # fmt: skip
     text = {"input_ids": torch.tensor([[5, 6, 7, 8]]), "token_type_ids": torch.tensor([[0, 0, 1, 1]])}
     with torch.no_grad():
@@ -264,7 +268,7 @@ def assert_trains_resumes_and_exports_merged(tmp_path, checkpoint, overrides, hf
         assert torch.equal(load_file(resumed / "adapter/adapter_model.safetensors")[name], tensor), name
 
     merged = hf_class.from_pretrained(tmp_path / "run/model", attn_implementation="eager").eval()
-    base = PaliGemmaLitModule(path=str(checkpoint), lora=None).net
+    base = load_network(checkpoint)
     ours = peft.PeftModel.from_pretrained(base, tmp_path / "run/adapter").eval()
     batch = batch_of(base.config)
     with torch.no_grad():
@@ -294,7 +298,7 @@ def test_gemma3_trains_resumes_and_exports_a_merged_model_transformers_reads(
     """Gemma 3 through the same run, its rows plain or in the chat template with the loss on the model's turn."""
     path = tiny_gemma3_chat_checkpoint
     overrides = merged_export_overrides(path, f"data.chat_template={str(chat).lower()}")
-    datamodule = train.hydra.utils.instantiate(compose_config(tmp_path / "data", overrides).data)
+    datamodule = built_run(compose_config(tmp_path / "data", overrides))[0]
     datamodule.setup("fit")
     inputs = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0).inputs
     processor = datamodule.processor

@@ -30,7 +30,6 @@ from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
 from paligemma.data.synthetic_pairs import make_pairs_dataset
 from paligemma.data.synthetic_video import make_clips_dataset
-from paligemma.data.tasks import TASKS
 from paligemma.data.video import pyav
 from paligemma.errors import ConfigError, DataError
 from paligemma.paths import is_hub_id, local_path
@@ -52,19 +51,6 @@ def select_split(splits: datasets.DatasetDict, spec: str) -> datasets.Dataset:
         raise split_error(spec, error) from None
     parts = [splits[p.splitname].select(range(p.from_, p.to)) for p in instructions]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-
-
-def check_template(template: str, task: str) -> None:
-    """A ``data.prompt`` that formats with the fields of the task, else a ConfigError naming the field."""
-    field = TASKS[task].prompt_field
-    fields = {"lang": "en"} | ({field: "x"} if field else {})
-    try:
-        template.format(**fields)
-    except (KeyError, IndexError, ValueError) as error:
-        raise ConfigError(
-            f"data.prompt {template!r} does not format ({type(error).__name__}: {error}); "
-            f"its fields for task {task}: {', '.join('{' + f + '}' for f in fields)}"
-        ) from error
 
 
 FIRST_ROWS = 32  # a split whose first rows are all bad stops the run before it trains on placeholders
@@ -111,28 +97,12 @@ class PaliGemmaDataModule(L.LightningDataModule):
     def __init__(self, settings: DataSettings | None = None, /, **fields: Any):
         super().__init__()
         self.settings = settings if settings is not None else DataSettings(**fields)
-        s = self.settings
-        if s.prompt is not None:
-            check_template(s.prompt, s.task)
-        if s.box_format not in ("xywh", "xyxy"):
-            raise ConfigError(f"data.box_format must be 'xywh' or 'xyxy', got {s.box_format!r}")
-        if s.on_bad_sample not in ("skip", "raise"):
-            raise ConfigError(f"data.on_bad_sample must be 'skip' or 'raise', got {s.on_bad_sample!r}")
         self._processor: Processor | None = None
         self._generated: datasets.DatasetDict | None = None  # synthetic, JSONL or COCO splits, made once
         self.train_data: Rows | None = None
         self.val_data: Rows | None = None
         self._skipped: set[tuple[str, int]] = set()
         self._truncated: set[tuple[str, int]] = set()
-
-    @property
-    def task(self) -> str:
-        return self.settings.task
-
-    @property
-    def metric(self) -> str:
-        """What validation scores (data.metric, else the task's): a key of paligemma.training.scoring.METRICS."""
-        return self.settings.metric_name
 
     @property
     def processor(self) -> Processor:

@@ -14,6 +14,19 @@ MAX_DEFAULT_WORKERS = 4
 GENERATED_PATHS = ("synthetic", "synthetic_video", "synthetic_pairs")
 
 
+def check_template(template: str, task: str) -> None:
+    """A ``data.prompt`` that formats with the fields of the task, else a ConfigError naming the field."""
+    field = TASKS[task].prompt_field
+    fields = {"lang": "en"} | ({field: "x"} if field else {})
+    try:
+        template.format(**fields)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(
+            f"data.prompt {template!r} does not format ({type(error).__name__}: {error}); "
+            f"its fields for task {task}: {', '.join('{' + f + '}' for f in fields)}"
+        ) from error
+
+
 @dataclass
 class DataSettings:
     """Captioning, VQA, any prefix -> suffix task, or detection, over a Hugging Face dataset.
@@ -103,6 +116,12 @@ class DataSettings:
             raise ConfigError(
                 "data.packing=true needs data.max_length: the most tokens a packed sequence holds"
             )
+        if self.prompt is not None:
+            check_template(self.prompt, self.task)
+        if self.box_format not in ("xywh", "xyxy"):
+            raise ConfigError(f"data.box_format must be 'xywh' or 'xyxy', got {self.box_format!r}")
+        if self.on_bad_sample not in ("skip", "raise"):
+            raise ConfigError(f"data.on_bad_sample must be 'skip' or 'raise', got {self.on_bad_sample!r}")
         if self.num_workers is not None and self.num_workers < 0:
             raise ConfigError(
                 f"data.num_workers must be 0 or more (null: the machine's), got {self.num_workers}"

@@ -88,12 +88,15 @@ class ModelSettings:
 @dataclass
 class BuiltModel:
     """What ``build_model`` returns: the network, its peft wrapper (None when the decoder trains fully), what a run's
-    summary says of the base weights' dtype, and the quantization of the base (None: full precision)."""
+    summary says of the base weights' dtype, the quantization of the base (None: full precision), and the settings
+    it was built from."""
 
     net: PaliGemmaForConditionalGeneration
     peft_model: peft.PeftModel | None
     precision: str
     quantization: QuantSettings | None
+    settings: ModelSettings
+    lora: LoraSettings | None
 
 
 def build_model(
@@ -131,7 +134,7 @@ def build_model(
         net.gradient_checkpointing_enable()
     if settings.cache_image_features:
         net.model.feature_cache = ImageFeatureCache()
-    return BuiltModel(net, peft_model, precision, quantization)
+    return BuiltModel(net, peft_model, precision, quantization, settings, lora)
 
 
 def load_base(

@@ -13,12 +13,15 @@ import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from paligemma.data.settings import GENERATED_PATHS
+from paligemma.data.settings import GENERATED_PATHS, DataSettings
 from paligemma.errors import ConfigError
 from paligemma.model.build import ModelSettings
+from paligemma.model.lora import LoraSettings
 from paligemma.model.precision import resolve_dtype
 from paligemma.paths import is_hub_id, local_path, read_json
-from paligemma.training.scoring import GenerationSettings
+from paligemma.training.build import RunSettings
+from paligemma.training.optim import OptimSettings
+from paligemma.training.scoring import GenerationSettings, Metric
 
 
 def _check_source(key: str, value: str, what: str) -> None:
@@ -54,31 +57,47 @@ def typed(cls, node: Mapping[str, Any], key: str):
         raise ConfigError(
             f"{key}.{unknown[0]} is not a setting of {key} ({cls.__name__}: {', '.join(names)})"
         )
-    return cls(**node)
+    fields = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return cls(**cast(dict[str, Any], fields))
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Cheap checks of a train.py / evaluate.py config (no weights or data are read): required values, model,
-    data, checkpoint and adapter paths, dtype. Raises :class:`ConfigError` naming the key."""
+def run_settings(
+    cfg: DictConfig, trains: bool = True, network: Mapping[str, Any] | None = None
+) -> RunSettings:
+    """A train.py (``trains``) or evaluate.py config typed and checked, no weights or data read: required values,
+    each group's settings (their own checks), model, data, checkpoint and adapter paths, dtype, FSDP. ``network``:
+    the ``model`` and ``lora`` nodes to build instead of the config's (a checkpoint's, ``build.saved_network``).
+    Raises :class:`ConfigError` naming the key."""
     keys = cast(list[str], [key for key in cfg if key != "hydra"])  # a composed config's keys are strings
     own = OmegaConf.masked_copy(cfg, keys)  # tests compose hydra's too
     missing = sorted(OmegaConf.missing_keys(own))
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
-    settings = typed(
-        ModelSettings, cfg.model, "model"
-    )  # its own checks, then those against LoRA or an adapter
-    settings.check_adapters(bool(cfg.get("lora")))
-    typed(GenerationSettings, cfg.generation, "generation")
-    _check_source("model.path", cfg.model.path, "a model dir with config.json and safetensors, or a hub id")
-    if cfg.data.path not in GENERATED_PATHS:
-        _check_source("data.path", cfg.data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
+    network = network if network is not None else {"model": cfg.model, "lora": cfg.get("lora")}
+    model = typed(ModelSettings, network["model"], "model")
+    lora = typed(LoraSettings, network["lora"], "lora") if network["lora"] else None
+    model.check_adapters(lora is not None)
+    data = typed(DataSettings, cfg.data, "data")
+    settings = RunSettings(
+        model=model,
+        lora=lora,
+        optim=typed(OptimSettings, cfg.optim, "optim") if "optim" in cfg else OptimSettings(),
+        generation=typed(GenerationSettings, cfg.generation, "generation"),
+        data=data,
+        metric=Metric(data.metric_name),
+        bf16_refused_by=bf16_refusal(model, lora, uses_fsdp(cfg), trains),
+    )
+    _check_source("model.path", model.path, "a model dir with config.json and safetensors, or a hub id")
+    if data.path not in GENERATED_PATHS:
+        _check_source("data.path", data.path, "a dataset dir or file, a save_to_disk dir, or a hub id")
     if (ckpt_path := cfg.get("ckpt_path")) is not None:
         _check_checkpoint(ckpt_path)
-    if settings.adapter is not None:
-        _check_adapter(settings.adapter)
+    if model.adapter is not None:
+        _check_adapter(model.adapter)
     _check_eval_counts(cfg)
-    _check_fsdp(cfg)
+    if uses_fsdp(cfg):
+        _check_fsdp(settings)
+    return settings
 
 
 def _check_eval_counts(cfg: DictConfig) -> None:
@@ -98,6 +117,14 @@ def _check_checkpoint(ckpt_path: str) -> None:
             f"ckpt_path: {ckpt_path} is not a whole checkpoint (truncated, or not written by torch.save); "
             "resume from another one of the run's checkpoints/ (step<N>.ckpt)"
         )
+
+
+def read_checkpoint(ckpt_path: str) -> dict[str, Any]:
+    """A whole checkpoint file read without unpickling code (``AtomicCheckpointIO``), onto the CPU."""
+    _check_checkpoint(ckpt_path)
+    from paligemma.training.checkpoint_io import AtomicCheckpointIO
+
+    return AtomicCheckpointIO().load_checkpoint(local_path(ckpt_path), map_location="cpu")
 
 
 def _check_adapter(adapter: str) -> None:
@@ -133,36 +160,34 @@ def uses_fsdp(cfg: DictConfig) -> bool:
     return "fsdp" in str(name).lower()
 
 
-def bf16_refusal(cfg: DictConfig, trains: bool = True) -> str | None:
+def bf16_refusal(model: ModelSettings, lora: LoraSettings | None, fsdp: bool, trains: bool) -> str | None:
     """What in this run cannot take a bf16 base (``model.dtype=auto`` then picks float32), or None. ``trains``:
     whether the run trains (train.py) or only evaluates (evaluate.py)."""
-    adapts = bool(cfg.get("lora") or cfg.model.get("adapter"))
-    if uses_fsdp(cfg) and adapts:
+    adapts = lora is not None or model.adapter is not None
+    if fsdp and adapts:
         return "trainer=fsdp needs one dtype per decoder layer, and LoRA weights are float32"
-    if not trains or cfg.model.get("adapter") is not None:
+    if not trains or model.adapter is not None:
         return None
-    trained = [f"model.{key}=true" for key in ("train_vision", "train_projector") if cfg.model.get(key)]
+    trained = [f"model.{key}=true" for key in ("train_vision", "train_projector") if getattr(model, key)]
     trained = trained if adapts else ["lora=null", *trained]
     return f"{' and '.join(trained)} would train base weights in bf16" if trained else None
 
 
-def _check_fsdp(cfg: DictConfig) -> None:
+def _check_fsdp(settings: RunSettings) -> None:
     """FSDP flattens each unit's weights into one tensor (one dtype), and runs forward passes in lockstep."""
-    if not uses_fsdp(cfg):
-        return
-    if cfg.model.get("quantization"):
+    model = settings.model
+    if model.quantization:
         raise ConfigError(
-            f"model.quantization={cfg.model.quantization} with trainer=fsdp: FSDP flattens each decoder layer's "
+            f"model.quantization={model.quantization} with trainer=fsdp: FSDP flattens each decoder layer's "
             "weights into one float32 tensor, which bitsandbytes' packed weights cannot join; use trainer=ddp (each rank holds the quantized model) or model.quantization=null"
         )
-    if resolve_dtype(cfg.model.dtype, bf16_refusal(cfg))[0] != torch.float32 and (
-        cfg.get("lora") or cfg.model.get("adapter")
-    ):
+    adapts = settings.lora is not None or model.adapter is not None
+    if resolve_dtype(model.dtype, settings.bf16_refused_by)[0] != torch.float32 and adapts:
         raise ConfigError(
-            f"model.dtype={cfg.model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
+            f"model.dtype={model.dtype} with trainer=fsdp: LoRA weights are float32 and FSDP needs one dtype "
             "per decoder layer; set model.dtype=float32 (FSDP shards it; trainer.precision=bf16-mixed computes in bf16)"
         )
-    if cfg.generation.num_beams > 1:
+    if settings.generation.num_beams > 1:
         raise ConfigError(
             "generation.num_beams > 1 with trainer=fsdp: beam search stops early, unlike the other ranks"
         )

@@ -8,8 +8,6 @@ and a misspelt or mistyped override (``lora.rr=3``, ``optim.lr=abc``) fails nami
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from hydra.core.config_store import ConfigStore
 
 from paligemma.data.settings import DataSettings
@@ -19,18 +17,11 @@ from paligemma.training.optim import OptimSettings
 from paligemma.training.scoring import GenerationSettings
 
 
-@dataclass
-class DataModuleConfig(DataSettings):
-    """``DataSettings`` that ``hydra.utils.instantiate`` turns into the data module."""
-
-    _target_: str = "paligemma.data.datamodule.PaliGemmaDataModule"
-
-
 def register_configs() -> None:
     """Store the schemas under the names conf/ refers to (the entry scripts call this before composing)."""
     store = ConfigStore.instance()
     store.store(name="optim_settings", node=OptimSettings)
     store.store(name="lora_settings", node=LoraSettings)
-    store.store(name="data_settings", node=DataModuleConfig)
+    store.store(name="data_settings", node=DataSettings)
     store.store(name="model_settings", node=ModelSettings)
     store.store(name="generation_settings", node=GenerationSettings)

@@ -24,14 +24,14 @@ log = logging.getLogger(__name__)
 def save_adapter(module, directory: str | Path, state_dict: dict | None = None) -> Path:
     """The PEFT adapter (adapter_config.json + adapter_model.safetensors) of a LoRA run; a gathered
     ``state_dict`` (FSDP) gives its weights."""
-    module.peft_model.peft_config["default"].base_model_name_or_path = str(module.hparams.path)
+    module.network.peft_model.peft_config["default"].base_model_name_or_path = module.network.settings.path
     if state_dict is not None:
         state_dict = {
             name.removeprefix("net."): v
             for name, v in ((clean_name(k), v) for k, v in state_dict.items())
             if name in module.trainable_names
         }
-    lora.save_adapter(module.peft_model, directory, state_dict)
+    lora.save_adapter(module.network.peft_model, directory, state_dict)
     return Path(directory).resolve()
 
 
@@ -41,12 +41,12 @@ def save_model(module, directory: str | Path, state_dict: dict | None = None) ->
 
     A quantized base (``model.quantization``) is dequantized first, into ``model.compute_dtype`` (bf16 in the 3B
     configs): the merged model is full precision, its frozen weights those the 4-bit (8-bit) ones stood for."""
-    model, peft_model = module.net, module.peft_model
+    model, peft_model, quantization = module.net, module.network.peft_model, module.network.quantization
     dtype = module.net.dtype
-    if module.quantization is not None:
-        dtype = module.quantization.compute_dtype
+    if quantization is not None:
+        dtype = quantization.compute_dtype
         state_dict = {f"net.{k}": v for k, v in dequantized_state_dict(module.net, dtype).items()}
-        log.info("merging the adapter into the %s base dequantized to %s", module.quantization.kind, dtype)
+        log.info("merging the adapter into the %s base dequantized to %s", quantization.kind, dtype)
     if state_dict is not None:
         with torch.device("meta"):
             model = type(module.net)(module.net.config)  # PaliGemma or Gemma 3, as loaded
@@ -61,5 +61,5 @@ def save_model(module, directory: str | Path, state_dict: dict | None = None) ->
         )
     model = model if peft_model is None else peft_model.merge_and_unload()
     model.save_pretrained(directory)
-    copy_processor_files(module.hparams.path, directory)
+    copy_processor_files(module.network.settings.path, directory)
     return Path(directory).resolve()

@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from dataclasses import fields
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
 
 from paligemma.data.batches import TrainBatch, ValBatch
 from paligemma.data.processor import IGNORE_INDEX
-from paligemma.data.processors import Processor, load_processor
-from paligemma.data.tasks import TASKS
+from paligemma.data.processors import Processor
 from paligemma.errors import ConfigError, NonFiniteError
-from paligemma.model.build import BuiltModel, ModelSettings, build_model
-from paligemma.model.lora import LoraSettings
+from paligemma.model.build import BuiltModel
 from paligemma.model.packed_weights import packed_weights
 from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
-from paligemma.training.optim import OptimSettings, build_optimizer, optimizer_class
-from paligemma.training.scoring import MONITORED_METRIC, Record, log_predictions, score
+from paligemma.training.optim import OptimSettings, build_optimizer
+from paligemma.training.scoring import GenerationSettings, Metric, Record, log_predictions
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -39,53 +36,28 @@ def answer_tokens(labels: torch.Tensor) -> int:
 
 
 class PaliGemmaLitModule(L.LightningModule):
+    """Trains and validates the network it is handed (``training.build.build_module`` builds both from a run's
+    settings): the loss of the answer tokens over every rank, the optimizer step, and validation's generations
+    scored by ``metric``."""
+
     def __init__(
         self,
-        path: str,
-        dtype: str = "float32",
-        quantization: str | None = None,
-        compute_dtype: str | None = None,
-        quantize_vision: bool = False,
-        train_vision: bool = False,
-        train_projector: bool = False,
-        gradient_checkpointing: bool = False,
-        cache_image_features: bool = False,
-        final_logit_softcap: bool = True,
-        adapter: str | None = None,
-        lora: dict | None = None,
-        optim: dict | None = None,
-        max_new_tokens: int = 8,
-        num_beams: int = 1,
-        log_predictions: int = 16,
-        task: str = "vqa",
-        processor: Processor | None = None,
-        metric: str | None = None,
-        bf16_refused_by: str | None = None,
-        built: BuiltModel | None = None,
+        network: BuiltModel,
+        processor: Processor,
+        optim: OptimSettings,
+        generation: GenerationSettings,
+        metric: Metric,
+        run_config: dict[str, Any] | None = None,
     ):
-        """The fields of ``ModelSettings`` (``path`` .. ``adapter``: what checkpoints save, so that
-        ``load_from_checkpoint`` builds the network again), ``lora`` and ``optim`` (the fields of ``LoraSettings``
-        and ``OptimSettings``, plain dicts so that checkpoints hold no classes; ``lora=None`` trains the whole
-        decoder), and the validation generation (``max_new_tokens``,
-        ``num_beams``, ``log_predictions``: ``GenerationSettings``). ``built``: the network ``build_model`` made of
-        these settings (None: built here). ``metric`` (a key of scoring.METRICS; None: the metric of ``task``) picks
-        the validation metrics; ``processor`` decodes generations (default: the base's)."""
+        """``network``: what ``build_model`` made (the net, its peft wrapper, precision, quantization). ``processor``
+        decodes generations. ``run_config``: the composed config of the run, saved in checkpoints so that a
+        checkpoint rebuilds its network (``training.build.saved_network``)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["processor", "built"])
+        self.save_hyperparameters({"config": run_config}, logger=False)
         self.strict_loading = False  # checkpoints hold the trainable parameters only
-        self.metric = metric or (TASKS[task].metric if task in TASKS else task)  # saved before data.metric
-        if self.metric not in MONITORED_METRIC:
-            raise ConfigError(f"data.metric must be one of {sorted(MONITORED_METRIC)}, got {self.metric!r}")
-        self.task = task
-        self.optim = OptimSettings(**(optim or {}))
-        optimizer_class(self.optim.name)  # an unknown name, or bitsandbytes missing, fails before loading
-        self.processor = processor or load_processor(path)
-        if built is None:
-            settings = ModelSettings(**{f.name: self.hparams[f.name] for f in fields(ModelSettings)})
-            built = build_model(settings, LoraSettings(**lora) if lora else None, bf16_refused_by)
-        self.net, self.precision, self.quantization = built.net, built.precision, built.quantization
-        # Kept out of the submodules: it wraps self.net, and layers reachable by two paths break FSDP's state dict.
-        self.__dict__["peft_model"] = built.peft_model
+        self.network, self.processor = network, processor
+        self.net = network.net
+        self.optim, self.generation, self.metric = optim, generation, metric
         # Names and shapes before any wrapping: FSDP renames parameters and shards them in place.
         self.param_shapes = {name: tuple(p.shape) for name, p in self.named_parameters()}
         self.trainable_names = {name for name, p in self.named_parameters() if p.requires_grad}
@@ -99,8 +71,8 @@ class PaliGemmaLitModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """A quantization that bitsandbytes cannot run on the trainer's device (CUDA, ...) is one line, here."""
-        if self.quantization is not None:
-            check_supported(self.quantization, self.trainer.strategy.root_device)
+        if self.network.quantization is not None:
+            check_supported(self.network.quantization, self.trainer.strategy.root_device)
 
     @property
     def sharded(self) -> bool:
@@ -117,7 +89,7 @@ class PaliGemmaLitModule(L.LightningModule):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if not self.hparams["train_vision"]:
+        if not self.network.settings.train_vision:
             self.net.model.vision_tower.eval()
         return self
 
@@ -201,8 +173,8 @@ class PaliGemmaLitModule(L.LightningModule):
             self.val_tokens += tokens
         new_tokens = self.net.generate(
             **batch.prompt.as_kwargs(),
-            max_new_tokens=self.hparams["max_new_tokens"],
-            num_beams=self.hparams["num_beams"],
+            max_new_tokens=self.generation.max_new_tokens,
+            num_beams=self.generation.num_beams,
             fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
             eos_token_id=self.stop_token_ids,
         )
@@ -215,7 +187,7 @@ class PaliGemmaLitModule(L.LightningModule):
                     prompt=batch.prompts[i],
                     prediction=predictions[i].strip(),
                     references=batch.references[i],
-                    image=batch.images[i] if i < self.hparams["log_predictions"] else None,
+                    image=batch.images[i] if i < self.generation.log_predictions else None,
                 )
             )
 
@@ -229,10 +201,10 @@ class PaliGemmaLitModule(L.LightningModule):
         self.records = gather_records(self.records)  # DDP / FSDP: every rank's shard, each row once
         if not self.records:
             return
-        for name, value in score(self.records, self.metric).items():
-            self.log(name, value, prog_bar=name == MONITORED_METRIC[self.metric], sync_dist=True)
+        for name, value in self.metric.score(self.records).items():
+            self.log(name, value, prog_bar=name == self.metric.monitor, sync_dist=True)
         log_predictions(
-            self.loggers, self.records, self.hparams["log_predictions"], self.global_step, self.metric
+            self.loggers, self.records, self.generation.log_predictions, self.global_step, self.metric
         )
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
             self.fit_validated_at_step = self.global_step
@@ -254,6 +226,11 @@ class PaliGemmaLitModule(L.LightningModule):
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if clean_name(k) in self.trainable_names}
 
+    def load_trained_weights(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint's trainable weights, as ``trainer.fit(ckpt_path=...)`` loads them (evaluate.py)."""
+        self.on_load_checkpoint(checkpoint)
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
+
     def on_load_checkpoint(self, checkpoint):
         """A checkpoint of another base or LoRA shape is one line naming a tensor (loading is not strict)."""
         shapes, saved = self.param_shapes, {clean_name(k): v for k, v in checkpoint["state_dict"].items()}
@@ -265,6 +242,6 @@ class PaliGemmaLitModule(L.LightningModule):
         wrong += [f"{k} is absent there" for k in sorted(self.trainable_names) if k not in saved]
         if wrong:
             raise ConfigError(
-                f"ckpt_path does not fit this model ({self.hparams['path']}, lora={self.hparams['lora']}): "
+                f"ckpt_path does not fit this model ({self.network.settings.path}, lora={self.network.lora}): "
                 f"{wrong[0]} ({len(wrong)} tensors differ)"
             )

@@ -36,6 +36,9 @@ class OptimSettings:
     betas: tuple[float, float] = (0.9, 0.999)
     skip_nonfinite: bool = False  # a NaN/inf loss or gradient stops the run (true: skip that optimizer step)
 
+    def __post_init__(self):
+        optimizer_class(self.name)  # an unknown name, or bitsandbytes missing, fails before anything loads
+
 
 def warmup_cosine(total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
     """LR multiplier: linear warm-up over warmup_ratio of the run, then cosine decay to min_lr_ratio."""

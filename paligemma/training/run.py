@@ -4,19 +4,25 @@ summary it prints, metrics.json written atomically. train.py and evaluate.py com
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import hydra
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from paligemma.training.distributed import union_over_ranks
 from paligemma.training.export import save_adapter, save_model
-from paligemma.training.scoring import MONITORED_METRIC
 
 
 def instantiate_all(group: DictConfig | None) -> list:
     return [hydra.utils.instantiate(c) for c in (group or {}).values() if c is not None]
+
+
+def run_config(cfg: DictConfig) -> dict:
+    """The composed config as plain values, Hydra's own node left out: what loggers and checkpoints keep."""
+    own = OmegaConf.masked_copy(cfg, [str(key) for key in cfg if key != "hydra"])
+    return cast(dict, OmegaConf.to_container(own, resolve=True))
 
 
 def samples_seen(trainer, module) -> int:
@@ -47,7 +53,7 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
     else:
         results.update(trainer.validate(module, datamodule=datamodule, verbose=False)[0])
 
-    monitor = MONITORED_METRIC[datamodule.metric]
+    monitor = module.metric.monitor
     rows = datamodule.state_dict()  # (split, row) keys skipped / truncated: under DDP each rank saw its shard
     results.update(
         {
@@ -56,7 +62,7 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
             "data/truncated": len(union_over_ranks(rows["truncated"])),
             "train/skipped_steps": module.skipped_steps,
             "train/wall_seconds": wall,
-            "precision": module.precision,
+            "precision": module.network.precision,
             "train/samples_per_sec": samples_seen(trainer, module) / wall if wall > 0 else 0.0,
             "model_path": str(Path(cfg.model.path).resolve())
             if Path(cfg.model.path).exists()
@@ -66,9 +72,9 @@ def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) ->
     # FSDP: the parameters hold one shard per rank; every rank takes part in gathering them whole to rank 0
     state = trainer.strategy.lightning_module_state_dict() if module.sharded else None
     if trainer.is_global_zero:  # under DDP / FSDP every rank runs this function; rank 0 alone writes
-        if module.peft_model is not None:
+        if module.network.peft_model is not None:
             results["adapter_path"] = str(save_adapter(module, out_dir / "adapter", state))
-        if cfg.export.merged or module.peft_model is None:  # full fine-tuning has no adapter to save
+        if cfg.export.merged or module.network.peft_model is None:  # full fine-tuning has no adapter to save
             results["finetuned_path"] = str(save_model(module, out_dir / "model", state))
         write_json(out_dir / "metrics.json", results)
         for logger in loggers:

@@ -96,12 +96,30 @@ METRICS = {
     "map": (_detection, "val/map"),
     "box_accuracy": (_per_row("box_accuracy", _box_accuracy), "val/box_accuracy"),
 }
-MONITORED_METRIC = {name: monitored for name, (_, monitored) in METRICS.items()}
 
 
-def score(records: list[Record], metric: str) -> dict[str, float]:
-    """The metric's values over validation records."""
-    return METRICS[metric][0](records)
+@dataclass(frozen=True)
+class Metric:
+    """What validation scores: ``data.metric``, or its task's (``DataSettings.metric_name``), a key of ``METRICS``."""
+
+    name: str
+
+    def __post_init__(self):
+        if self.name not in METRICS:
+            raise ConfigError(f"data.metric must be one of {sorted(METRICS)}, got {self.name!r}")
+
+    @property
+    def monitor(self) -> str:
+        """The value runs report and sweeps optimise, e.g. ``val/vqa_accuracy``."""
+        return METRICS[self.name][1]
+
+    @property
+    def draws_boxes(self) -> bool:
+        return self.name in ("map", "box_accuracy")
+
+    def score(self, records: list[Record]) -> dict[str, float]:
+        """The metric's values over validation records."""
+        return METRICS[self.name][0](records)
 
 
 def _boxes(text: str, labels: dict[str, int]) -> dict:
@@ -131,7 +149,7 @@ def _drawn_boxes(rows: list[Record]) -> list[dict]:
     return drawn
 
 
-def log_predictions(loggers: list, records: list[Record], limit: int, step: int, metric: str = "") -> None:
+def log_predictions(loggers: list, records: list[Record], limit: int, step: int, metric: Metric) -> None:
     """The first ``limit`` records with pictures, to every W&B logger: a table of the texts, and each picture
     captioned with its prompt, prediction and references; detection draws the predicted and target boxes on it.
 
@@ -146,6 +164,6 @@ def log_predictions(loggers: list, records: list[Record], limit: int, step: int,
         texts = [[r.prompt, r.prediction, " | ".join(r.references)] for r in rows]
         logger.log_table("val/predictions", ["prompt", "prediction", "references"], texts, step=step)
         captions = [f"{r.prompt} -> {r.prediction} (references: {' | '.join(r.references)})" for r in rows]
-        extra = {"boxes": _drawn_boxes(rows)} if metric in ("map", "box_accuracy") else {}
+        extra = {"boxes": _drawn_boxes(rows)} if metric.draws_boxes else {}
         images = [r.image for r in rows]
         logger.log_image("val/prediction_images", images, step=step, caption=captions, **extra)

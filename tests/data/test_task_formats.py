@@ -38,7 +38,7 @@ def test_prefix_suffix_from_jsonl_plus_images(tmp_path, processor_dir):
         "prefix_suffix", processor_dir, path=str(write_jsonl_dir(tmp_path / "jsonl")), num_workers=0
     )
     dm.setup("fit")
-    assert dm.metric == "exact_match"
+    assert dm.settings.metric_name == "exact_match"
     (train,) = batches(dm, dm.train_dataloader())
     decoded = dm.processor.batch_decode(train.inputs.input_ids, skip_special_tokens=True)
     assert sorted(decoded) == [f"answer fr combien ?\n{i}" for i in range(3)]
@@ -70,7 +70,7 @@ def test_detection_from_coco_annotations(tmp_path, processor_dir):
     dm = from_config("detection", processor_dir, path=str(write_coco_dir(tmp_path / "coco")), num_workers=0,
                      val_split="valid")  # fmt: skip
     dm.setup("fit")
-    assert dm.metric == "map"
+    assert dm.settings.metric_name == "map"
     (val,) = batches(dm, dm.val_dataloader())
     assert val.prompts == ["detect cat ; dog"]  # the crowd box is left out, as COCO's evaluation does
     (target,) = val.references[0]

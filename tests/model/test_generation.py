@@ -334,5 +334,8 @@ def test_attention_over_every_slot_of_a_cache_equals_attention_over_its_filled_o
         every_mask[..., filled - 1] = True  # each query sees its own key
         every_mask[..., filled:] = False  # as a decode step's mask holds the unfilled slots
         expected = grouped_attention(q, k, v, every_mask[..., :filled], hd**-0.5, None)
-        torch.testing.assert_close(grouped_attention(q, every_k, every_v, every_mask, hd**-0.5, None), expected,
-                                   rtol=0, atol=0)  # fmt: skip
+        # bf16: bitwise. fp32 on AVX2: MKL blocks the longer product differently, a rounding of 1 ulp or so
+        tolerance = {"rtol": 0, "atol": 0} if dtype == torch.bfloat16 else {"rtol": 4e-7, "atol": 4e-7}
+        torch.testing.assert_close(
+            grouped_attention(q, every_k, every_v, every_mask, hd**-0.5, None), expected, **tolerance
+        )

@@ -18,7 +18,7 @@ from paligemma.model import precision
 from paligemma.model.lora import load_adapter
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 from paligemma.model.precision import resolve_dtype
-from paligemma.training.checks import bf16_refusal, expand_user_paths, validate_config
+from paligemma.training.checks import expand_user_paths, run_settings
 from tests.helpers import (
     FAST,
     SYNTHETIC,
@@ -71,7 +71,7 @@ def test_bad_config_is_a_config_error_naming_the_culprit(tmp_path, tiny_checkpoi
     overrides = [f"model.path={tiny_checkpoint}", *(o.format(tmp=tmp_path) for o in overrides)]
     cfg = compose_config(tmp_path / "run", overrides)
     with pytest.raises(ConfigError, match=re.escape(culprit)):
-        validate_config(cfg)
+        run_settings(cfg)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_EVAL_CONFIGS))
@@ -81,7 +81,7 @@ def test_bad_evaluate_config_is_a_config_error_naming_the_culprit(tmp_path, tiny
     overrides = [f"model.path={tiny_checkpoint}", *(o.format(tmp=tmp_path) for o in overrides)]
     cfg = compose_config(tmp_path / "run", overrides, config_name="eval")
     with pytest.raises(ConfigError, match=re.escape(culprit)):
-        validate_config(cfg)
+        run_settings(cfg)
 
 
 @pytest.mark.slow  # a subprocess: seconds of interpreter start-up and imports
@@ -202,12 +202,12 @@ def test_diverging_run_stops_before_writing_nan_weights(tmp_path, tiny_checkpoin
 
 def test_hub_ids_pass_without_network(tmp_path):
     cfg = compose_config(tmp_path, ["model=paligemma-3b-pt-224", "data=vqav2"])
-    validate_config(cfg)
+    run_settings(cfg)
     cfg = compose_config(tmp_path, ["model.path=paligemma-3b-pt-224"])  # neither a dir nor owner/name
     with pytest.raises(
         ConfigError, match="model.path: paligemma-3b-pt-224 does not exist and is not a hub id"
     ):
-        validate_config(cfg)
+        run_settings(cfg)
 
 
 @pytest.mark.parametrize(
@@ -227,16 +227,16 @@ def test_auto_dtype_on_a_native_bf16_cpu_takes_float32_where_the_run_cannot_take
     monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", *overrides])
-    validate_config(cfg)
-    assert bf16_refusal(cfg) == refused_by
-    dtype, why = resolve_dtype(cfg.model.dtype, bf16_refusal(cfg))
+    settings = run_settings(cfg)
+    assert settings.bf16_refused_by == refused_by
+    dtype, why = resolve_dtype(settings.model.dtype, settings.bf16_refused_by)
     assert dtype is (torch.bfloat16 if refused_by is None else torch.float32)
     assert refused_by is None or refused_by in why
     named = compose_config(
         tmp_path, [f"model.path={tiny_checkpoint}", "trainer=fsdp", "model.dtype=bfloat16"]
     )
     with pytest.raises(ConfigError, match="model.dtype=bfloat16 with trainer=fsdp"):
-        validate_config(named)  # a dtype named is taken as asked, and FSDP cannot take it
+        run_settings(named)  # a dtype named is taken as asked, and FSDP cannot take it
 
 
 def unreadable_pictures_parquet(directory: Path) -> Path:

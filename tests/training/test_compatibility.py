@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 
 import train
 from paligemma import PaliGemmaForConditionalGeneration
-from paligemma.training.module import PaliGemmaLitModule
-from tests.helpers import compose_config
+from tests.helpers import compose_config, lit_module
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "made_before_layers"
 RUN = ["logger=none", "data.batch_size=4", "data.val_batch_size=8", "trainer.max_steps=4", "trainer.accelerator=cpu",
@@ -45,7 +44,7 @@ def _checkpoint_key(adapter_key: str) -> str:
 
 
 def test_an_old_adapter_loads_on_the_base_as_peft_loads_it():
-    module = PaliGemmaLitModule(path=str(FIXTURE / "base"), adapter=str(FIXTURE / "adapter"))
+    module = lit_module(FIXTURE / "base", adapter=str(FIXTURE / "adapter"))
     reference = peft.PeftModel.from_pretrained(
         PaliGemmaForConditionalGeneration.from_pretrained(FIXTURE / "base"), str(FIXTURE / "adapter")
     )

@@ -86,7 +86,7 @@ def _gather_worker(rank: int, out: str, port: int) -> None:
 def test_records_and_counts_are_gathered_over_ranks(tmp_path):
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-    from paligemma.training.scoring import Record, score
+    from paligemma.training.scoring import Metric, Record
 
     torch.multiprocessing.spawn(_gather_worker, args=(str(tmp_path), find_free_network_port()), nprocs=2)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
@@ -98,7 +98,9 @@ def test_records_and_counts_are_gathered_over_ranks(tmp_path):
         assert {r["image"] for r in gathered if r["row_id"] in result["shard"]} == {
             f"img{rank}"
         }  # own images kept
-        assert score([Record(**r) for r in gathered], "vqa_accuracy") == score(single, "vqa_accuracy")
+        assert Metric("vqa_accuracy").score([Record(**r) for r in gathered]) == Metric("vqa_accuracy").score(
+            single
+        )
         assert result["skipped"] == [["validation", 0], ["validation", 3], ["validation", 6]]
 
 
@@ -152,19 +154,19 @@ def test_fsdp_makes_each_decoder_layer_of_either_family_a_unit_and_computes_the_
     import torch.distributed as dist
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from paligemma.model.build import ModelSettings, build_model
+    from paligemma.model.build import build_model
     from paligemma.model.gemma import GemmaDecoderLayer
-    from paligemma.model.lora import LoraSettings
-    from paligemma.training.checks import bf16_refusal
+    from paligemma.training.checks import run_settings
     from tests.helpers import family_batch
 
-    cpu = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "logger=none"]
-    cfg = compose(["trainer=fsdp", *cpu])
-    policy = hydra.utils.instantiate(cfg.trainer, logger=False).strategy.kwargs["auto_wrap_policy"]
     path = str(request.getfixturevalue(family))
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", "logger=none"]
+    cfg = compose(["trainer=fsdp", *cpu, f"model.path={path}", "lora.r=2", "lora.dropout=0.0"])
+    policy = hydra.utils.instantiate(cfg.trainer, logger=False).strategy.kwargs["auto_wrap_policy"]
     torch.manual_seed(0)
     # as train.py builds it: model.dtype=auto is float32 under FSDP with LoRA, also on a native-bf16 CPU
-    net = build_model(ModelSettings(path=path), LoraSettings(r=2, dropout=0.0), bf16_refusal(cfg)).net
+    settings = run_settings(cfg)
+    net = build_model(settings.model, settings.lora, settings.bf16_refused_by).net
     with torch.no_grad():
         for name, p in net.named_parameters():
             if "lora_B" in name:
@@ -212,12 +214,12 @@ def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint):
 
 def test_fsdp_with_a_bfloat16_base_and_lora_is_a_config_error(tiny_checkpoint):
     from paligemma.errors import ConfigError
-    from paligemma.training.checks import validate_config
+    from paligemma.training.checks import run_settings
 
     cfg = compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=bfloat16"])
     with pytest.raises(ConfigError, match="model.dtype=float32"):
-        validate_config(cfg)
-    validate_config(compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=float32"]))
+        run_settings(cfg)
+    run_settings(compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=float32"]))
 
 
 def test_slurm_launcher_config_becomes_the_sbatch_script(tmp_path, monkeypatch):

@@ -13,8 +13,7 @@ from PIL import Image
 from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 from paligemma.model.families import model_class
 from paligemma.training.export import save_adapter, save_model
-from paligemma.training.module import PaliGemmaLitModule
-from tests.helpers import family_batch, offline_hub_cache
+from tests.helpers import family_batch, lit_module, offline_hub_cache
 
 REPO = "google/paligemma-tiny-test"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -33,7 +32,7 @@ def hub_id_in_cache(tmp_path, monkeypatch, tiny_checkpoint):
 
 
 def test_merged_export_of_a_hub_base_loads_in_ours_and_transformers(hub_id_in_cache, tmp_path):
-    module = PaliGemmaLitModule(path=hub_id_in_cache, lora={"r": 2, "alpha": 4})
+    module = lit_module(hub_id_in_cache, lora={"r": 2, "alpha": 4})
     module.eval()  # no LoRA dropout
     with torch.no_grad():
         for name, param in module.net.named_parameters():
@@ -62,11 +61,9 @@ def test_merged_export_of_a_hub_base_loads_in_ours_and_transformers(hub_id_in_ca
 FAMILIES = {"paligemma": "tiny_checkpoint", "gemma3": "tiny_gemma3_checkpoint"}
 
 
-def lora_module(base, quantization=None) -> PaliGemmaLitModule:
+def lora_module(base, quantization=None):
     """A LoRA module on ``base`` whose adapter changes the logits (lora_B random), in eval mode."""
-    module = PaliGemmaLitModule(
-        path=str(base), lora={"r": 2, "alpha": 4}, quantization=quantization, compute_dtype="float32"
-    )
+    module = lit_module(base, lora={"r": 2, "alpha": 4}, quantization=quantization, compute_dtype="float32")
     module.eval()
     with torch.no_grad():
         for name, param in module.net.named_parameters():

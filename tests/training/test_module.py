@@ -2,31 +2,29 @@ import lightning as L
 import pytest
 import torch
 
-from tests.helpers import VQAV2_FEATURES, vqav2_rows, write_parquet
+from tests.helpers import VQAV2_FEATURES, lit_module, load_network, vqav2_rows, write_parquet
 
 
 def test_trainable_projector_is_trained_and_saved_with_the_adapter(tiny_checkpoint, tmp_path):
     from safetensors import safe_open
 
     from paligemma.training.export import save_adapter
-    from paligemma.training.module import PaliGemmaLitModule
 
-    module = PaliGemmaLitModule(path=str(tiny_checkpoint), lora={"r": 4}, train_projector=True)
+    module = lit_module(tiny_checkpoint, lora={"r": 4}, train_projector=True)
     trainable = [name for name, p in module.named_parameters() if p.requires_grad]
     assert any("multi_modal_projector" in name for name in trainable)
     assert not any("vision_tower" in name for name in trainable)
     with safe_open(save_adapter(module, tmp_path) / "adapter_model.safetensors", "pt") as f:
         assert any("multi_modal_projector" in key for key in f.keys())  # noqa: SIM118
     with pytest.raises(ValueError, match="train_vision=true needs lora=null"):
-        PaliGemmaLitModule(path=str(tiny_checkpoint), lora={"r": 4}, train_vision=True)
+        lit_module(tiny_checkpoint, lora={"r": 4}, train_vision=True)
 
 
 def test_final_logit_softcap_switches_off(tiny_gemma2_checkpoint):
     from paligemma.tiny import random_batch
-    from paligemma.training.module import PaliGemmaLitModule
 
-    capped = PaliGemmaLitModule(path=str(tiny_gemma2_checkpoint), lora=None).net
-    plain = PaliGemmaLitModule(path=str(tiny_gemma2_checkpoint), lora=None, final_logit_softcap=False).net
+    capped = load_network(tiny_gemma2_checkpoint)
+    plain = load_network(tiny_gemma2_checkpoint, final_logit_softcap=False)
     cap = capped.config.text_config.final_logit_softcapping
     assert cap == 30.0 and plain.config.text_config.final_logit_softcapping is None
     batch = random_batch(capped.config, prefix_lens=[3], suffix_lens=[2])
@@ -51,7 +49,6 @@ def test_a_batch_of_bad_rows_only_is_a_step_that_changes_no_weight(tiny_checkpoi
     """One process behaves as every rank of a DDP run: 8 rows, 6 undecodable, in batches of 2 (so at least two
     batches hold bad rows only): each batch is a step, and those of bad rows only leave the weights alone."""
     from paligemma.data.datamodule import PaliGemmaDataModule
-    from paligemma.training.module import PaliGemmaLitModule
 
     rows = vqav2_rows(8)
     rows["image"][:6] = [{"bytes": b"not a png", "path": None}] * 6
@@ -59,7 +56,7 @@ def test_a_batch_of_bad_rows_only_is_a_step_that_changes_no_weight(tiny_checkpoi
     data = PaliGemmaDataModule(
         path=str(tmp_path / "vqa"), processor_path=str(tiny_checkpoint), batch_size=2, val_split="train"
     )
-    module = PaliGemmaLitModule(path=str(tiny_checkpoint), lora={"r": 4}, optim={"warmup_ratio": 0.0})
+    module = lit_module(tiny_checkpoint, lora={"r": 4}, optim={"warmup_ratio": 0.0})
     weights = TrainableWeights()
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -91,13 +88,12 @@ def test_validation_runs_on_weights_packed_once_and_frees_them(tiny_checkpoint, 
     elsewhere none are packed), and nothing stays packed after validation."""
     from paligemma.data.datamodule import PaliGemmaDataModule
     from paligemma.model.precision import native_bf16_cpu
-    from paligemma.training.module import PaliGemmaLitModule
 
     write_parquet(tmp_path / "vqa", {"train": (vqav2_rows(4), VQAV2_FEATURES)})
     data = PaliGemmaDataModule(
         path=str(tmp_path / "vqa"), processor_path=str(tiny_checkpoint), batch_size=2, val_split="train"
     )
-    module = PaliGemmaLitModule(path=str(tiny_checkpoint), dtype="bfloat16", lora={"r": 4}, max_new_tokens=3)
+    module = lit_module(tiny_checkpoint, dtype="bfloat16", lora={"r": 4}, generation={"max_new_tokens": 3})
     packed = PackedLinears()
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -14,9 +14,8 @@ from paligemma.errors import ConfigError
 from paligemma.model.families import model_class
 from paligemma.model.quantize import QuantSettings, is_quantized, load_quantized
 from paligemma.tiny import random_batch
-from paligemma.training.checks import validate_config
-from paligemma.training.module import PaliGemmaLitModule
-from tests.helpers import FAST, SYNTHETIC, compose_config
+from paligemma.training.checks import run_settings
+from tests.helpers import FAST, SYNTHETIC, compose_config, lit_module
 
 
 class QuantizedWeightsUnchanged(L.Callback):
@@ -24,8 +23,8 @@ class QuantizedWeightsUnchanged(L.Callback):
     quantizing the base afresh gives."""
 
     def on_train_end(self, trainer, pl_module):
-        settings = pl_module.quantization
-        fresh = load_quantized(model_class(pl_module.hparams.path), pl_module.hparams.path, settings)
+        settings, path = pl_module.network.quantization, pl_module.network.settings.path
+        fresh = load_quantized(model_class(path), path, settings)
         trained = {
             n.replace(".base_layer", ""): m for n, m in pl_module.net.named_modules() if is_quantized(m)
         }
@@ -98,12 +97,12 @@ def test_zero_shot_validation_leaves_the_qlora_adapter_as_without_it(
 
 def test_impossible_quantization_settings_are_one_line(tmp_path, tiny_checkpoint):
     with pytest.raises(ConfigError, match="model.quantization=nf4 needs LoRA"):
-        PaliGemmaLitModule(path=str(tiny_checkpoint), lora=None, quantization="nf4")
+        lit_module(tiny_checkpoint, lora=None, quantization="nf4")
     fsdp = compose_config(
         tmp_path, [f"model.path={tiny_checkpoint}", "trainer=fsdp", "model.quantization=int8"]
     )
     with pytest.raises(ConfigError, match="model.quantization=int8 with trainer=fsdp"):
-        validate_config(fsdp)
+        run_settings(fsdp)
     bad_dtype = compose_config(tmp_path, [f"model.path={tiny_checkpoint}", "model.compute_dtype=int4"])
     with pytest.raises(ConfigError, match="model.compute_dtype: 'int4'"):
-        validate_config(bad_dtype)
+        run_settings(bad_dtype)

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from paligemma.training.scoring import Record, _drawn_boxes, score
+from paligemma.training.scoring import Metric, Record, _drawn_boxes
 
 
 def test_score_reports_vqa_accuracy_per_kind():
@@ -10,7 +10,7 @@ def test_score_reports_vqa_accuracy_per_kind():
         Record(1, "color", "what color?", "blue", ["red"]),
         Record(2, "count", "how many?", "two", ["2"]),
     ]
-    scores = score(records, "vqa_accuracy")
+    scores = Metric("vqa_accuracy").score(records)
     assert scores == {"val/vqa_accuracy/color": 0.5, "val/vqa_accuracy/count": 1.0, "val/vqa_accuracy": 2 / 3}
 
 
@@ -19,7 +19,7 @@ def test_score_reports_cider_and_bleu_for_captions():
         Record(0, "caption", "caption en", "a red circle", ["a red circle", "red circle"]),
         Record(1, "caption", "caption en", "a blue square", ["a green triangle"]),
     ]
-    scores = score(records, "cider")
+    scores = Metric("cider").score(records)
     assert set(scores) == {"val/cider", "val/bleu4"} and scores["val/cider"] > 0
 
 
@@ -40,10 +40,10 @@ def detection_records(pairs) -> list[Record]:
 
 
 def test_detection_scores_map_and_a_malformed_prediction_is_a_miss():
-    scores = score(detection_records(DETECTIONS), "map")
+    scores = Metric("map").score(detection_records(DETECTIONS))
     assert set(scores) == {"val/map", "val/map_50", "val/map_75"}
     missed = [DETECTIONS[0], ("", DETECTIONS[1][1]), DETECTIONS[2]]
-    assert scores == score(detection_records(missed), "map")  # as if nothing had been predicted
+    assert scores == Metric("map").score(detection_records(missed))  # as if nothing had been predicted
     assert 0 < scores["val/map_50"] < 1
 
 
@@ -53,7 +53,7 @@ def test_referring_expressions_score_box_accuracy_at_iou_half():
         ("<loc0100><loc0100><loc0200><loc0200> the cat", "<loc0100><loc0100><loc0500><loc0500> the cat"),
         ("the cat", "<loc0100><loc0100><loc0500><loc0500> the cat"),
     ]
-    assert score(detection_records(pairs), "box_accuracy")["val/box_accuracy"] == pytest.approx(1 / 3)
+    assert Metric("box_accuracy").score(detection_records(pairs))["val/box_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_exact_match_and_anls_take_the_best_reference():
@@ -61,8 +61,8 @@ def test_exact_match_and_anls_take_the_best_reference():
         Record(0, "ocr", "ocr", "Stop", ["go", "stop"]),
         Record(1, "ocr", "ocr", "invoice 12", ["invoice 13"]),
     ]
-    assert score(records, "exact_match")["val/exact_match"] == 0.5
-    assert score(records, "anls")["val/anls"] == pytest.approx((1 + 0.9) / 2)
+    assert Metric("exact_match").score(records)["val/exact_match"] == 0.5
+    assert Metric("anls").score(records)["val/anls"] == pytest.approx((1 + 0.9) / 2)
 
 
 def test_predicted_and_target_boxes_are_drawn_as_wandb_boxes():
