@@ -34,7 +34,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 def test_synthetic_config_batches(processor_dir):
     dm = from_config("synthetic", processor_dir, **{"synthetic.num_train": 24, "synthetic.num_val": 8})
     dm.setup("fit")
-    assert dm.task == "vqa" and dm.processor.image_size == IMAGE_SIZE
+    assert dm.settings.task == "vqa" and dm.processor.image_size == IMAGE_SIZE
     train = batches(dm, dm.train_dataloader())
     assert [b.inputs.input_ids.shape[0] for b in train] == [16, 8]
     batch = train[0]
