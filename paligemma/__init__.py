@@ -4,16 +4,34 @@ Layers, each importable on its own, arrows pointing down only:
     paligemma.training   LightningModule, exports, distributed helpers, callbacks, config checks
     paligemma.data       tokenizer, processor, synthetic data, DataModule
     paligemma.model      the model: torch, safetensors and peft only
-The names below load on first use, so that importing one layer does not import the others.
+The names below load on first use, so that importing one layer does not import the others; type checkers read
+them from the imports under ``TYPE_CHECKING`` (tests/typing/exports.py checks that they do).
 """
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from paligemma.data.gemma3_processor import Gemma3Processor as Gemma3Processor
+    from paligemma.data.processor import PaliGemmaProcessor as PaliGemmaProcessor
+    from paligemma.model.config import PaliGemmaConfig as PaliGemmaConfig
+    from paligemma.model.config import SiglipVisionConfig as SiglipVisionConfig
+    from paligemma.model.gemma3 import Gemma3ForConditionalGeneration as Gemma3ForConditionalGeneration
+    from paligemma.model.gemma3_config import Gemma3Config as Gemma3Config
+    from paligemma.model.gemma_config import Gemma2Config as Gemma2Config
+    from paligemma.model.gemma_config import Gemma3TextConfig as Gemma3TextConfig
+    from paligemma.model.gemma_config import GemmaConfig as GemmaConfig
+    from paligemma.model.paligemma import (
+        PaliGemmaForConditionalGeneration as PaliGemmaForConditionalGeneration,
+    )
 
 _EXPORTS = {
+    "Gemma2Config": "paligemma.model.gemma_config",
     "Gemma3Config": "paligemma.model.gemma3_config",
     "Gemma3ForConditionalGeneration": "paligemma.model.gemma3",
     "Gemma3Processor": "paligemma.data.gemma3_processor",
-    "GemmaConfig": "paligemma.model.config",
+    "Gemma3TextConfig": "paligemma.model.gemma_config",
+    "GemmaConfig": "paligemma.model.gemma_config",
     "PaliGemmaConfig": "paligemma.model.config",
     "SiglipVisionConfig": "paligemma.model.config",
     "PaliGemmaForConditionalGeneration": "paligemma.model.paligemma",

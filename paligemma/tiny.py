@@ -98,11 +98,12 @@ def create_tiny_checkpoint(
     text_config = dict(TINY_TEXT if text is None else text, vocab_size=tokenizer.get_vocab_size())
     image_token_index = tokenizer.token_to_id(IMAGE_TOKEN)
     assert image_token_index is not None  # build_tokenizer adds it
-    config = PaliGemmaConfig(
-        vision_config=dict(TINY_VISION if vision is None else vision),
-        text_config=text_config,
-        image_token_index=image_token_index,
-        projection_dim=text_config["hidden_size"],
+    config = PaliGemmaConfig.from_dict(
+        dict(
+            vision_config=dict(TINY_VISION if vision is None else vision),
+            text_config=text_config,
+            image_token_index=image_token_index,
+        )
     )
     model = PaliGemmaForConditionalGeneration(config)
     init_weights_(model, seed=seed)
@@ -131,13 +132,15 @@ def create_tiny_gemma3_checkpoint(
         vocab_size=tokenizer.get_vocab_size(),
         eos_token_id=[tokenizer.token_to_id("<eos>"), ids[END_OF_TURN]],
     )
-    config = Gemma3Config(
-        vision_config=dict(TINY_VISION if vision is None else vision),
-        text_config=text_config,
-        mm_tokens_per_image=mm_tokens_per_image,
-        boi_token_index=ids[BOI_TOKEN],
-        eoi_token_index=ids[EOI_TOKEN],
-        image_token_index=ids[IMAGE_SOFT_TOKEN],
+    config = Gemma3Config.from_dict(
+        dict(
+            vision_config=dict(TINY_VISION if vision is None else vision),
+            text_config=text_config,
+            mm_tokens_per_image=mm_tokens_per_image,
+            boi_token_index=ids[BOI_TOKEN],
+            eoi_token_index=ids[EOI_TOKEN],
+            image_token_index=ids[IMAGE_SOFT_TOKEN],
+        )
     )
     model = Gemma3ForConditionalGeneration(config)
     init_weights_(model, seed=seed)

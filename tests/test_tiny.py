@@ -18,10 +18,9 @@ from tests.helpers import ROOT
 
 
 def test_init_weights_sets_each_module_type_by_its_rule():
-    config = PaliGemmaConfig(
-        vision_config=TINY_VISION, text_config=dict(TINY_TEXT, vocab_size=600), image_token_index=599,
-        projection_dim=TINY_TEXT["hidden_size"],
-    )  # fmt: skip
+    config = PaliGemmaConfig.from_dict(
+        dict(vision_config=TINY_VISION, text_config=dict(TINY_TEXT, vocab_size=600), image_token_index=599)
+    )
     model = PaliGemmaForConditionalGeneration(config)
     init_weights_(model, std=0.02)
     rms_norms = [m for m in model.modules() if isinstance(m, GemmaRMSNorm)]
@@ -41,7 +40,9 @@ def test_init_weights_knows_gemma3s_projector_and_qk_norms():
     vision = dict(TINY_VISION, image_size=32)  # 4x4 patches, pooled to 4 tokens
     text = dict(TINY_TEXT, model_type="gemma3_text", vocab_size=600, sliding_window=8)
     model = Gemma3ForConditionalGeneration(
-        Gemma3Config(vision_config=vision, text_config=text, mm_tokens_per_image=4, image_token_index=599)
+        Gemma3Config.from_dict(
+            dict(vision_config=vision, text_config=text, mm_tokens_per_image=4, image_token_index=599)
+        )
     )
     init_weights_(model, std=0.02)
     assert model.model.multi_modal_projector.mm_input_projection_weight.std().item() == pytest.approx(

@@ -13,6 +13,7 @@ import torch
 from paligemma.errors import ConfigError
 from paligemma.model.families import model_class
 from paligemma.model.feature_cache import ImageFeatureCache
+from paligemma.model.gemma_config import Gemma2Config
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 from paligemma.model.precision import DTYPE_NAMES, resolve_dtype
@@ -118,8 +119,9 @@ def build_model(
         )
         quantization = QuantSettings(settings.quantization, compute_dtype, settings.quantize_vision)
     net = load_base(settings.path, dtype, quantization, device)
-    if not settings.final_logit_softcap:
-        net.config.text_config.final_logit_softcapping = None
+    text = net.config.text_config
+    if not settings.final_logit_softcap and isinstance(text, Gemma2Config):  # Gemma 1 caps nothing
+        text.final_logit_softcapping = None
     net.requires_grad_(False)
     net.model.multi_modal_projector.requires_grad_(settings.train_projector)
     if settings.adapter is not None:

@@ -1,4 +1,4 @@
-"""Gemma decoder, 1, 2 and 3 by config: RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
+"""Gemma decoder, 1, 2 and 3 by config (paligemma/model/gemma_config.py): RMSNorm, rotary embeddings, grouped-query attention with a KV cache,
 GeGLU MLP. Gemma 2 (PaliGemma 2) adds norms after attention and around the MLP, tanh soft-capping of
 attention scores and logits, and a sliding window on alternate layers. Gemma 3 drops the soft-caps, norms each
 query and key head, and gives sliding and full layers RoPE bases of their own."""
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from paligemma.model.attention import QUERY_CHUNK_SIZE, chunked_attention, grouped_decoding_is_faster, softcap
-from paligemma.model.config import GemmaConfig
+from paligemma.model.attention import QUERY_CHUNK_SIZE, chunked_attention, grouped_decoding_is_faster
+from paligemma.model.gemma_config import GemmaConfig
 from paligemma.model.kv_cache import KVCache, SlidingKVCache
 
 
@@ -28,32 +28,38 @@ class ModelOutput(dict):
 def attention_mask_4d(
     valid_kv: torch.Tensor,
     q_positions: torch.Tensor,
-    prefix_kv: torch.Tensor | None = None,
+    spans_kv: torch.Tensor | None = None,
     window: int | None = None,
     segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boolean mask (B, 1, T, L), True where query t may attend to key l.
+    """Boolean mask (B, 1, T, L), True where query t may attend to key l: causal, and both ways inside a span.
 
     valid_kv: (B, L) 1 for real tokens, 0 for padding. q_positions: (T,) key index of each query.
-    prefix_kv: (B, L) True for tokens of the bidirectional prefix; None means purely causal.
+    spans_kv: (B, L) the bidirectional spans (``same_span``; PaliGemma: its prefix is one); None means purely causal.
     window: a sliding window over the causal part (t - window < l <= t, counted in slots as transformers
-    does); the prefix stays whole. The prefix is unmasked first and padding masked after, so a prefix
-    never sees a pad. segment_ids: (B, L) the packed row (segment) of each token; a token attends only within
-    its own, so prefixes, windows and causal spans all stop at segment boundaries.
+    does); a span stays whole. Spans are unmasked first and padding masked after, so a span never sees a pad.
+    segment_ids: (B, L) the packed row (segment) of each token; a token attends only within its own, so spans,
+    windows and causal parts all stop at segment boundaries.
     """
     kv_idx = torch.arange(valid_kv.shape[1], device=valid_kv.device)
     causal = kv_idx[None, :] <= q_positions[:, None]  # (T, L)
     if window is not None:
         causal = causal & (kv_idx[None, :] > q_positions[:, None] - window)
     allowed = causal[None]  # (1, T, L)
-    if prefix_kv is not None:
-        prefix_q = prefix_kv[:, q_positions]  # (B, T)
-        allowed = allowed | (prefix_q[:, :, None] & prefix_kv[:, None, :])
+    if spans_kv is not None:
+        allowed = allowed | same_span(spans_kv, q_positions)
     if segment_ids is not None:
         allowed = allowed & (segment_ids[:, q_positions, None] == segment_ids[:, None, :])  # (B, T, L)
     allowed = allowed & valid_kv[:, None, :].bool()
     allowed = allowed | (kv_idx[None, :] == q_positions[:, None])  # a pad query sees itself: no empty rows
     return allowed[:, None]
+
+
+def same_span(spans_kv: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
+    """(B, T, L) True where query t and key l lie in one bidirectional span. spans_kv: (B, L) long, k > 0 on the
+    tokens of a row's k-th span, 0 on the others (they attend causally only)."""
+    spans_q = spans_kv[:, q_positions]  # (B, T)
+    return (spans_q[:, :, None] == spans_kv[:, None, :]) & (spans_q[:, :, None] > 0)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -111,7 +117,7 @@ class GemmaAttention(nn.Module):
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.attention_scale
-        self.softcap = config.attn_logit_softcapping
+        self.softcap = config.attention_softcap
         self.dropout = config.attention_dropout
         self.query_chunk_size = QUERY_CHUNK_SIZE
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
@@ -215,7 +221,6 @@ class GemmaModel(nn.Module):
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
         )
-        assert config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         self.layers = nn.ModuleList(
             GemmaDecoderLayer(config, layer_type) for layer_type in config.layer_types
         )
@@ -233,27 +238,25 @@ class GemmaModel(nn.Module):
         self,
         valid_kv: torch.Tensor,
         q_positions: torch.Tensor,
-        prefix_kv: torch.Tensor | None = None,
+        spans_kv: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         mask_4d=attention_mask_4d,
     ) -> dict[str, torch.Tensor]:
         """The (B, 1, T, L) masks of ``mask_4d``, one per layer type the decoder has: ``attention_mask_4d``, or
-        a function of the same arguments (Gemma 3: ``image_block_mask_4d``, prefix_kv holding image blocks)."""
-        windows = {"full_attention": None, "sliding_attention": self.config.sliding_window}
-        assert self.config.layer_types is not None  # GemmaConfig.__post_init__ fills it in
+        a function of the same arguments (Gemma 3: ``windowed_spans_mask_4d``)."""
+        windows = {"full_attention": None, "sliding_attention": self.config.window}
         return {
-            layer_type: mask_4d(valid_kv, q_positions, prefix_kv, windows[layer_type], segment_ids)
+            layer_type: mask_4d(valid_kv, q_positions, spans_kv, windows[layer_type], segment_ids)
             for layer_type in set(self.config.layer_types)
         }
 
     def make_kv_caches(self, batch_size: int, max_seq_len: int, dtype, device) -> list[KVCache]:
         """One cache per layer for ``max_seq_len`` slots; a sliding layer's holds only its window's."""
         c = self.config
-        assert c.layer_types is not None  # GemmaConfig.__post_init__ fills it in
         shape = (c.num_key_value_heads, c.head_dim, dtype, device)
         return [
-            SlidingKVCache(batch_size, min(c.sliding_window, max_seq_len), *shape)
-            if layer_type == "sliding_attention" and c.sliding_window
+            SlidingKVCache(batch_size, min(c.window, max_seq_len), *shape)
+            if layer_type == "sliding_attention" and c.window
             else KVCache(batch_size, max_seq_len, *shape)
             for layer_type in c.layer_types
         ]
@@ -281,23 +284,3 @@ class GemmaModel(nn.Module):
             else:
                 x = layer(x, cos, sin, masks, cache, queries_from)
         return self.norm(x)
-
-
-class GemmaForCausalLM(nn.Module):
-    """Text-only causal Gemma (1 or 2) with a head tied to the input embeddings."""
-
-    def __init__(self, config: GemmaConfig):
-        super().__init__()
-        self.config = config
-        self.model = GemmaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.lm_head.weight = self.model.embed_tokens.weight
-
-    def forward(self, input_ids, attention_mask=None, labels=None) -> ModelOutput:
-        valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        masks = self.model.attention_masks(valid, positions)
-        hidden = self.model(self.model.embed(input_ids), positions[None].expand_as(input_ids), masks)
-        logits = softcap(self.lm_head(hidden), self.config.final_logit_softcapping)
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(logits=logits, loss=loss)

@@ -1,9 +1,9 @@
 """Gemma 3: SigLIP patches -> average pool, RMSNorm and a matrix -> placed at the image tokens of a causal Gemma 3
 decoder in which each image's tokens also attend to each other.
 
-It is PaliGemma with another projector and another attention structure, so it shares PaliGemma's model code (forward,
-loss, prefill and decode steps, greedy and beam generation, checkpoint I/O) and replaces three hooks: the projector,
-the masks and the attention inputs. Module paths mirror transformers' Gemma3ForConditionalGeneration
+It shares PaliGemma's model code (forward, loss, prefill and decode steps, greedy and beam generation, checkpoint I/O)
+and sets what makes a family (paligemma/model/families.py): its config, its projector, its bidirectional spans (each
+image one, windowed on sliding layers) and positions counted from 0; its config caps no logits. Module paths mirror transformers' Gemma3ForConditionalGeneration
 (``model.vision_tower``, ``model.multi_modal_projector``, ``model.language_model``, ``lm_head``).
 """
 
@@ -13,14 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paligemma.model.gemma import GemmaRMSNorm, attention_mask_4d
+from paligemma.model.gemma import GemmaRMSNorm, attention_mask_4d, same_span
 from paligemma.model.gemma3_config import Gemma3Config
-from paligemma.model.paligemma import (
-    PaliGemmaForConditionalGeneration,
-    PaliGemmaModel,
-    pool_image_features,
-    valid_counts,
-)
+from paligemma.model.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaModel, pool_image_features
 
 
 def image_blocks(
@@ -36,23 +31,22 @@ def image_blocks(
     return torch.where(is_image, starts.long().cumsum(-1), 0)
 
 
-def image_block_mask_4d(
+def windowed_spans_mask_4d(
     valid_kv: torch.Tensor,
     q_positions: torch.Tensor,
-    blocks_kv: torch.Tensor,
+    spans_kv: torch.Tensor,
     window: int | None = None,
     segment_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boolean mask (B, 1, T, L) as transformers composes Gemma 3's: (causal or same image) and window and not pad.
+    """Boolean mask (B, 1, T, L) as transformers composes Gemma 3's: (causal or same span) and window and not pad.
 
-    blocks_kv: (B, L) from ``image_blocks``. A query sees the keys of its own image in both directions, earlier
+    spans_kv: (B, L) from ``image_blocks``. A query sees the keys of its own image in both directions, earlier
     images and text causally, later images never. The window (sliding layers) bounds how far back a query sees
     (``l > t - window``, in slots), also inside an image; keys ahead in the same image stay visible.
     ``segment_ids``: packed rows, as in ``attention_mask_4d`` (an image's block lies in one row).
     """
     kv_idx = torch.arange(valid_kv.shape[1], device=valid_kv.device)
-    blocks_q = blocks_kv[:, q_positions]  # (B, T)
-    same_image = (blocks_q[:, :, None] == blocks_kv[:, None, :]) & (blocks_q[:, :, None] > 0)  # (B, T, L)
+    same_image = same_span(spans_kv, q_positions)  # (B, T, L)
     if window is not None:
         same_image = same_image & (kv_idx[None, :] > q_positions[:, None] - window)
     same_image = same_image & valid_kv[:, None, :].bool()
@@ -80,41 +74,23 @@ class Gemma3MultiModalProjector(nn.Module):
 
 
 class Gemma3Model(PaliGemmaModel):
-    """Vision tower, Gemma 3 projector and decoder, without the LM head."""
+    """Vision tower, Gemma 3 projector and decoder, without the LM head; each image one span, windowed."""
 
     projector_class = Gemma3MultiModalProjector
-
-    def attention_masks(self, valid_kv, q_positions, blocks_kv, segment_ids=None) -> dict[str, torch.Tensor]:
-        """``image_block_mask_4d`` per layer type; ``blocks_kv`` from ``Gemma3ForConditionalGeneration.attention_inputs``."""
-        return self.language_model.attention_masks(
-            valid_kv, q_positions, blocks_kv, segment_ids, mask_4d=image_block_mask_4d
-        )
+    spans_mask_4d = staticmethod(windowed_spans_mask_4d)
 
 
 class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
     """Gemma 3 (4B, 12B, 27B; pt and it), with PaliGemma's API: ``forward(input_ids, pixel_values, attention_mask,
     token_type_ids, labels)`` -> logits, loss; ``generate``; ``from_pretrained`` / ``save_pretrained``.
 
-    Images may sit anywhere in the text (each as a run of ``mm_tokens_per_image`` image tokens). The LM head is not
-    soft-capped, whatever ``final_logit_softcapping`` says, as in transformers' Gemma3ForConditionalGeneration.
+    Images may sit anywhere in the text (each as a run of ``mm_tokens_per_image`` image tokens).
     """
 
     config_class = Gemma3Config
     model_class = Gemma3Model
+    first_position = 0  # Gemma 3 counts positions from 0
 
-    def __init__(self, config: Gemma3Config):
-        super().__init__(config)  # pyright: ignore[reportArgumentType] -- PaliGemma's code reads the fields both configs have
-
-    def attention_inputs(
-        self, input_ids, attention_mask=None, token_type_ids=None, labels=None, segment_ids=None
-    ):
-        """(valid, blocks, position_ids), each (B, T): the attention mask (all ones without one), ``image_blocks``,
-        and 0-indexed positions contiguous within each row (left padding shifts nothing), restarting at every
-        segment of packed rows (``segment_ids``)."""
-        valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        blocks = image_blocks(input_ids, token_type_ids, self.config.image_token_index)
-        positions = (valid_counts(valid, segment_ids) - 1).clamp(min=0)
-        return valid, blocks, positions
-
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+    def bidirectional_spans(self, input_ids, valid, token_type_ids=None, labels=None) -> torch.Tensor:
+        """Each image one span: ``image_blocks``."""
+        return image_blocks(input_ids, token_type_ids, self.config.image_token_index)

@@ -1,4 +1,5 @@
-"""PaliGemma: SigLIP patches -> linear projector -> placed at the image tokens of a Gemma prefix-LM.
+"""PaliGemma: SigLIP patches -> linear projector -> placed at the image tokens of a Gemma prefix-LM; the code every
+family shares (paligemma/model/families.py).
 
 Module paths mirror transformers' PaliGemmaForConditionalGeneration (``model.vision_tower``,
 ``model.multi_modal_projector``, ``model.language_model``, ``lm_head``), so state dicts and PEFT
@@ -15,47 +16,46 @@ import torch.nn.functional as F
 from torch import nn
 
 from paligemma.model import generation, weights
-from paligemma.model.config import PaliGemmaConfig
+from paligemma.model.attention import softcap
+from paligemma.model.config import PaliGemmaConfig, VisionLanguageConfig
 from paligemma.model.decode_state import DecodeState
 from paligemma.model.feature_cache import ImageFeatureCache
-from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, causal_lm_loss, softcap
+from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, attention_mask_4d, causal_lm_loss
 from paligemma.model.siglip import SiglipVisionModel
 
 
-def prefix_lm_inputs(
+def prefix_span(
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
+    valid: torch.Tensor,
     token_type_ids: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     ignore_index: int = -100,
-    segment_ids: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(valid, prefix, position_ids), each (B, T), for the prefix-LM that PaliGemma is.
+) -> torch.Tensor:
+    """(B, T) long: 1 on PaliGemma's prefix, the one bidirectional span of a prefix-LM (image + prompt), 0 after.
 
-    valid: the attention mask (all ones without one). prefix: the bidirectional tokens (image + prompt),
-    from ``token_type_ids == 0``, else every token before the first label (``labels == ignore_index``), else every
-    token; never a pad. position_ids: 1-indexed and contiguous within each row, so left padding shifts nothing;
-    with ``segment_ids`` (B, T) (packed rows, see paligemma/data/packing.py) they restart at every segment.
+    The prefix is ``token_type_ids == 0``, else every token before the first label (``labels == ignore_index``),
+    else every token; never a pad.
     """
-    valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
     if token_type_ids is not None:
         prefix = token_type_ids == 0
     elif labels is not None:
         prefix = labels == ignore_index
     else:
         prefix = torch.ones_like(input_ids, dtype=torch.bool)
-    positions = valid_counts(valid, segment_ids).clamp(min=1)
-    return valid, prefix & valid.bool(), positions
+    return (prefix & valid.bool()).long()
 
 
-def valid_counts(valid: torch.Tensor, segment_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T) long: how many valid tokens each row holds up to each position, the position included; with
-    ``segment_ids`` (packed rows) counted from the start of each position's segment."""
-    counts = valid.long().cumsum(-1)
+def token_positions(
+    valid: torch.Tensor, segment_ids: torch.Tensor | None = None, first: int = 0
+) -> torch.Tensor:
+    """(B, T) long position ids: ``first`` at a row's first real token, one more at each real token after, so left
+    padding shifts nothing (a pad takes its last real token's, ``first`` before any); with ``segment_ids`` (B, T)
+    (packed rows, see paligemma/data/packing.py) they restart at every segment."""
+    counts = valid.long().cumsum(-1)  # real tokens up to each position, the position included
     if segment_ids is not None:
         starts = segment_ids != F.pad(segment_ids, (1, 0), value=-1)[:, :-1]  # first token of each segment
         counts = counts - torch.where(starts, counts - valid, 0).cummax(-1).values  # minus those before it
-    return counts
+    return (counts - 1).clamp(min=0) + first
 
 
 def pool_image_features(features: torch.Tensor, tokens_per_image: int) -> torch.Tensor:
@@ -73,25 +73,29 @@ def pool_image_features(features: torch.Tensor, tokens_per_image: int) -> torch.
 
 
 class PaliGemmaMultiModalProjector(nn.Module):
-    def __init__(self, config: PaliGemmaConfig):
+    def __init__(self, config: VisionLanguageConfig):
         super().__init__()
-        self.linear = nn.Linear(config.vision_config.hidden_size, config.projection_dim)
+        self.linear = nn.Linear(config.vision_config.hidden_size, config.text_config.hidden_size)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.linear(image_features)
 
 
 class PaliGemmaModel(nn.Module):
-    """Vision tower, projector and decoder, without the LM head."""
+    """Vision tower, projector and decoder, without the LM head. A family's backbone sets the modules (vision tower,
+    projector, decoder) and the mask rule of its spans (``attention_mask_4d`` or a function of its arguments)."""
 
+    vision_class: type[nn.Module] = SiglipVisionModel
     projector_class: type[nn.Module] = PaliGemmaMultiModalProjector
+    decoder_class: type[GemmaModel] = GemmaModel
+    spans_mask_4d = staticmethod(attention_mask_4d)
 
-    def __init__(self, config: PaliGemmaConfig):
+    def __init__(self, config: VisionLanguageConfig):
         super().__init__()
         self.config = config
-        self.vision_tower = SiglipVisionModel(config.vision_config)
+        self.vision_tower = self.vision_class(config.vision_config)
         self.multi_modal_projector = self.projector_class(config)
-        self.language_model = GemmaModel(config.text_config)
+        self.language_model = self.decoder_class(config.text_config)
         self.feature_cache: ImageFeatureCache | None = None  # frozen towers: features of images seen before
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -129,30 +133,38 @@ class PaliGemmaModel(nn.Module):
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
-        prefix_mask: torch.Tensor,
+        spans: torch.Tensor,
         position_ids: torch.Tensor,
         kv_caches: list[KVCache] | None = None,
         outputs_from: int = 0,
         segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns the hidden states
-        of positions ``outputs_from`` on. ``segment_ids``: see ``attention_mask_4d``."""
+        of positions ``outputs_from`` on. ``spans``: the bidirectional spans (``same_span``); ``segment_ids``: see
+        ``attention_mask_4d``."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
-        masks = self.attention_masks(attention_mask, q_positions, prefix_mask, segment_ids)
+        masks = self.attention_masks(attention_mask, q_positions, spans, segment_ids)
         return self.language_model(inputs_embeds, position_ids, masks, kv_caches, outputs_from)
 
-    def attention_masks(self, valid_kv, q_positions, prefix_kv, segment_ids=None) -> dict[str, torch.Tensor]:
-        """The decoder's (B, 1, T, L) masks per layer type: PaliGemma's prefix-LM (``prefix_kv`` from
+    def attention_masks(self, valid_kv, q_positions, spans_kv, segment_ids=None) -> dict[str, torch.Tensor]:
+        """The decoder's (B, 1, T, L) masks per layer type by ``spans_mask_4d`` (``spans_kv`` from
         ``PaliGemmaForConditionalGeneration.attention_inputs``), within each segment of packed rows."""
-        return self.language_model.attention_masks(valid_kv, q_positions, prefix_kv, segment_ids)
+        return self.language_model.attention_masks(
+            valid_kv, q_positions, spans_kv, segment_ids, mask_4d=self.spans_mask_4d
+        )
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
-    config_class = PaliGemmaConfig  # what from_pretrained reads config.json as
-    model_class = PaliGemmaModel
+    """PaliGemma 1 and 2, and the code every family shares (forward and loss, prefill and decode steps, generation,
+    checkpoint I/O). A family sets its config class, its backbone (``model_class``), the first position of a row and
+    its bidirectional spans (``bidirectional_spans``); the LM head's soft-cap is its config's ``logit_softcap``."""
 
-    def __init__(self, config: PaliGemmaConfig):
+    config_class: type[VisionLanguageConfig] = PaliGemmaConfig  # what from_pretrained reads config.json as
+    model_class: type[PaliGemmaModel] = PaliGemmaModel
+    first_position = 1  # PaliGemma counts positions from 1, as big_vision and transformers do
+
+    def __init__(self, config: VisionLanguageConfig):
         super().__init__()
         self.config = config
         self.model = self.model_class(config)
@@ -165,16 +177,24 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     def attention_inputs(
         self, input_ids, attention_mask=None, token_type_ids=None, labels=None, segment_ids=None
     ):
-        """(valid, prefix, position_ids), each (B, T): see ``prefix_lm_inputs``."""
-        ignore = self.config.ignore_index
-        return prefix_lm_inputs(input_ids, attention_mask, token_type_ids, labels, ignore, segment_ids)
+        """(valid, spans, position_ids), each (B, T): the attention mask (all ones without one), the
+        ``bidirectional_spans``, and ``token_positions`` from ``first_position``, restarting at every segment of
+        packed rows (``segment_ids``)."""
+        valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        spans = self.bidirectional_spans(input_ids, valid, token_type_ids, labels)
+        return valid, spans, token_positions(valid, segment_ids, self.first_position)
+
+    def bidirectional_spans(self, input_ids, valid, token_type_ids=None, labels=None) -> torch.Tensor:
+        """(B, T) long: k > 0 on the tokens of a row's k-th bidirectional span, 0 on causal ones: PaliGemma's
+        prefix (``prefix_span``)."""
+        return prefix_span(input_ids, valid, token_type_ids, labels, self.config.ignore_index)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The tied LM head, soft-capped where the decoder's config says so (PaliGemma 2: 30; null: off)."""
-        return softcap(self.lm_head(hidden), self.config.text_config.final_logit_softcapping)
+        """The tied LM head, soft-capped by the config's ``logit_softcap`` (PaliGemma 2: 30; None: off)."""
+        return softcap(self.lm_head(hidden), self.config.logit_softcap)
 
     @property
-    def vision_tower(self) -> SiglipVisionModel:
+    def vision_tower(self) -> nn.Module:
         return self.model.vision_tower
 
     @property
@@ -202,18 +222,18 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     ) -> ModelOutput:
         """Logits for every position and, given labels, the mean loss over labels != -100.
 
-        The prefix-LM inputs come from ``attention_inputs``. ``return_logits=False`` computes the head only
-        where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
+        The mask's spans and the positions come from ``attention_inputs``. ``return_logits=False`` computes the
+        head only where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
         prompt + target that attends only within itself, its positions restarting.
         """
-        valid, prefix, positions = self.attention_inputs(
+        valid, spans, positions = self.attention_inputs(
             input_ids, attention_mask, token_type_ids, labels, segment_ids
         )
         positions = positions if position_ids is None else position_ids
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         start = 0 if return_logits or labels is None else self._first_predicting(labels)
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, prefix, positions, outputs_from=start, segment_ids=segment_ids)
+        hidden = self.model(embeds, valid, spans, positions, outputs_from=start, segment_ids=segment_ids)
         logits = self.lm_logits(hidden) if return_logits else None
         loss = None
         if labels is not None:
@@ -246,7 +266,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
     ) -> tuple[torch.Tensor, DecodeState]:
         """Run a left-padded prompt batch once: (B, V) next-token logits and the state for ``decode_step``,
         with caches and masks allocated for ``max_new_tokens`` more tokens."""
-        valid, prefix, positions = self.attention_inputs(input_ids, attention_mask, token_type_ids)
+        valid, spans, positions = self.attention_inputs(input_ids, attention_mask, token_type_ids)
         if not bool(valid[:, -1].all()):
             raise ValueError(
                 "generation needs left-padded prompts: use the processor with padding_side='left'"
@@ -255,21 +275,20 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         caches = self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device)
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, prefix, positions, caches)
-        state = self._decode_state(valid, prefix, positions, caches, embeds, max_new_tokens)
+        hidden = self.model(embeds, valid, spans, positions, caches)
+        state = self._decode_state(valid, spans, positions, caches, embeds, max_new_tokens)
         return self.lm_logits(hidden[:, -1]), state
 
-    def _decode_state(self, valid, prefix, positions, caches, embeds, max_new_tokens: int) -> DecodeState:
+    def _decode_state(self, valid, spans, positions, caches, embeds, max_new_tokens: int) -> DecodeState:
         """The masks and rotary angles of every step a generation call may take, made once."""
         P = valid.shape[1]
         steps = torch.arange(1, max_new_tokens + 1, device=valid.device)
         new_positions = positions[:, -1:] + steps  # (B, max_new_tokens)
         cos, sin = self.language_model.rotary_emb(embeds, new_positions)
         masks = self.model.attention_masks(
-            F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(prefix, (0, max_new_tokens))
+            F.pad(valid, (0, max_new_tokens), value=1), P - 1 + steps, F.pad(spans, (0, max_new_tokens))
         )  # (B, 1, max_new_tokens, P + max_new_tokens) per layer type
         layer_types = self.config.text_config.layer_types
-        assert layer_types is not None  # GemmaConfig.__post_init__ fills it in
         cache_of = dict(zip(layer_types, caches, strict=True))  # the layers of a type share a kind of cache
         masks = {name: cache_of[name].slot_mask(mask, P - 1 + steps) for name, mask in masks.items()}
         return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)

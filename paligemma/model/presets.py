@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-# SigLIP So400m/14, the vision tower of every PaliGemma 1 and 2 checkpoint.
+# SigLIP So400m/14, the vision tower of every PaliGemma and Gemma 3 checkpoint (Gemma 3's at 896 px).
 SO400M = dict(
     hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14
 )
-# Decoders by size; Gemma 2 fields left out take GEMMA2_DEFAULTS (soft-caps 50 / 30, window 4096).
+# Decoders by size; Gemma 2 fields left out take Gemma2Config's defaults (soft-caps 50 / 30, window 4096).
 DECODERS = {
     "paligemma-3b": dict(model_type="gemma", hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
                          num_attention_heads=8, num_key_value_heads=1, head_dim=256),

@@ -5,7 +5,8 @@ import pytest
 import transformers
 
 from paligemma.errors import UnsupportedConfigError
-from paligemma.model.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from paligemma.model.config import PaliGemmaConfig, SiglipVisionConfig
+from paligemma.model.gemma_config import TEXT_CONFIGS, Gemma2Config, Gemma3TextConfig, GemmaConfig
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -32,7 +33,7 @@ def test_paligemma2_hub_config_reads_as_transformers_reads_it():
              "sliding_window", "layer_types", "rms_norm_eps", "vocab_size", "pad_token_id", "bos_token_id"]  # fmt: skip
     assert {n: getattr(ours, n) for n in names} == {n: getattr(ref, n) for n in names}
     assert ours.rope_theta == ref.rope_parameters["rope_theta"] == 10000.0
-    assert ours.model_type == "gemma2" and ours.stop_token_ids == [1, 107]
+    assert isinstance(ours, Gemma2Config) and ours.stop_token_ids == [1, 107]
     assert PaliGemmaConfig.from_dict(d).projection_dim == 2304
 
 
@@ -61,13 +62,37 @@ def test_transformers5_config_round_trips():
     assert back.image_token_index == 257152 and back.text_config.num_image_tokens == 256
 
 
-def test_constructor_takes_dicts_or_objects():
+def test_the_constructor_takes_objects_and_from_dict_dicts():
     vision = dict(hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=1)
-    a = PaliGemmaConfig(vision_config=vision, text_config=GemmaConfig(hidden_size=64, vocab_size=500),
-                        image_token_index=499, projection_dim=64)  # fmt: skip
-    b = PaliGemmaConfig(vision_config=SiglipVisionConfig(**vision), text_config={"hidden_size": 64, "vocab_size": 500},
-                        image_token_index=499, projection_dim=64)  # fmt: skip
-    assert a == b
+    text = GemmaConfig(hidden_size=64, vocab_size=500)
+    a = PaliGemmaConfig(vision_config=SiglipVisionConfig(**vision), text_config=text, image_token_index=499)
+    b = PaliGemmaConfig.from_dict(dict(vision_config=vision, text_config={"hidden_size": 64, "vocab_size": 500},
+                                       image_token_index=499))  # fmt: skip
+    assert a == b and a.projection_dim == 64
+
+
+@pytest.mark.parametrize("config_class", list(TEXT_CONFIGS.values()))
+def test_each_generations_defaults_are_transformers(config_class):
+    """A text config that names its model_type only reads as transformers' class reads it (Gemma 1: the text
+    config transformers' PaliGemmaConfig makes; the vocabulary is PaliGemma's for Gemma 1 and 2)."""
+    ours = config_class()
+    assert config_class.from_dict({"model_type": config_class.model_type}) == ours
+    references = {"gemma": lambda: transformers.PaliGemmaConfig().text_config, "gemma2": transformers.Gemma2Config,
+                  "gemma3_text": transformers.Gemma3TextConfig}  # fmt: skip
+    ref = references[config_class.model_type]()
+    names = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "head_dim", "rms_norm_eps", "max_position_embeddings", "layer_types"]  # fmt: skip
+    names += [
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "sliding_window",
+    ] * (config_class is not GemmaConfig)
+    assert {n: getattr(ours, n) for n in names} == {
+        n: getattr(ref, n, ours.default_layer_types()) for n in names
+    }
+    if config_class is Gemma3TextConfig:
+        assert ours.vocab_size == ref.vocab_size
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
 import pytest
 import torch
 import transformers
+from torch import nn
 
-from paligemma.model.config import GemmaConfig
-from paligemma.model.gemma import GemmaForCausalLM, GemmaRMSNorm, attention_mask_4d
+from paligemma.model.attention import softcap
+from paligemma.model.gemma import GemmaModel, GemmaRMSNorm, attention_mask_4d, causal_lm_loss
+from paligemma.model.gemma_config import GemmaConfig, text_config_from_dict
 from paligemma.model.kv_cache import KVCache
 from tests.helpers import randomize_
 
@@ -21,24 +23,43 @@ REFERENCE_CLASSES = {"gemma": (transformers.GemmaConfig, transformers.GemmaForCa
                      "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}  # fmt: skip
 
 
+class CausalLM(nn.Module):
+    """The decoder as a text-only causal LM, its head tied to the embeddings and soft-capped as the config says:
+    transformers' GemmaForCausalLM (and Gemma 2's, Gemma 3's) in the same module paths."""
+
+    def __init__(self, config: GemmaConfig):
+        super().__init__()
+        self.config = config
+        self.model = GemmaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids, attention_mask, labels):
+        positions = torch.arange(input_ids.shape[1])
+        masks = self.model.attention_masks(attention_mask, positions)
+        hidden = self.model(self.model.embed(input_ids), positions[None].expand_as(input_ids), masks)
+        logits = softcap(self.lm_head(hidden), self.config.logit_softcap)
+        return logits, causal_lm_loss(logits, labels)
+
+
 @pytest.mark.parametrize("text", [TEXT, GEMMA2, GEMMA3], ids=["gemma", "gemma2", "gemma3"])
-def test_causal_lm_matches_transformers(text):
-    config = GemmaConfig.from_dict(text)
+def test_decoder_matches_transformers_causal_lm(text):
+    config = text_config_from_dict(text)
     config_class, model_class = REFERENCE_CLASSES[config.model_type]
     hf_config = config_class.from_dict(config.to_dict())
     hf_config._attn_implementation = "eager"
     hf = model_class(hf_config).eval()
     randomize_(hf)
-    ours = GemmaForCausalLM(config).eval()
+    ours = CausalLM(config).eval()
     ours.load_state_dict(hf.state_dict())
     ids = torch.randint(4, 200, (2, 9))
     mask = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
     labels = ids.masked_fill(mask == 0, -100)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, labels=labels)
-        out = ours(ids, attention_mask=mask, labels=labels)
-    assert (ref.logits - out.logits)[mask.bool()].abs().max() < 1e-4
-    assert abs(ref.loss.item() - out.loss.item()) < 1e-5
+        logits, loss = ours(ids, mask, labels)
+    assert (ref.logits - logits)[mask.bool()].abs().max() < 1e-4
+    assert abs(ref.loss.item() - loss.item()) < 1e-5
 
 
 def test_rms_norm_is_one_plus_weight_in_float32():
@@ -51,10 +72,10 @@ def test_rms_norm_is_one_plus_weight_in_float32():
     assert norm(x.bfloat16()).dtype == torch.bfloat16
 
 
-def test_mask_unmasks_prefix_then_masks_padding():
+def test_mask_unmasks_spans_then_masks_padding():
     valid = torch.tensor([[1, 1, 1, 1, 0]])
-    prefix = torch.tensor([[True, True, False, False, True]])  # a pad marked as prefix must stay hidden
-    mask = attention_mask_4d(valid, torch.arange(5), prefix)[0, 0].int()
+    spans = torch.tensor([[1, 1, 0, 0, 1]])  # a pad marked as in the span must stay hidden
+    mask = attention_mask_4d(valid, torch.arange(5), spans)[0, 0].int()
     expected = torch.tensor(
         [
             [1, 1, 0, 0, 0],
@@ -69,12 +90,12 @@ def test_mask_unmasks_prefix_then_masks_padding():
 
 def test_sliding_window_limits_the_causal_part_only():
     valid = torch.tensor([[0, 1, 1, 1, 1, 1, 1]])
-    prefix = torch.tensor([[False, True, True, True, True, False, False]])
-    mask = attention_mask_4d(valid, torch.arange(7), prefix, window=2)[0, 0].int()
+    spans = torch.tensor([[0, 1, 1, 1, 1, 0, 0]])
+    mask = attention_mask_4d(valid, torch.arange(7), spans, window=2)[0, 0].int()
     expected = torch.tensor(
         [
             [1, 0, 0, 0, 0, 0, 0],  # a pad query sees itself
-            [0, 1, 1, 1, 1, 0, 0],  # the prefix sees all of itself, beyond the window
+            [0, 1, 1, 1, 1, 0, 0],  # the span sees all of itself, beyond the window
             [0, 1, 1, 1, 1, 0, 0],
             [0, 1, 1, 1, 1, 0, 0],
             [0, 1, 1, 1, 1, 0, 0],

@@ -5,7 +5,7 @@ import transformers
 
 from paligemma import Gemma3Config, Gemma3ForConditionalGeneration
 from paligemma.errors import UnsupportedConfigError
-from paligemma.model.gemma3 import image_block_mask_4d, image_blocks
+from paligemma.model.gemma3 import image_blocks, windowed_spans_mask_4d
 from paligemma.model.lora import LoraSettings, lora_config
 from paligemma.model.presets import gemma3_hub_config
 from paligemma.tiny import random_gemma3_batch
@@ -125,8 +125,8 @@ def test_image_block_mask_is_bidirectional_per_image_and_windowed():
     )  # pad, text, image 1 (3 tokens), text, image 2 (2), text
     blocks = image_blocks(ids, None, image_token_index=9)
     assert blocks.tolist() == [[0, 0, 1, 1, 1, 0, 2, 2, 0]]
-    full = image_block_mask_4d(valid, torch.arange(9), blocks)[0, 0].int()
-    sliding = image_block_mask_4d(valid, torch.arange(9), blocks, window=2)[0, 0].int()
+    full = windowed_spans_mask_4d(valid, torch.arange(9), blocks)[0, 0].int()
+    sliding = windowed_spans_mask_4d(valid, torch.arange(9), blocks, window=2)[0, 0].int()
     assert full.tolist() == [
         [1, 0, 0, 0, 0, 0, 0, 0, 0],  # a pad query sees itself
         [0, 1, 0, 0, 0, 0, 0, 0, 0],

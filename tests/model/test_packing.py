@@ -8,7 +8,7 @@ import torch
 from paligemma import Gemma3Config, Gemma3ForConditionalGeneration, PaliGemmaConfig
 from paligemma.data.packing import pack_batch
 from paligemma.model.lora import LoraSettings, add_lora
-from paligemma.model.paligemma import prefix_lm_inputs
+from paligemma.model.paligemma import token_positions
 from paligemma.tiny import random_batch, random_gemma3_batch
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf, randomize_
 from tests.model import test_gemma3
@@ -72,7 +72,7 @@ SEGMENT_IDS = torch.tensor([[1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
 
 def test_positions_restart_at_every_segment():
     valid = (SEGMENT_IDS > 0).long()
-    _, _, positions = prefix_lm_inputs(valid.clone(), valid, segment_ids=SEGMENT_IDS)
+    positions = token_positions(valid, SEGMENT_IDS, first=1)
     assert positions.tolist() == [[1, 2, 3, 1, 2, 1, 1, 1], list(range(1, 9))]
 
 

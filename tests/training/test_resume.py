@@ -63,7 +63,8 @@ def test_checkpoint_loads_with_weights_only_and_holds_what_resuming_needs(uninte
     assert set(checkpoint["callbacks"]["ExactResume"]) == {"torch", "numpy", "python"}
     assert checkpoint["PaliGemmaDataModule"] == {"skipped": [], "truncated": []}
     assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
-    assert checkpoint["hyper_parameters"]["config"]["lora"]["r"] > 0  # what evaluate.py rebuilds the network from
+    saved = checkpoint["hyper_parameters"]["config"]  # what evaluate.py rebuilds the network from
+    assert saved["lora"]["r"] > 0 and saved["model"]["path"]
     assert not list((uninterrupted / "checkpoints").glob(".*.tmp"))
 
 
