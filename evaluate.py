@@ -63,8 +63,8 @@ def evaluate(cfg: DictConfig) -> dict:
     records = module.records
     with open(out_dir / "predictions.jsonl", "w") as f:
         for r in records:
-            row = {"id": r["row_id"], "kind": r["kind"], "prompt": r["prompt"], "prediction": r["prediction"]}
-            f.write(json.dumps({**row, "references": r["references"]}) + "\n")
+            row = {"id": r.row_id, "kind": r.kind, "prompt": r.prompt, "prediction": r.prediction}
+            f.write(json.dumps({**row, "references": r.references}) + "\n")
     results = {
         **scores,
         "monitor": settings.metric.monitor,

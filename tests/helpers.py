@@ -345,7 +345,7 @@ def write_jsonl_dir(directory: Path) -> Path:
 IMAGE_SIZE, NUM_IMAGE_TOKENS = 32, 16  # of the data tests' processor (tests/data/conftest.py)
 
 
-def batches(dm, loader) -> list[dict]:
+def batches(dm, loader) -> list:
     """What the LightningModule receives: each batch after the data module's on_before_batch_transfer."""
     return [dm.on_before_batch_transfer(batch, 0) for batch in loader]
 

@@ -20,7 +20,6 @@ import train
 from paligemma.errors import NonFiniteError
 from paligemma.model.precision import resolve_dtype
 from paligemma.tiny import random_batch
-from paligemma.training.module import model_inputs
 from tests.helpers import (
     COCO_FEATURES,
     FAST,
@@ -190,11 +189,11 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path, tiny_checkpoint):
     with torch.no_grad():  # trained models scale up their final norm; at random init it caps |logits| below 1
         module.net.model.language_model.norm.weight.fill_(9.0)
     datamodule.setup("fit")
-    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    inputs = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0).inputs
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(60):
-        loss = module.net(**model_inputs(batch), return_logits=False).loss
+        loss = module.net(**inputs.as_kwargs(), return_logits=False).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -224,7 +223,7 @@ def test_adapter_loads_onto_transformers_paligemma_with_equal_logits(
     hf = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
     datamodule = built_run(cfg)[0]
     datamodule.setup("fit")
-    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.val_dataloader())), 0)["batch"]
+    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.val_dataloader())), 0).inputs.as_kwargs()
     with torch.no_grad():
         ref, out = hf(**batch), ours(**batch)
         plain = load_network(tiny_checkpoint)(**batch)
@@ -301,16 +300,16 @@ def test_gemma3_trains_resumes_and_exports_a_merged_model_transformers_reads(
     overrides = merged_export_overrides(path, f"data.chat_template={str(chat).lower()}")
     datamodule = built_run(compose_config(tmp_path / "data", overrides))[0]
     datamodule.setup("fit")
-    batch = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
+    inputs = datamodule.on_before_batch_transfer(next(iter(datamodule.train_dataloader())), 0).inputs
     processor = datamodule.processor
-    for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+    for ids, labels in zip(inputs.input_ids, inputs.labels, strict=True):
         answer = processor.decode(ids[labels != -100])
         assert answer.endswith("<end_of_turn>\n" if chat else "<eos>"), answer
         assert "<start_of_turn>" not in answer and "<start_of_image>" not in answer
-    assert (batch["token_type_ids"] == (batch["input_ids"] == processor.image_token_id)).all()
+    assert (inputs.token_type_ids == (inputs.input_ids == processor.image_token_id)).all()
 
     assert_trains_resumes_and_exports_merged(
-        tmp_path, path, overrides, transformers.Gemma3ForConditionalGeneration, lambda _: model_inputs(batch)
+        tmp_path, path, overrides, transformers.Gemma3ForConditionalGeneration, lambda _: inputs.as_kwargs()
     )
 
 

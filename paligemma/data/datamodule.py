@@ -1,23 +1,12 @@
 """LightningDataModule over Hugging Face datasets: loading, splits, loaders, and the count of bad rows.
 
-Train batches are the processor's dict (right padded, with labels). Validation batches are::
-
-    {"batch":      training-style dict for the loss (suffix = most common reference),
-     "prompt":     prompt-only dict, left padded, for generate(): input_ids, attention_mask,
-                   token_type_ids, pixel_values,
-     "references": list[list[str]], "kinds": list[str] (the kind column, else the task name),
-     "prompts":    list[str] (prefix text), "row_ids": list[int] (row in the loaded split),
-     "images":     list[PIL.Image] (RGB at the model's input size, a row's pictures side by side, for a
-                   predictions table)}
-
-Bad rows (missing or undecodable image, missing question, empty target, a prompt longer than
-``max_length``) are dropped by the collate function (paligemma/data/rows.py), which reports them (and
-truncated targets) under a "stats" key; ``on_before_batch_transfer`` removes it and counts them in the main
-process (right with worker processes too), once per (split, row).
-Every batch holds its number of rows under "rows"; one whose rows are all bad is a blank placeholder row with
-"rows" 0, so that every rank takes the same steps (the module weighs it 0). ``on_bad_sample="raise"`` fails on the
-first bad row with a ``DataError`` naming it. The train loader resumes mid-epoch from a checkpoint; each rank
-validates its own rows, each row once (paligemma/data/sampler.py).
+Train loaders yield ``TrainBatch``es, validation loaders ``ValBatch``es (paligemma/data/batches.py: their fields,
+and what a batch without a good row holds). Bad rows (missing or undecodable image, missing question, empty
+target, a prompt longer than ``max_length``) are dropped by the collate function (paligemma/data/rows.py), which
+names them (and truncated targets) in the batch's ``stats``; ``on_before_batch_transfer`` counts them in the main
+process (right with worker processes too), once per (split, row). ``on_bad_sample="raise"`` fails on the first bad
+row with a ``DataError`` naming it. The train loader resumes mid-epoch from a checkpoint; each rank validates its
+own rows, each row once (paligemma/data/sampler.py).
 """
 
 from __future__ import annotations
@@ -32,6 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from paligemma.data.batches import TrainBatch, ValBatch
 from paligemma.data.processors import Processor, load_processor
 from paligemma.data.rows import Collate, Rows
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader, ShardSampler
@@ -227,19 +217,18 @@ class PaliGemmaDataModule(L.LightningDataModule):
         assert self.val_data is not None  # setup made it
         return self._loader(self.val_data, train=False)
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the collate function's skipped / truncated rows in the main process."""
-        if not (isinstance(batch, dict) and "stats" in batch):
-            return batch
-        stats = batch.pop("stats")
-        for split, row, reason in stats["skipped"]:
+    def on_before_batch_transfer(
+        self, batch: TrainBatch | ValBatch, dataloader_idx: int
+    ) -> TrainBatch | ValBatch:
+        """Count the collate function's skipped / truncated rows (``batch.stats``) in the main process."""
+        for split, row, reason in batch.stats.skipped:
             if (split, row) not in self._skipped:
                 self._skipped.add((split, row))
                 log.warning("skipping %s row %d: %s", split, row, reason)
-        if stats["truncated"] and not self._truncated:
+        if batch.stats.truncated and not self._truncated:
             log.warning(
                 "targets longer than max_length=%d are truncated (count: .truncated)",
                 self.settings.max_length,
             )
-        self._truncated.update(stats["truncated"])
+        self._truncated.update(batch.stats.truncated)
         return batch

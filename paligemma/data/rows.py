@@ -20,6 +20,7 @@ import datasets
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from paligemma.data.batches import LossInputs, ModelInputs, RowStats, TrainBatch, ValBatch
 from paligemma.data.packing import pack_batch
 from paligemma.data.processor import to_rgb
 from paligemma.data.processors import Processor
@@ -135,7 +136,7 @@ class Rows(Dataset):
     @overload
     def __getitem__(self, key: None) -> None: ...
     def __getitem__(self, key: int | tuple[int, int] | None) -> dict[str, Any] | None:
-        if key is None:  # a filler that evens out the ranks' shards (ShardSampler): no row
+        if key is None:  # a filler that evens out the ranks' shards (ShardSampler): no row, Collate drops it
             return None
         row, epoch = key if isinstance(key, tuple) else (key, 0)
         try:
@@ -189,12 +190,10 @@ class Rows(Dataset):
 
 
 class Collate:
-    """Drops bad rows; runs the processor; reports skipped and truncated rows under "stats".
-
-    Every batch says how many rows it holds under "rows". A batch whose rows are all bad (or only shard fillers)
-    becomes one blank placeholder row with "rows" 0: every rank still runs its forward and backward passes, the
-    collectives of DDP and FSDP, and the module gives it no weight. ``packing`` (training, with ``max_length``)
-    packs a batch's rows into fewer sequences (paligemma/data/packing.py).
+    """Drops bad rows and shard fillers, runs the processor on the rest: a ``TrainBatch`` or a ``ValBatch`` whose
+    ``stats`` name the skipped and truncated rows (paligemma/data/batches.py, which says what a batch without a
+    good row holds). ``packing`` (training, with ``max_length``) packs a batch's rows into fewer sequences
+    (paligemma/data/packing.py).
     """
 
     def __init__(
@@ -208,41 +207,42 @@ class Collate:
         self.processor, self.split, self.train, self.max_length = processor, split, train, max_length
         self.packing = packing
 
-    def placeholder(self) -> dict[str, Any]:
+    def processor_rows(
+        self, good: list[dict[str, Any]]
+    ) -> tuple[list[str], list[list[Image.Image]], list[str]]:
+        """The prompts, pictures and targets the processor runs on: the good rows', else the placeholder row's."""
+        if good:
+            return [it["prompt"] for it in good], [it["images"] for it in good], [it["target"] for it in good]
         size = (self.processor.image_size, self.processor.image_size)
-        return {"row": -1, "images": [Image.new("RGB", size)], "prompt": "", "target": ""}
+        return [""], [[Image.new("RGB", size)]], [""]
 
-    def __call__(self, items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    def __call__(self, items: list[dict[str, Any] | None]) -> TrainBatch | ValBatch:
         present = [it for it in items if it is not None]
         good = [it for it in present if "error" not in it]
-        rows = good or [self.placeholder()]
-        images = [it["images"] for it in rows]
-        prompts = [it["prompt"] for it in rows]
-        targets = [it["target"] for it in rows]
+        prompts, images, targets = self.processor_rows(good)
         batch = self.processor(
             text=prompts, images=images, suffix=targets, max_length=self.max_length, return_lengths=True
         )
         del batch["prompt_lengths"]
-        truncated = batch.pop("truncated").tolist()[: len(good)]  # none for a placeholder
-        stats = {
-            "skipped": [(self.split, it["row"], it["error"]) for it in present if "error" in it],
-            "truncated": [(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut],
-        }
+        truncated = batch.pop("truncated").tolist()[: len(good)]  # none for the placeholder
+        stats = RowStats(
+            skipped=[(self.split, it["row"], it["error"]) for it in present if "error" in it],
+            truncated=[(self.split, it["row"]) for it, cut in zip(good, truncated, strict=True) if cut],
+        )
         if self.train:
             if self.packing:
                 assert self.max_length is not None  # DataSettings checks that packing has one
                 # each pan & scan crop is an image block of its row too
                 n_images = [len(ims) + sum(self.processor.crop_counts(ims)) for ims in images]
                 batch = pack_batch(batch, n_images, self.max_length, self.processor.pad_token_id)
-            return {**batch, "rows": len(good), "stats": stats}
-        return {
-            "batch": batch,
-            "prompt": self.processor(text=prompts, images=images, padding_side="left"),
-            "references": [it["references"] for it in good],
-            "kinds": [it["kind"] for it in good],
-            "prompts": prompts[: len(good)],
-            "row_ids": [it["row"] for it in good],
-            "images": [preview(ims, self.processor.image_size) for ims in images[: len(good)]],
-            "rows": len(good),
-            "stats": stats,
-        }
+            return TrainBatch(LossInputs(**batch), rows=len(good), stats=stats)
+        return ValBatch(
+            inputs=LossInputs(**batch),
+            prompt=ModelInputs(**self.processor(text=prompts, images=images, padding_side="left")),
+            references=[it["references"] for it in good],
+            kinds=[it["kind"] for it in good],
+            prompts=[it["prompt"] for it in good],
+            row_ids=[it["row"] for it in good],
+            images=[preview(it["images"], self.processor.image_size) for it in good],
+            stats=stats,
+        )

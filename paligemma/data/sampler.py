@@ -30,9 +30,10 @@ class EpochSampler(DistributedSampler):
 
 class ShardSampler(DistributedSampler):
     """Rank r's rows of an evaluation split, in order: r, r + R, r + 2R, ... A shorter shard ends in ``None``
-    fillers (no row, see Rows) up to the longest one's length, so that every rank runs as many batches (FSDP's
-    forward passes are collectives) while each row counts once: Lightning's own DistributedSampler repeats rows
-    instead, which would count them twice in the validation loss. Lightning keeps a DistributedSampler."""
+    fillers (no row: paligemma/data/batches.py) up to the longest one's length, so that every rank runs as many
+    batches (FSDP's forward passes are collectives) while each row counts once: Lightning's own
+    DistributedSampler repeats rows instead, which would count them twice in the validation loss. Lightning keeps
+    a DistributedSampler."""
 
     def __init__(self, dataset, num_replicas: int = 1, rank: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)

@@ -15,9 +15,12 @@ a ``DistributedSampler``, which Lightning keeps, and gives rank r every world_si
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import cast
 
 import torch.distributed as dist
+
+from paligemma.training.scoring import Record
 
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # in parameter names under FSDP
 
@@ -29,7 +32,7 @@ def clean_name(name: str) -> str:
     return name
 
 
-def gather_records(records: list[dict]) -> list[dict]:
+def gather_records(records: list[Record]) -> list[Record]:
     """Every rank's validation records, on every rank: each row once, in row order (a single process's order).
 
     Images (for the predictions table) stay with the rank that made them: only the text crosses processes.
@@ -37,11 +40,11 @@ def gather_records(records: list[dict]) -> list[dict]:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return records
-    parts: list[list[dict] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, [{**r, "image": None} for r in records])
-    gathered = cast(list[list[dict]], parts)  # all_gather_object filled every slot
-    by_row = {r["row_id"]: r for part in gathered for r in part}  # a repeated row is the same row: one entry
-    by_row.update({r["row_id"]: r for r in records})  # this rank's own, with their images
+    parts: list[list[Record] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, [replace(r, image=None) for r in records])
+    gathered = cast(list[list[Record]], parts)  # all_gather_object filled every slot
+    by_row = {r.row_id: r for part in gathered for r in part}  # a repeated row is the same row: one entry
+    by_row.update({r.row_id: r for r in records})  # this rank's own, with their images
     return [by_row[row] for row in sorted(by_row)]
 
 

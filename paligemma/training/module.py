@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 import lightning as L
 import torch
 
+from paligemma.data.batches import TrainBatch, ValBatch
 from paligemma.data.processor import IGNORE_INDEX
 from paligemma.data.processors import Processor
 from paligemma.errors import ConfigError, NonFiniteError
@@ -21,17 +22,12 @@ from paligemma.model.packed_weights import packed_weights
 from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer
-from paligemma.training.scoring import GenerationSettings, Metric, log_predictions
+from paligemma.training.scoring import GenerationSettings, Metric, Record, log_predictions
 
 if TYPE_CHECKING:
     from torch.distributed.fsdp import FullyShardedDataParallel
 
 log = logging.getLogger(__name__)
-
-
-def model_inputs(batch: dict) -> dict:
-    """A training batch without its row count: what the model's forward takes."""
-    return {k: v for k, v in batch.items() if k != "rows"}
 
 
 def answer_tokens(labels: torch.Tensor) -> int:
@@ -69,7 +65,7 @@ class PaliGemmaLitModule(L.LightningModule):
         self.fit_validated_at_step = None  # global step of the last validation inside trainer.fit
         self.skipped_steps = 0  # non-finite ones, with optim.skip_nonfinite
         self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
-        self.records: list[dict] = []
+        self.records: list[Record] = []
         self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
         self.validation_weights = ExitStack()  # holds bf16 weights packed for validation while it runs
 
@@ -97,16 +93,16 @@ class PaliGemmaLitModule(L.LightningModule):
             self.net.model.vision_tower.eval()
         return self
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: TrainBatch, batch_idx):
         """The loss of the whole global batch: the mean over every rank's answer tokens. Each rank weighs its own
-        mean by its share of them (x world size, as DDP and FSDP average the ranks' gradients); a placeholder
-        batch (every row bad, see paligemma/data/rows.py) runs with weight 0."""
-        rows = batch["rows"]
-        loss = self.net(**model_inputs(batch), return_logits=False).loss
+        mean by its share of them (x world size, as DDP and FSDP average the ranks' gradients); a batch without a
+        good row (its placeholder row, see paligemma/data/batches.py) runs with weight 0."""
+        rows = batch.rows
+        loss = self.net(**batch.inputs.as_kwargs(), return_logits=False).loss
         if self._any_rank(not torch.isfinite(loss)):
             rank = f" on rank {self.global_rank}" if self.trainer.world_size > 1 else ""
             return self._non_finite(f"loss ({loss.item()}{rank})")
-        tokens = answer_tokens(batch["labels"]) if rows else 0
+        tokens = answer_tokens(batch.inputs.labels) if rows else 0
         loss_sum, global_tokens = self._sum_over_ranks(loss.detach() * tokens, tokens)
         self.step_tokens += global_tokens
         self.samples_seen += rows
@@ -167,33 +163,32 @@ class PaliGemmaLitModule(L.LightningModule):
         """What ends a generated answer: the model's stop ids and the processor's (chat rows end at <end_of_turn>)."""
         return sorted(set(self.net.config.text_config.stop_token_ids) | set(self.processor.stop_token_ids))
 
-    def validation_step(self, batch, batch_idx):
-        """A placeholder batch (its rows all bad or shard fillers) still runs: under FSDP each forward pass is a
-        collective. It adds no record and no loss."""
-        inputs = batch["batch"]
-        loss = self.net(**inputs, return_logits=False).loss
-        if batch["rows"]:
-            tokens = answer_tokens(inputs["labels"])
+    def validation_step(self, batch: ValBatch, batch_idx):
+        """A batch without a good row (its rows all bad or shard fillers) still runs its placeholder row: under
+        FSDP each forward pass is a collective. It adds no record and no loss."""
+        loss = self.net(**batch.inputs.as_kwargs(), return_logits=False).loss
+        if batch.rows:
+            tokens = answer_tokens(batch.inputs.labels)
             self.val_loss_sum += loss.item() * tokens
             self.val_tokens += tokens
         new_tokens = self.net.generate(
-            **batch["prompt"],
+            **batch.prompt.as_kwargs(),
             max_new_tokens=self.generation.max_new_tokens,
             num_beams=self.generation.num_beams,
             fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
             eos_token_id=self.stop_token_ids,
         )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        for i, row_id in enumerate(batch["row_ids"]):
+        for i, row_id in enumerate(batch.row_ids):
             self.records.append(
-                {
-                    "row_id": row_id,
-                    "kind": batch["kinds"][i],
-                    "prompt": batch["prompts"][i],
-                    "prediction": predictions[i].strip(),
-                    "references": batch["references"][i],
-                    "image": batch["images"][i] if i < self.generation.log_predictions else None,
-                }
+                Record(
+                    row_id=row_id,
+                    kind=batch.kinds[i],
+                    prompt=batch.prompts[i],
+                    prediction=predictions[i].strip(),
+                    references=batch.references[i],
+                    image=batch.images[i] if i < self.generation.log_predictions else None,
+                )
             )
 
     def on_validation_epoch_end(self):

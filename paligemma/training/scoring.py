@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+from PIL import Image
 
 from paligemma import metrics
 from paligemma.data.boxes import parse_boxes
@@ -43,11 +45,25 @@ class GenerationSettings:
         return replace(self, max_new_tokens=TASKS[data.task].answer_length(data))
 
 
-def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[dict]], dict]:
-    def scorer(records: list[dict]) -> dict[str, float]:
+@dataclass
+class Record:
+    """What validation made of one row (paligemma/training/module.py): what the metrics score, what
+    predictions.jsonl and the W&B predictions table show. ``row_id``: the row in the loaded split; ``image``: its
+    preview, kept for the first ``generation.log_predictions`` rows of each batch (None for the others)."""
+
+    row_id: int
+    kind: str
+    prompt: str
+    prediction: str
+    references: list[str]
+    image: Image.Image | None = None
+
+
+def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[Record]], dict]:
+    def scorer(records: list[Record]) -> dict[str, float]:
         per_kind = defaultdict(list)
         for r in records:
-            per_kind[r["kind"]].append(row_score(r["prediction"], r["references"]))
+            per_kind[r.kind].append(row_score(r.prediction, r.references))
         scores = {f"val/{name}/{kind}": statistics.fmean(v) for kind, v in sorted(per_kind.items())}
         scores[f"val/{name}"] = statistics.fmean(a for v in per_kind.values() for a in v)
         return scores
@@ -55,19 +71,19 @@ def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callabl
     return scorer
 
 
-def _captions(records: list[dict]) -> dict[str, float]:
-    predictions = {r["row_id"]: r["prediction"] for r in records}
-    references = {r["row_id"]: r["references"] for r in records}
+def _captions(records: list[Record]) -> dict[str, float]:
+    predictions: dict[Hashable, str] = {r.row_id: r.prediction for r in records}
+    references: dict[Hashable, list[str]] = {r.row_id: r.references for r in records}
     return {
         "val/cider": metrics.cider_d(predictions, references),
         "val/bleu4": metrics.bleu(predictions, references),
     }
 
 
-def _detection(records: list[dict]) -> dict[str, float]:
+def _detection(records: list[Record]) -> dict[str, float]:
     """COCO mAP of the boxes parsed from each prediction against those of its target (metrics.detection_map)."""
     scores = metrics.detection_map(
-        [parse_boxes(r["prediction"]) for r in records], [parse_boxes(r["references"][0]) for r in records]
+        [parse_boxes(r.prediction) for r in records], [parse_boxes(r.references[0]) for r in records]
     )
     return {f"val/{name}": value for name, value in scores.items()}
 
@@ -112,7 +128,7 @@ class Metric:
     def draws_boxes(self) -> bool:
         return self.name in ("map", "box_accuracy")
 
-    def score(self, records: list[dict]) -> dict[str, float]:
+    def score(self, records: list[Record]) -> dict[str, float]:
         """The metric's values over validation records."""
         return METRICS[self.name][0](records)
 
@@ -130,11 +146,11 @@ def _boxes(text: str, labels: dict[str, int]) -> dict:
     return {"box_data": data, "class_labels": {}}
 
 
-def _drawn_boxes(rows: list[dict]) -> list[dict]:
+def _drawn_boxes(rows: list[Record]) -> list[dict]:
     """Predicted and target boxes of each row, for wandb.Image(boxes=...)."""
     labels: dict[str, int] = {}
     drawn = [
-        {"predictions": _boxes(r["prediction"], labels), "ground_truth": _boxes(r["references"][0], labels)}
+        {"predictions": _boxes(r.prediction, labels), "ground_truth": _boxes(r.references[0], labels)}
         for r in rows
     ]
     names = {i: name for name, i in labels.items()}
@@ -144,7 +160,7 @@ def _drawn_boxes(rows: list[dict]) -> list[dict]:
     return drawn
 
 
-def log_predictions(loggers: list, records: list[dict], limit: int, step: int, metric: Metric) -> None:
+def log_predictions(loggers: list, records: list[Record], limit: int, step: int, metric: Metric) -> None:
     """The first ``limit`` records with pictures, to every W&B logger: a table of the texts, and each picture
     captioned with its prompt, prediction and references; detection draws the predicted and target boxes on it.
 
@@ -152,15 +168,13 @@ def log_predictions(loggers: list, records: list[dict], limit: int, step: int, m
     the run's files, but leaves table cells as the word "Image" offline (wandb#4611)."""
     from lightning.pytorch.loggers import WandbLogger
 
-    rows = [r for r in records if r["image"] is not None][:limit]
+    rows = [r for r in records if r.image is not None][:limit]
     for logger in loggers:
         if not (isinstance(logger, WandbLogger) and rows):
             continue
-        texts = [[r["prompt"], r["prediction"], " | ".join(r["references"])] for r in rows]
+        texts = [[r.prompt, r.prediction, " | ".join(r.references)] for r in rows]
         logger.log_table("val/predictions", ["prompt", "prediction", "references"], texts, step=step)
-        captions = [
-            f"{r['prompt']} -> {r['prediction']} (references: {' | '.join(r['references'])})" for r in rows
-        ]
+        captions = [f"{r.prompt} -> {r.prediction} (references: {' | '.join(r.references)})" for r in rows]
         extra = {"boxes": _drawn_boxes(rows)} if metric.draws_boxes else {}
-        images = [r["image"] for r in rows]
+        images = [r.image for r in rows]
         logger.log_image("val/prediction_images", images, step=step, caption=captions, **extra)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from paligemma.data.batches import TrainBatch, ValBatch
 from paligemma.data.datamodule import PaliGemmaDataModule
 from paligemma.data.processor import IGNORE_INDEX, PaliGemmaProcessor
 from paligemma.data.tasks import references
@@ -35,24 +36,26 @@ def test_synthetic_config_batches(processor_dir):
     dm.setup("fit")
     assert dm.settings.task == "vqa" and dm.processor.image_size == IMAGE_SIZE
     train = batches(dm, dm.train_dataloader())
-    assert [b["input_ids"].shape[0] for b in train] == [16, 8]
+    assert [b.inputs.input_ids.shape[0] for b in train] == [16, 8]
     batch = train[0]
-    assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values", "rows"}
-    assert batch["rows"] == 16 and batch["pixel_values"].shape == (16, 3, IMAGE_SIZE, IMAGE_SIZE)
-    assert (batch["labels"][:, :NUM_IMAGE_TOKENS] == IGNORE_INDEX).all()
-    assert (batch["labels"] != IGNORE_INDEX).sum() == batch["token_type_ids"].sum()
+    assert isinstance(batch, TrainBatch) and batch.inputs.segment_ids is None  # not packed
+    assert set(batch.inputs.as_kwargs()) == {"input_ids", "attention_mask", "token_type_ids", "labels",
+                                             "pixel_values"}  # fmt: skip
+    assert batch.rows == 16 and batch.inputs.pixel_values.shape == (16, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert (batch.inputs.labels[:, :NUM_IMAGE_TOKENS] == IGNORE_INDEX).all()
+    assert (batch.inputs.labels != IGNORE_INDEX).sum() == batch.inputs.token_type_ids.sum()
     (val,) = batches(dm, dm.val_dataloader())
-    assert set(val) == {"batch", "prompt", "references", "kinds", "prompts", "row_ids", "images", "rows"}
-    assert val["row_ids"] == list(range(8)) and set(val["kinds"]) == {"color", "shape", "count", "position"}
-    assert all(p.startswith("answer en ") and p.endswith("?") for p in val["prompts"])
-    assert all(len(r) == 1 for r in val["references"]) and val["images"][0].size == (IMAGE_SIZE, IMAGE_SIZE)
-    prompt = val["prompt"]
-    assert set(prompt) == {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
-    assert (prompt["attention_mask"][:, -1] == 1).all()  # left padded
-    assert (prompt["token_type_ids"] == 0).all()
-    assert torch.equal(prompt["pixel_values"], val["batch"]["pixel_values"])
-    decoded = dm.processor.batch_decode(val["batch"]["input_ids"], skip_special_tokens=True)
-    assert decoded[0] == val["prompts"][0] + "\n" + val["references"][0][0]
+    assert isinstance(val, ValBatch) and val.rows == 8
+    assert val.row_ids == list(range(8)) and set(val.kinds) == {"color", "shape", "count", "position"}
+    assert all(p.startswith("answer en ") and p.endswith("?") for p in val.prompts)
+    assert all(len(r) == 1 for r in val.references) and val.images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
+    prompt = val.prompt
+    assert set(prompt.as_kwargs()) == {"input_ids", "attention_mask", "token_type_ids", "pixel_values"}
+    assert (prompt.attention_mask[:, -1] == 1).all()  # left padded
+    assert (prompt.token_type_ids == 0).all()
+    assert torch.equal(prompt.pixel_values, val.inputs.pixel_values)
+    decoded = dm.processor.batch_decode(val.inputs.input_ids, skip_special_tokens=True)
+    assert decoded[0] == val.prompts[0] + "\n" + val.references[0][0]
 
 
 def test_vqav2_config_on_hub_schema_parquet(tmp_path, processor_dir):
@@ -63,13 +66,13 @@ def test_vqav2_config_on_hub_schema_parquet(tmp_path, processor_dir):
     dm.setup("fit")
     assert (len(dm.train_data), len(dm.val_data)) == (38, 2)  # validation[:95%] / validation[95%:]
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["row_ids"] == [0, 1] and val["kinds"] == ["other", "yes/no"]  # rows 38, 39 of the file
-    assert val["prompts"] == ["answer en question number 38?", "answer en question number 39?"]
-    assert val["references"][1] == ["yes"] * 6 + ["no"] * 4
-    ids, types = val["batch"]["input_ids"][1], val["batch"]["token_type_ids"][1]
+    assert val.row_ids == [0, 1] and val.kinds == ["other", "yes/no"]  # rows 38, 39 of the file
+    assert val.prompts == ["answer en question number 38?", "answer en question number 39?"]
+    assert val.references[1] == ["yes"] * 6 + ["no"] * 4
+    ids, types = val.inputs.input_ids[1], val.inputs.token_type_ids[1]
     assert dm.processor.decode(ids[types == 1]) == "yes<eos>"  # the loss uses the most common answer
     train = batches(dm, dm.train_dataloader())
-    assert sum(b["input_ids"].shape[0] for b in train) == 38 and dm.skipped == 0
+    assert sum(b.inputs.input_ids.shape[0] for b in train) == 38 and dm.skipped == 0
 
 
 def test_coco_captions_config_on_hub_schema_parquet(tmp_path, processor_dir):
@@ -87,8 +90,8 @@ def test_coco_captions_config_on_hub_schema_parquet(tmp_path, processor_dir):
     dm = from_config("coco_captions", processor_dir, path=str(tmp_path))
     dm.setup("fit")
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["caption en"] * 3 and val["kinds"] == ["caption"] * 3
-    assert [len(r) for r in val["references"]] == [5, 5, 5]
+    assert val.prompts == ["caption en"] * 3 and val.kinds == ["caption"] * 3
+    assert [len(r) for r in val.references] == [5, 5, 5]
     targets = {dm.train_data[(row, epoch)]["target"] for row in range(6) for epoch in range(8)}
     assert len(targets) > 5  # drawn among the five captions, not always the first
 
@@ -106,11 +109,11 @@ def test_imagefolder_with_metadata(tmp_path, processor_dir):
     dm = from_config("vqa", processor_dir, path=str(tmp_path))
     dm.setup("fit")
     (train,) = batches(dm, dm.train_dataloader())
-    assert train["pixel_values"].shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert train.inputs.pixel_values.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["references"] == [["noise"], ["noise"]] and dm.skipped == 0
+    assert val.references == [["noise"], ["noise"]] and dm.skipped == 0
     direct = dm.processor(text=["x"], images=[Image.open(tmp_path / "validation" / "1.png")])["pixel_values"]
-    assert torch.equal(val["batch"]["pixel_values"][1:], direct)  # our early resize changes nothing
+    assert torch.equal(val.inputs.pixel_values[1:], direct)  # our early resize changes nothing
 
 
 def test_save_to_disk_dirs(tmp_path, processor_dir, shapes):
@@ -127,9 +130,7 @@ def test_save_to_disk_dirs(tmp_path, processor_dir, shapes):
     )
     dm.setup("fit")
     assert (len(dm.train_data), len(dm.val_data)) == (9, 3)
-    assert batches(dm, dm.val_dataloader())[0]["references"] == [
-        [a] for a in shapes["validation"]["answer"][9:]
-    ]
+    assert batches(dm, dm.val_dataloader())[0].references == [[a] for a in shapes["validation"]["answer"][9:]]
 
 
 def test_bad_rows_skipped_once_and_awkward_images_kept(tmp_path, processor_dir, caplog):
@@ -140,11 +141,13 @@ def test_bad_rows_skipped_once_and_awkward_images_kept(tmp_path, processor_dir, 
     dm.setup("fit")
     for _ in range(2):  # a second epoch counts nothing new
         train = batches(dm, dm.train_dataloader())
-        assert sum(b["rows"] for b in train) == 7 and dm.skipped == 4
-        assert [b["input_ids"].shape[0] for b in train] == [max(b["rows"], 1) for b in train]
+        assert sum(b.rows for b in train) == 7 and dm.skipped == 4
+        assert [b.inputs.input_ids.shape[0] for b in train] == [max(b.rows, 1) for b in train]
     val = batches(dm, dm.val_dataloader())
-    assert val[0]["row_ids"] == [0] and dm.skipped == 6
-    assert [(b["rows"], b["row_ids"], b["references"]) for b in val[1:]] == [(0, [], [])] * 2  # placeholders
+    assert val[0].row_ids == [0] and dm.skipped == 6
+    for empty in val[1:]:  # no good row: one blank placeholder row, no per-row entries
+        assert empty.rows == 0 and empty.row_ids == empty.references == empty.images == []
+        assert empty.inputs.input_ids.shape[0] == empty.prompt.input_ids.shape[0] == 1
     logged = "\n".join(r.getMessage() for r in caplog.records)
     for where in (
         "train row 7",
@@ -171,8 +174,11 @@ def test_bad_rows_counted_across_worker_processes(tmp_path, processor_dir):
     )
     dm.setup("fit")
     for _ in range(2):
-        batches(dm, dm.train_dataloader())
-    assert dm.skipped == 4
+        train = batches(dm, dm.train_dataloader())
+    assert dm.skipped == 4 and all(isinstance(b, TrainBatch) for b in train)
+    val = batches(dm, dm.val_dataloader())  # pictures and texts come through the workers too
+    assert dm.skipped == 6 and [b.row_ids for b in val] == [[0], []]
+    assert val[0].images[0].size == (IMAGE_SIZE, IMAGE_SIZE) and val[0].prompts == ["answer en what is it?"]
 
 
 def test_max_length_truncates_targets_and_skips_prompts_that_cannot_fit(tmp_path, processor_dir, shapes):
@@ -190,9 +196,9 @@ def test_max_length_truncates_targets_and_skips_prompts_that_cannot_fit(tmp_path
         max_length=n_prompt + 3,
     )
     dm.setup("fit")
-    batch = batches(dm, dm.train_dataloader())[0]
-    assert batch["input_ids"].shape[1] == n_prompt + 3
-    assert ((batch["input_ids"] == dm.processor.eos_token_id).sum(1) == 1).all() and dm.truncated == 200
+    inputs = batches(dm, dm.train_dataloader())[0].inputs
+    assert inputs.input_ids.shape[1] == n_prompt + 3
+    assert ((inputs.input_ids == dm.processor.eos_token_id).sum(1) == 1).all() and dm.truncated == 200
     tight = PaliGemmaDataModule(
         path=str(tmp_path), processor_path=str(processor_dir), max_length=NUM_IMAGE_TOKENS + 3
     )
@@ -247,14 +253,14 @@ class Probe(L.LightningModule):
         self.processor, self.targets, self.placeholder_val_batches = processor, {}, 0
 
     def training_step(self, batch, batch_idx):
-        n = batch["rows"]
-        for ids, types in zip(batch["input_ids"][:n], batch["token_type_ids"][:n], strict=True):
+        n, inputs = batch.rows, batch.inputs
+        for ids, types in zip(inputs.input_ids[:n], inputs.token_type_ids[:n], strict=True):
             target = self.processor.decode(ids[types == 1], skip_special_tokens=True)
             self.targets.setdefault(self.current_epoch, []).append(target)
         return (self.weight**2).sum()
 
     def validation_step(self, batch, batch_idx):
-        self.placeholder_val_batches += batch["rows"] == 0
+        self.placeholder_val_batches += batch.rows == 0
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -332,13 +338,13 @@ def test_rows_of_several_pictures_batch_every_picture_and_skip_empty_or_broken_l
                              batch_size=6, val_batch_size=6, num_workers=0)  # fmt: skip
     dm.setup("fit")
     (train,) = batches(dm, dm.train_dataloader())
-    assert train["rows"] == 4 and train["pixel_values"].shape == (7, 3, IMAGE_SIZE, IMAGE_SIZE)
-    order = sorted(train["input_ids"].tolist(), key=lambda ids: -ids.count(dm.processor.image_token_id))
+    assert train.rows == 4 and train.inputs.pixel_values.shape == (7, 3, IMAGE_SIZE, IMAGE_SIZE)
+    order = sorted(train.inputs.input_ids.tolist(), key=lambda ids: -ids.count(dm.processor.image_token_id))
     assert [ids.count(dm.processor.image_token_id) // NUM_IMAGE_TOKENS for ids in order] == [3, 2, 1, 1]
     assert dm.skipped == 2
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["row_ids"] == [0, 1, 3, 5] and val["prompt"]["pixel_values"].shape[0] == 7
-    assert [im.size for im in val["images"]] == [(2 * IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE),
+    assert val.row_ids == [0, 1, 3, 5] and val.prompt.pixel_values.shape[0] == 7
+    assert [im.size for im in val.images] == [(2 * IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE),
                                                  (3 * IMAGE_SIZE, IMAGE_SIZE), (IMAGE_SIZE, IMAGE_SIZE)]  # fmt: skip
     strict = PaliGemmaDataModule(path=str(path), processor_path=str(processor_dir), image_column="images",
                                  on_bad_sample="raise", num_workers=0)  # fmt: skip

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from paligemma.data.batches import TrainBatch
 from paligemma.data.packing import first_fit_decreasing, pack_rows
 from paligemma.data.settings import DataSettings
 from paligemma.errors import ConfigError, DataError
@@ -32,22 +33,25 @@ def test_packed_rows_fit_max_length_and_never_pad_more_than_unpacked(seed):
     assert fullest <= 256 and len(bins) * fullest <= len(lengths) * max(lengths)
 
 
-def rows_of(batch: dict, processor) -> list[dict]:
+def rows_of(batch: TrainBatch, processor) -> list[dict]:
     """The rows of a batch, unpadded (a packed batch: its segments, in order): tokens, labels, types, images."""
-    spans = []
-    if "segment_ids" in batch:
-        for b, ids in enumerate(batch["segment_ids"].tolist()):
+    spans, inputs = [], batch.inputs
+    if inputs.segment_ids is not None:
+        for b, ids in enumerate(inputs.segment_ids.tolist()):
             spans += [(b, ids.index(s), ids.count(s)) for s in range(1, max(ids) + 1)]
     else:
-        spans = [(b, 0, n) for b, n in enumerate(batch["attention_mask"].sum(1).tolist())]
+        spans = [(b, 0, n) for b, n in enumerate(inputs.attention_mask.sum(1).tolist())]
     out, image = [], 0
     for b, start, n in spans:
-        row = {k: batch[k][b, start : start + n].tolist() for k in ("input_ids", "token_type_ids", "labels")}
+        row = {
+            k: getattr(inputs, k)[b, start : start + n].tolist()
+            for k in ("input_ids", "token_type_ids", "labels")
+        }
         n_images = row["input_ids"].count(processor.image_token_id) // processor.num_image_tokens
-        row["pixel_values"] = batch["pixel_values"][image : image + n_images]
+        row["pixel_values"] = inputs.pixel_values[image : image + n_images]
         image += n_images
         out.append(row)
-    assert image == len(batch["pixel_values"])
+    assert image == len(inputs.pixel_values)
     return out
 
 
@@ -84,13 +88,13 @@ def test_packed_batches_hold_the_unpacked_rows_in_fewer_sequences(captions):
     )
     assert len(packed) == len(plain) == 3
     for p, u in zip(packed, plain, strict=True):
-        assert set(p) == set(u) | {"segment_ids"} and p["rows"] == u["rows"] == 8
-        assert p["input_ids"].shape[0] < 8 and p["input_ids"].shape[1] <= MAX_LENGTH
-        assert p["input_ids"].numel() <= u["input_ids"].numel()
-        assert torch.equal(p["attention_mask"].bool(), p["segment_ids"] > 0)
+        assert u.inputs.segment_ids is None and p.rows == u.rows == 8
+        assert p.inputs.input_ids.shape[0] < 8 and p.inputs.input_ids.shape[1] <= MAX_LENGTH
+        assert p.inputs.input_ids.numel() <= u.inputs.input_ids.numel()
+        assert torch.equal(p.inputs.attention_mask.bool(), p.inputs.segment_ids > 0)
         processor = packed_dm.processor
         assert same_rows(rows_of(p, processor), rows_of(u, processor))
-    assert not any("segment_ids" in b["batch"] for b in batches(packed_dm, packed_dm.val_dataloader()))
+    assert all(b.inputs.segment_ids is None for b in batches(packed_dm, packed_dm.val_dataloader()))
 
 
 def test_too_long_targets_are_cut_as_unpacked(captions):
@@ -119,8 +123,9 @@ def test_packed_loader_resumes_mid_epoch_to_the_same_batches(captions):
     resumed.load_state_dict(state)
     rest = batches(dm, resumed)
     for got, expected in zip([dm.on_before_batch_transfer(first, 0), *rest], whole, strict=True):
-        assert got.keys() == expected.keys()
-        assert all(torch.equal(got[k], expected[k]) for k in got if isinstance(got[k], torch.Tensor))
+        got_inputs, expected_inputs = got.inputs.as_kwargs(), expected.inputs.as_kwargs()
+        assert got_inputs.keys() == expected_inputs.keys() and got.rows == expected.rows
+        assert all(torch.equal(got_inputs[k], expected_inputs[k]) for k in got_inputs)
 
 
 def test_ddp_ranks_take_as_many_packed_batches(captions):
@@ -140,7 +145,7 @@ def test_bad_rows_are_skipped_or_raise_as_unpacked(tmp_path, processor_dir):
     dm = PaliGemmaDataModule(**settings, packing=True)
     dm.setup("fit")
     train = batches(dm, dm.train_dataloader())
-    assert sum(b["rows"] for b in train) == 7 and dm.skipped == 4
+    assert sum(b.rows for b in train) == 7 and dm.skipped == 4
     strict = PaliGemmaDataModule(**settings, packing=True, on_bad_sample="raise")
     strict.setup("fit")
     with pytest.raises(DataError, match=r"bad train row (7|8|9|10)"):

@@ -37,13 +37,16 @@ def test_pan_and_scan_rows_keep_their_pictures_and_crop_the_wide_ones(vqa):
     assert [dm.train_data[row]["images"][0].size for row in (0, 1)] == [(40, 30), (30, 30)]
     (batch,) = batches(dm, dm.train_dataloader())
     n_tokens = dm.processor.num_image_tokens
-    assert batch["pixel_values"].shape[0] == 4 * 3 + 4
-    assert sorted(batch["token_type_ids"].sum(1).tolist()) == [n_tokens] * 4 + [3 * n_tokens] * 4
+    assert batch.inputs.pixel_values.shape[0] == 4 * 3 + 4
+    assert sorted(batch.inputs.token_type_ids.sum(1).tolist()) == [n_tokens] * 4 + [3 * n_tokens] * 4
     plain = batches(vqa(), vqa().train_dataloader())[0]
-    assert plain["pixel_values"].shape[0] == 8 and plain["token_type_ids"].sum(1).tolist() == [n_tokens] * 8
+    assert (
+        plain.inputs.pixel_values.shape[0] == 8
+        and plain.inputs.token_type_ids.sum(1).tolist() == [n_tokens] * 8
+    )
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["batch"]["pixel_values"].shape[0] == val["prompt"]["pixel_values"].shape[0] == 4 * 3 + 4
-    assert all(max(im.size) <= dm.processor.image_size for im in val["images"])
+    assert val.inputs.pixel_values.shape[0] == val.prompt.pixel_values.shape[0] == 4 * 3 + 4
+    assert all(max(im.size) <= dm.processor.image_size for im in val.images)
 
 
 def test_packed_rows_carry_their_crops(vqa):
@@ -55,7 +58,7 @@ def test_packed_rows_carry_their_crops(vqa):
         batches(packed_dm, packed_dm.train_dataloader()),
         batches(plain_dm, plain_dm.train_dataloader()),
     )
-    assert packed["input_ids"].shape[0] < 8 and packed["pixel_values"].shape[0] == 4 * 3 + 4
+    assert packed.inputs.input_ids.shape[0] < 8 and packed.inputs.pixel_values.shape[0] == 4 * 3 + 4
     processor = packed_dm.processor
     assert same_rows(rows_of(packed, processor), rows_of(plain, processor))
 

@@ -70,7 +70,7 @@ def test_synthetic_detection_targets_are_the_drawn_shapes(processor_dir):
     dm.setup("validate")
     (val,) = batches(dm, dm.val_dataloader())
     rows = make_shapes_dataset(8, 8, image_size=64)["validation"]
-    for prompt, (target,), row in zip(val["prompts"], val["references"], rows, strict=True):
+    for prompt, (target,), row in zip(val.prompts, val.references, rows, strict=True):
         assert prompt == "detect " + " ; ".join(sorted(set(row["objects"]["category"])))
         boxes = parse_boxes(target)
         assert [b.name for b in boxes] == row["objects"]["category"]

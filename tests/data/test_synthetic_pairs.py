@@ -52,7 +52,7 @@ def test_data_module_batches_both_pictures(processor_dir):
                                                           "synthetic.image_size": 32, "batch_size": 4})  # fmt: skip
     dm.setup("fit")
     (train,) = batches(dm, dm.train_dataloader())
-    assert train["pixel_values"].shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE)
-    assert ((train["input_ids"] == dm.processor.image_token_id).sum(1) == 2 * NUM_IMAGE_TOKENS).all()
+    assert train.inputs.pixel_values.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert ((train.inputs.input_ids == dm.processor.image_token_id).sum(1) == 2 * NUM_IMAGE_TOKENS).all()
     (val,) = batches(dm, dm.val_dataloader())
-    assert sorted(set(val["kinds"])) == sorted(KINDS)
+    assert sorted(set(val.kinds)) == sorted(KINDS)

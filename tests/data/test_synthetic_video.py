@@ -116,13 +116,13 @@ def test_data_module_batches_every_frame(processor_dir):
                                                           "synthetic.image_size": 32, "batch_size": 4})  # fmt: skip
     dm.setup("fit")
     (train, _) = batches(dm, dm.train_dataloader())
-    assert train["pixel_values"].shape == (4 * FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert train.inputs.pixel_values.shape == (4 * FRAMES, 3, IMAGE_SIZE, IMAGE_SIZE)
     image_token = dm.processor.image_token_id
-    assert ((train["input_ids"] == image_token).sum(1) == FRAMES * NUM_IMAGE_TOKENS).all()
+    assert ((train.inputs.input_ids == image_token).sum(1) == FRAMES * NUM_IMAGE_TOKENS).all()
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompt"]["pixel_values"].shape[0] == 4 * FRAMES
-    assert sorted(val["kinds"]) == sorted(KINDS)
-    assert val["images"][0].size == (FRAMES * IMAGE_SIZE, IMAGE_SIZE)
+    assert val.prompt.pixel_values.shape[0] == 4 * FRAMES
+    assert sorted(val.kinds) == sorted(KINDS)
+    assert val.images[0].size == (FRAMES * IMAGE_SIZE, IMAGE_SIZE)
 
 
 def test_frame_token_pool_gives_each_frame_a_quarter_of_its_image_tokens(processor_dir):
@@ -130,8 +130,8 @@ def test_frame_token_pool_gives_each_frame_a_quarter_of_its_image_tokens(process
                                                           "synthetic.image_size": 32, "frame_token_pool": 2})  # fmt: skip
     dm.setup("fit")
     (train,) = batches(dm, dm.train_dataloader())
-    assert train["pixel_values"].shape[0] == 4 * FRAMES  # every frame is still seen whole by the tower
-    image_tokens = (train["input_ids"] == dm.processor.image_token_id).sum(1)
+    assert train.inputs.pixel_values.shape[0] == 4 * FRAMES  # every frame is still seen whole by the tower
+    image_tokens = (train.inputs.input_ids == dm.processor.image_token_id).sum(1)
     assert (image_tokens == FRAMES * NUM_IMAGE_TOKENS // 4).all()
 
 

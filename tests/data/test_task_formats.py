@@ -23,10 +23,10 @@ def test_prompt_language_and_template(processor_dir):
     dm = from_config("synthetic", processor_dir, lang="fr", **sizes)
     dm.setup("validate")
     (val,) = batches(dm, dm.val_dataloader())
-    assert all(p.startswith("answer fr ") for p in val["prompts"])
+    assert all(p.startswith("answer fr ") for p in val.prompts)
     dm = from_config("synthetic_captions", processor_dir, prompt="describe in {lang}:", lang="de", **sizes)
     dm.setup("validate")
-    assert batches(dm, dm.val_dataloader())[0]["prompts"] == ["describe in de:"] * 4
+    assert batches(dm, dm.val_dataloader())[0].prompts == ["describe in de:"] * 4
     with pytest.raises(
         ConfigError, match=r"data.prompt 'answer {question} in {language}'.*\{lang\}, \{question\}"
     ):
@@ -40,10 +40,10 @@ def test_prefix_suffix_from_jsonl_plus_images(tmp_path, processor_dir):
     dm.setup("fit")
     assert dm.settings.metric_name == "exact_match"
     (train,) = batches(dm, dm.train_dataloader())
-    decoded = dm.processor.batch_decode(train["input_ids"], skip_special_tokens=True)
+    decoded = dm.processor.batch_decode(train.inputs.input_ids, skip_special_tokens=True)
     assert sorted(decoded) == [f"answer fr combien ?\n{i}" for i in range(3)]
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["ocr"] and val["references"] == [["STOP", "stop"]]
+    assert val.prompts == ["ocr"] and val.references == [["STOP", "stop"]]
     assert dm.skipped == 2  # the missing image and the line that is not JSON
 
 
@@ -72,8 +72,8 @@ def test_detection_from_coco_annotations(tmp_path, processor_dir):
     dm.setup("fit")
     assert dm.settings.metric_name == "map"
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["detect cat ; dog"]  # the crowd box is left out, as COCO's evaluation does
-    (target,) = val["references"][0]
+    assert val.prompts == ["detect cat ; dog"]  # the crowd box is left out, as COCO's evaluation does
+    (target,) = val.references[0]
     assert parse_boxes(target) == [  # pixels / side, then round(v * 1023) / 1023; 511.5 rounds to even
         Box(102 / 1023, 102 / 1023, 614 / 1023, 614 / 1023, "cat"),
         Box(512 / 1023, 0.0, 1.0, 1.0, "dog"),
@@ -95,8 +95,8 @@ def test_detection_from_a_hub_objects_column_with_class_ids(tmp_path, processor_
     dm = from_config("detection", processor_dir, path=str(tmp_path), box_format="xyxy", num_workers=0)
     dm.setup("validate")
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["prompts"] == ["detect helmet ; person"]
-    boxes = parse_boxes(val["references"][0][0])
+    assert val.prompts == ["detect helmet ; person"]
+    boxes = parse_boxes(val.references[0][0])
     assert [(b.name, b.x_max) for b in boxes] == [("helmet", 512 / 1023), ("person", 1.0)]
 
 
@@ -113,4 +113,4 @@ def test_jsonl_rows_with_a_list_of_pictures(tmp_path, processor_dir):
     dm = from_config("prefix_suffix", processor_dir, path=str(directory), num_workers=0, batch_size=3)
     dm.setup("fit")
     (train,) = batches(dm, dm.train_dataloader())
-    assert train["rows"] == 2 and train["pixel_values"].shape[0] == 3 and dm.skipped == 1
+    assert train.rows == 2 and train.inputs.pixel_values.shape[0] == 3 and dm.skipped == 1

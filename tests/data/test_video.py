@@ -68,11 +68,11 @@ def test_video_rows_batch_num_frames_pictures_each_and_skip_bad_clips(tmp_path, 
                              num_frames=4, batch_size=n, val_batch_size=n, num_workers=0)  # fmt: skip
     dm.setup("fit")
     (train,) = batches(dm, dm.train_dataloader())
-    assert train["rows"] == 5 and train["pixel_values"].shape == (20, 3, IMAGE_SIZE, IMAGE_SIZE)
-    image_tokens = (train["input_ids"] == dm.processor.image_token_id).sum(1)
+    assert train.rows == 5 and train.inputs.pixel_values.shape == (20, 3, IMAGE_SIZE, IMAGE_SIZE)
+    image_tokens = (train.inputs.input_ids == dm.processor.image_token_id).sum(1)
     assert image_tokens.tolist() == [4 * NUM_IMAGE_TOKENS] * 5 and dm.skipped == 1
     (val,) = batches(dm, dm.val_dataloader())
-    assert val["images"][0].size == (4 * IMAGE_SIZE, IMAGE_SIZE)  # the frames side by side
+    assert val.images[0].size == (4 * IMAGE_SIZE, IMAGE_SIZE)  # the frames side by side
 
 
 def test_video_without_pyav_is_one_line_naming_the_install(tmp_path, processor_dir, monkeypatch):

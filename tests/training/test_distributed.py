@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -63,14 +64,17 @@ def _gather_worker(rank: int, out: str, port: int) -> None:
     from torch.utils.data import DistributedSampler
 
     from paligemma.training.distributed import gather_records, union_over_ranks
+    from paligemma.training.scoring import Record
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     # 7 rows: Lightning's DistributedSampler pads rank 1's shard with a repeat of row 0
     shard = list(DistributedSampler(range(7), num_replicas=2, rank=rank, shuffle=False))
-    records = [{"row_id": i, "kind": "k", "prediction": str(i % 3), "references": ["0"] * 10, "image": f"img{rank}"}
-               for i in shard]  # fmt: skip
-    gathered = gather_records(records)
+    pictures = f"img{rank}"  # a string stands for each picture
+    records = [
+        Record(i, "k", "q?", prediction=str(i % 3), references=["0"] * 10, image=pictures) for i in shard
+    ]
+    gathered = [asdict(r) for r in gather_records(records)]
     skipped = sorted(union_over_ranks([["validation", i] for i in shard if i % 3 == 0]))  # rows 0, 3, 6
     Path(out, f"{rank}.json").write_text(
         json.dumps({"shard": shard, "gathered": gathered, "skipped": skipped})
@@ -82,21 +86,21 @@ def _gather_worker(rank: int, out: str, port: int) -> None:
 def test_records_and_counts_are_gathered_over_ranks(tmp_path):
     from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
-    from paligemma.training.scoring import Metric
+    from paligemma.training.scoring import Metric, Record
 
     torch.multiprocessing.spawn(_gather_worker, args=(str(tmp_path), find_free_network_port()), nprocs=2)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     assert results[1]["shard"] == [1, 3, 5, 0]  # the padding repeat
-    single = [
-        {"row_id": i, "kind": "k", "prediction": str(i % 3), "references": ["0"] * 10} for i in range(7)
-    ]
+    single = [Record(i, "k", "q?", prediction=str(i % 3), references=["0"] * 10) for i in range(7)]
     for rank, result in enumerate(results):
         gathered = result["gathered"]
         assert [r["row_id"] for r in gathered] == list(range(7))
         assert {r["image"] for r in gathered if r["row_id"] in result["shard"]} == {
             f"img{rank}"
         }  # own images kept
-        assert Metric("vqa_accuracy").score(gathered) == Metric("vqa_accuracy").score(single)
+        assert Metric("vqa_accuracy").score([Record(**r) for r in gathered]) == Metric("vqa_accuracy").score(
+            single
+        )
         assert result["skipped"] == [["validation", 0], ["validation", 3], ["validation", 6]]
 
 

@@ -42,7 +42,7 @@ class TrainableWeights(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         weights = [p.detach().clone() for p in pl_module.parameters() if p.requires_grad]
-        self.steps.append((batch["rows"], weights))
+        self.steps.append((batch.rows, weights))
 
 
 def test_a_batch_of_bad_rows_only_is_a_step_that_changes_no_weight(tiny_checkpoint, tmp_path):

@@ -1,14 +1,14 @@
 import pytest
 from PIL import Image
 
-from paligemma.training.scoring import Metric, _drawn_boxes
+from paligemma.training.scoring import Metric, Record, _drawn_boxes
 
 
 def test_score_reports_vqa_accuracy_per_kind():
     records = [
-        {"row_id": 0, "kind": "color", "prediction": "red", "references": ["red"]},
-        {"row_id": 1, "kind": "color", "prediction": "blue", "references": ["red"]},
-        {"row_id": 2, "kind": "count", "prediction": "two", "references": ["2"]},
+        Record(0, "color", "what color?", "red", ["red"]),
+        Record(1, "color", "what color?", "blue", ["red"]),
+        Record(2, "count", "how many?", "two", ["2"]),
     ]
     scores = Metric("vqa_accuracy").score(records)
     assert scores == {"val/vqa_accuracy/color": 0.5, "val/vqa_accuracy/count": 1.0, "val/vqa_accuracy": 2 / 3}
@@ -16,13 +16,8 @@ def test_score_reports_vqa_accuracy_per_kind():
 
 def test_score_reports_cider_and_bleu_for_captions():
     records = [
-        {
-            "row_id": 0,
-            "kind": "caption",
-            "prediction": "a red circle",
-            "references": ["a red circle", "red circle"],
-        },
-        {"row_id": 1, "kind": "caption", "prediction": "a blue square", "references": ["a green triangle"]},
+        Record(0, "caption", "caption en", "a red circle", ["a red circle", "red circle"]),
+        Record(1, "caption", "caption en", "a blue square", ["a green triangle"]),
     ]
     scores = Metric("cider").score(records)
     assert set(scores) == {"val/cider", "val/bleu4"} and scores["val/cider"] > 0
@@ -35,12 +30,13 @@ DETECTIONS = [  # (prediction, target): a hit, a malformed prediction, a halluci
 ]
 
 
-def detection_records(pairs) -> list[dict]:
+def detection_records(pairs) -> list[Record]:
     return [
-        {"row_id": i, "kind": "detection", "prompt": "detect circle", "prediction": p, "references": [t],
-         "image": Image.new("RGB", (32, 32))}
+        Record(
+            i, "detection", "detect circle", prediction=p, references=[t], image=Image.new("RGB", (32, 32))
+        )
         for i, (p, t) in enumerate(pairs)
-    ]  # fmt: skip
+    ]
 
 
 def test_detection_scores_map_and_a_malformed_prediction_is_a_miss():
@@ -61,8 +57,10 @@ def test_referring_expressions_score_box_accuracy_at_iou_half():
 
 
 def test_exact_match_and_anls_take_the_best_reference():
-    records = [{"row_id": 0, "kind": "ocr", "prediction": "Stop", "references": ["go", "stop"]},
-               {"row_id": 1, "kind": "ocr", "prediction": "invoice 12", "references": ["invoice 13"]}]  # fmt: skip
+    records = [
+        Record(0, "ocr", "ocr", "Stop", ["go", "stop"]),
+        Record(1, "ocr", "ocr", "invoice 12", ["invoice 13"]),
+    ]
     assert Metric("exact_match").score(records)["val/exact_match"] == 0.5
     assert Metric("anls").score(records)["val/anls"] == pytest.approx((1 + 0.9) / 2)
 
@@ -82,4 +80,4 @@ def test_predicted_and_target_boxes_are_drawn_as_wandb_boxes():
         "circle", "square", "dragon"
     }  # fmt: skip
     for record, boxes in zip(records, drawn, strict=True):
-        wandb.Image(record["image"], boxes=boxes)  # wandb validates the box data
+        wandb.Image(record.image, boxes=boxes)  # wandb validates the box data
