@@ -189,7 +189,7 @@ def test_fsdp_makes_each_decoder_layer_of_either_family_a_unit_and_computes_the_
         torch.testing.assert_close(fsdp_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint):
+def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint, monkeypatch):
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -198,6 +198,7 @@ def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint):
     import train
     from paligemma.errors import ConfigError
 
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # set below, put back after the test
     cfg = compose(
         ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
     )
