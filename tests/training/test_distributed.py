@@ -216,7 +216,8 @@ def test_fsdp_with_a_bfloat16_base_and_lora_is_a_config_error(tiny_checkpoint):
     cfg = compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=bfloat16"])
     with pytest.raises(ConfigError, match="model.dtype=float32"):
         run_settings(cfg)
-    run_settings(compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=float32"]))
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=2"]
+    run_settings(compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=float32", *cpu]))
 
 
 def test_slurm_launcher_config_becomes_the_sbatch_script(tmp_path, monkeypatch):
