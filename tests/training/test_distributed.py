@@ -113,12 +113,15 @@ def test_ddp_and_fsdp_trainers_instantiate_lightning_strategies(tiny_checkpoint)
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from paligemma.model.gemma import GemmaDecoderLayer
+    from paligemma.training.strategies import WatchedLauncher
 
     cpu = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "logger=none"]
     ddp = hydra.utils.instantiate(compose(["trainer=ddp", *cpu]).trainer, logger=False)
     assert isinstance(ddp.strategy, DDPStrategy) and ddp.world_size == 2 and ddp.num_nodes == 1
     fsdp = hydra.utils.instantiate(compose(["trainer=fsdp", *cpu]).trainer, logger=False)
     assert isinstance(fsdp.strategy, FSDPStrategy) and fsdp.strategy.kwargs["use_orig_params"] is True
+    for strategy in (ddp.strategy, fsdp.strategy):  # this machine's second rank started, and watched, by ours
+        assert type(strategy.launcher) is WatchedLauncher and strategy.launcher.num_processes == 2
     assert fsdp.strategy.kwargs["auto_wrap_policy"]._module_classes == {GemmaDecoderLayer}
 
 
