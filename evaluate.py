@@ -39,8 +39,9 @@ def evaluate(cfg: DictConfig) -> dict:
     settings = replace(settings, data=data)
     import lightning as L  # the stack loads after the checks: a bad config fails in seconds
 
+    from paligemma.paths import write_json
     from paligemma.training.build import build_datamodule, build_module
-    from paligemma.training.run import instantiate_all, no_metric_reason, run_config, write_json
+    from paligemma.training.run import instantiate_all, no_metric_reason, run_config
 
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from machine import cpu_kind, cpu_name
 
+from paligemma.errors import one_line
+
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP = 2304, 8, 4, 256, 9216
 # (in, out) of q, k, v, o, gate, up, down
 PRODUCTS = [(HIDDEN, HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM), (HIDDEN, KV_HEADS * HEAD_DIM),
@@ -111,7 +113,7 @@ def measure(dtype: torch.dtype, batch_size: int, repeats: int) -> dict[str, tupl
             layer_pass(kernels[name], inputs)  # warm-up
         except RuntimeError as error:
             kernels.pop(name, None)
-            results[name] = f"refused: {str(error).splitlines()[0]}"
+            results[name] = f"refused: {one_line(error)}"
     reference = layer_pass(kernels["torch"], inputs)
     times = {name: [] for name in kernels}
     for _ in range(repeats):

@@ -46,6 +46,14 @@ def read_json(file: Path):
         raise ConfigError(f"{file} is not JSON ({error}): the file is damaged; copy it again") from None
 
 
+def write_json(path: Path, obj: dict) -> None:
+    """``obj`` as indented UTF-8 JSON, written to a temporary file and renamed over ``path``: a kill never leaves
+    a torn file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def local_path(value: str | Path) -> Path:
     """What a user-written local path means: ``~`` expanded, relative paths kept relative to the cwd."""
     return Path(value).expanduser()

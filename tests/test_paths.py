@@ -1,5 +1,6 @@
 """One resolver for user-written paths: ``~`` expanded everywhere, hub failures as one line naming the repo."""
 
+import json
 import shutil
 
 import httpx2  # huggingface_hub's HTTP client: its errors carry an httpx2.Response
@@ -17,11 +18,20 @@ from huggingface_hub.errors import (
 from paligemma import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 from paligemma.data.processor_files import copy_processor_files
 from paligemma.errors import ConfigError, HubError
-from paligemma.paths import hub_error, hub_failure, is_hub_id, local_path
+from paligemma.paths import hub_error, hub_failure, is_hub_id, local_path, write_json
 from paligemma.training.checks import run_settings
 from tests.helpers import FAST, SYNTHETIC, assert_one_line_error, compose_config, offline_hub_cache, run_cli
 
 REPO = "google/paligemma-3b-pt-224"
+
+
+def test_write_json_replaces_the_file_in_utf_8_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("{torn")
+    write_json(path, {"val/loss": 0.5, "token": "▁é"})
+    assert json.loads(path.read_text(encoding="utf-8")) == {"val/loss": 0.5, "token": "▁é"}
+    assert "▁é" in path.read_text(encoding="utf-8")  # as the hub's tokenizer files hold it, not \u-escaped
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 @pytest.fixture

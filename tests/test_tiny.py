@@ -77,7 +77,6 @@ def test_cli_writes_a_tiny_paligemma2_that_transformers_loads_with_equal_logits(
     assert diff.abs().max() < 1e-4
 
 
-@pytest.mark.slow
 @pytest.mark.slow  # a subprocess each
 @pytest.mark.parametrize(
     "args, culprit",

@@ -16,9 +16,9 @@ from paligemma.data.tokenizer import (
     GEMMA_TOKEN_NAMES,
     added_tokens_decoder,
     token_dict,
-    write_json,
 )
 from paligemma.errors import ConfigError
+from paligemma.paths import write_json
 
 # The chat template of the gemma-3 -it repos (their chat_template.json, and transformers' Gemma 3 conversion
 # script): one "<start_of_image>" per image item, text items trimmed, an optional system turn folded into the

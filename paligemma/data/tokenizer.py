@@ -30,6 +30,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from tokenizers.trainers import BpeTrainer
 
 from paligemma.errors import ConfigError
+from paligemma.paths import write_json
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
@@ -155,7 +156,3 @@ def save_processor_files(
     """Everything ``PaliGemmaProcessor.from_pretrained`` (ours and transformers') reads."""
     save_tokenizer(tok, directory)
     save_preprocessor_config(directory, image_size, num_image_tokens)
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 from torch import nn
 
-from paligemma.errors import ConfigError
+from paligemma.errors import ConfigError, one_line
 
 if TYPE_CHECKING:
     from paligemma.model.weights import ModelT
@@ -226,7 +226,7 @@ def check_supported(settings: QuantSettings, device: torch.device) -> None:
         with torch.no_grad():
             quantized_linear(probe, settings)(torch.ones(1, 64, device=device, dtype=settings.compute_dtype))
     except Exception as e:  # whatever bitsandbytes raises for a device it has no kernel for
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = one_line(e)[:200]
         raise ConfigError(
             f"model.quantization={settings.kind}: bitsandbytes {bnb.__version__} cannot run it on {device} "
             f"({reason})"

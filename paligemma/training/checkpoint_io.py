@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from paligemma.errors import CheckpointError
+from paligemma.errors import CheckpointError, one_line
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -53,5 +53,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except FileNotFoundError:
             raise
         except Exception as error:  # whatever torch.load raises on bytes it cannot read
-            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            reason = one_line(error)[:200]
             raise CheckpointError(f"ckpt_path: {path} cannot be read as a checkpoint ({reason})") from None

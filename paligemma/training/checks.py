@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 import zipfile
@@ -11,7 +12,7 @@ from typing import Any, cast
 
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from paligemma.data.settings import GENERATED_PATHS, DataSettings
 from paligemma.errors import ConfigError
@@ -65,9 +66,9 @@ def run_settings(
     cfg: DictConfig, trains: bool = True, network: Mapping[str, Any] | None = None
 ) -> RunSettings:
     """A train.py (``trains``) or evaluate.py config typed and checked, no weights or data read: required values,
-    each group's settings (their own checks), model, data, checkpoint and adapter paths, dtype, FSDP. ``network``:
-    the ``model`` and ``lora`` nodes to build instead of the config's (a checkpoint's, ``build.saved_network``).
-    Raises :class:`ConfigError` naming the key."""
+    each group's settings (their own checks), model, data, checkpoint and adapter paths, dtype, FSDP, the
+    accelerator. ``network``: the ``model`` and ``lora`` nodes to build instead of the config's (a checkpoint's,
+    ``build.saved_network``). Raises :class:`ConfigError` naming the key."""
     keys = cast(list[str], [key for key in cfg if key != "hydra"])  # a composed config's keys are strings
     own = OmegaConf.masked_copy(cfg, keys)  # tests compose hydra's too
     missing = sorted(OmegaConf.missing_keys(own))
@@ -97,7 +98,61 @@ def run_settings(
     _check_eval_counts(cfg)
     if uses_fsdp(cfg):
         _check_fsdp(settings)
+    _check_accelerator(cfg)
     return settings
+
+
+# The accelerators that the check below counts, and what its message says this machine lacks when it has none.
+MISSING_ACCELERATOR = {
+    "gpu": "CUDA or Apple MPS GPU",
+    "cuda": "CUDA GPU",
+    "mps": "Apple MPS GPU",
+    "tpu": "TPU (torch_xla is not installed)",
+}
+
+
+def local_devices(accelerator: str) -> int | None:
+    """How many devices of ``accelerator`` (a key of ``MISSING_ACCELERATOR``) this machine has, as Lightning
+    counts them; None where it cannot tell without loading the backend (TPUs, torch_xla installed)."""
+    if accelerator == "tpu":
+        return None if importlib.util.find_spec("torch_xla") else 0
+    cuda, mps = torch.cuda.device_count(), int(torch.backends.mps.is_available())
+    return {"gpu": cuda or mps, "cuda": cuda, "mps": mps}[accelerator]
+
+
+def _requested_devices(devices: object) -> int | None:
+    """How many devices ``trainer.devices`` needs: a count, or the highest index + 1 of a list of indices
+    ("0,1" or [0, 1]); None for auto and -1 (every device)."""
+    if isinstance(devices, str):
+        if devices.strip() in ("auto", "-1"):
+            return None
+        devices = [int(i) for i in devices.split(",") if i.strip()] if "," in devices else int(devices)
+    if isinstance(devices, int):
+        return None if devices == -1 else devices
+    return max(devices, default=-1) + 1 if isinstance(devices, list | ListConfig) else None
+
+
+def _check_accelerator(cfg: DictConfig) -> None:
+    """A trainer asking for an accelerator this machine lacks (``trainer.accelerator`` gpu, cuda, mps or tpu), or
+    for more of its devices than it has, which Lightning's Trainer would end in a traceback."""
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto")).lower()
+    if accelerator not in MISSING_ACCELERATOR or (available := local_devices(accelerator)) is None:
+        return  # auto and cpu run anywhere
+    if available == 0:
+        fix = "use trainer=cpu (or trainer=default)"
+        if isinstance(trainer.get("strategy"), Mapping):  # DDP / FSDP
+            fix += ", or trainer.accelerator=cpu trainer.devices=2 trainer.precision=32-true for its ranks on the CPU"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no {MISSING_ACCELERATOR[accelerator]}: {fix}"
+        )
+    devices = trainer.get("devices", "auto")
+    wanted = _requested_devices(devices)
+    if wanted is not None and wanted > available and not torch.distributed.is_torchelastic_launched():
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {available} {accelerator.upper()} "
+            f"device{'s' * (available > 1)}: use trainer.devices={available} or fewer (auto: every one)"
+        )
 
 
 def _check_eval_counts(cfg: DictConfig) -> None:

@@ -1,7 +1,6 @@
 """What a run does around Lightning's calls: config groups instantiated, the fit with its metrics and exports, the
 summary it prints, metrics.json written atomically. train.py and evaluate.py compose, instantiate and call these."""
 
-import json
 import time
 from pathlib import Path
 from typing import cast
@@ -11,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from paligemma.paths import write_json
 from paligemma.training.distributed import union_over_ranks
 from paligemma.training.export import save_adapter, save_model
 
@@ -29,12 +29,6 @@ def samples_seen(trainer, module) -> int:
     """Training samples of all ranks."""
     local = torch.tensor(float(module.samples_seen), device=trainer.strategy.root_device)
     return int(trainer.strategy.reduce(local, reduce_op="sum").item())
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def fit_and_save(cfg: DictConfig, trainer, module, datamodule, loggers: list) -> dict:

@@ -28,6 +28,14 @@ class WatchedLauncher(_SubprocessScriptLauncher):
     """Lightning's launcher of the ranks of one machine (it re-runs the command line for local ranks 1, 2, ...),
     their health watched by a ``RankWatch``: a rank that dies fails the job at once, naming it."""
 
+    @classmethod
+    def replacing(cls, launcher: Any) -> Any:
+        """The launcher a strategy configured: Lightning's of this machine's ranks as a WatchedLauncher, any other
+        as it is."""
+        if not isinstance(launcher, _SubprocessScriptLauncher):
+            return launcher
+        return cls(launcher.cluster_environment, launcher.num_processes, launcher.num_nodes)
+
     def launch(self, function: Callable, *args: Any, trainer=None, **kwargs: Any) -> Any:
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
@@ -43,9 +51,7 @@ class DDPStrategy(LightningDDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
-            assert self.cluster_environment is not None  # Lightning's launcher was made with it
-            self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+        self._launcher = WatchedLauncher.replacing(self._launcher)
 
 
 class FSDPStrategy(LightningFSDPStrategy):
@@ -63,9 +69,7 @@ class FSDPStrategy(LightningFSDPStrategy):
 
     def _configure_launcher(self) -> None:
         super()._configure_launcher()
-        if isinstance(self._launcher, _SubprocessScriptLauncher):
-            assert self.cluster_environment is not None  # Lightning's launcher was made with it
-            self._launcher = WatchedLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+        self._launcher = WatchedLauncher.replacing(self._launcher)
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self._wrapped is not None and self._wrapped.module is model:

@@ -1,3 +1,6 @@
+import copy
+from contextlib import nullcontext
+
 import peft
 import pytest
 import torch
@@ -45,16 +48,26 @@ def test_lora_dropout_drops_each_element_with_probability_p_and_scales_the_rest(
     assert torch.equal(x.grad, kept * (1 / (1 - p)))
 
 
-def test_lora_dropout_is_seeded_and_matches_nn_dropout_in_eval_mode_and_at_p_0_and_1():
-    x = torch.randn(3, 7, 16)
-    masks = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        masks.append(LoraDropout(0.5).train()(x) != 0)
-    assert torch.equal(*masks) and not masks[0].all()
-    assert torch.equal(LoraDropout(0.5).eval()(x), x)
-    assert torch.equal(LoraDropout(1.0).train()(x), torch.zeros_like(x))
-    assert torch.equal(LoraDropout(0.0).train()(x), x)
+def test_lora_dropout_draws_seeded_masks_in_training_and_none_in_eval_mode(tiny_checkpoint):
+    """add_lora's dropout as a training step meets it (on the LoRA branch's input, masks from torch's global RNG,
+    whose state checkpoints keep): the same loss under the same seed, another under another; in eval mode
+    (validation) the loss without dropout; at p = 1 the LoRA branch dropped whole, the base's loss."""
+    base = PaliGemmaForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    batch = random_batch(base.config, prefix_lens=[7, 4], suffix_lens=[3, 5])
+
+    def loss(p: float, training: bool = True, seed: int = 1, adapter: bool = True) -> torch.Tensor:
+        model = add_lora(copy.deepcopy(base), LoraSettings(dropout=p)).train(training)
+        randomize_(model)  # the same weights in every model, LoRA's B nonzero
+        torch.manual_seed(seed)
+        with torch.no_grad(), nullcontext() if adapter else model.disable_adapter():
+            return model(**batch, return_logits=False).loss
+
+    dropped = loss(0.5)
+    assert torch.equal(dropped, loss(0.5)) and not torch.equal(dropped, loss(0.5, seed=2))
+    assert not torch.equal(dropped, loss(0.0))
+    assert torch.equal(loss(0.5, training=False), loss(0.0, training=False))
+    base_loss = loss(1.0, adapter=False)
+    assert torch.equal(loss(1.0), base_loss) and not torch.equal(loss(0.0), base_loss)
 
 
 def test_lora_up_computes_nn_linear_and_its_gradients():

@@ -1,5 +1,6 @@
 """Bad configs, bad rows and diverging runs end train.py / evaluate.py quickly with one line naming the culprit."""
 
+import importlib.util
 import io
 import json
 import re
@@ -214,7 +215,10 @@ def test_hub_ids_pass_without_network(tmp_path):
     "overrides, refused_by",
     [
         ([], None),
-        (["trainer=fsdp"], "trainer=fsdp needs one dtype per decoder layer, and LoRA weights are float32"),
+        (
+            ["trainer=fsdp", "trainer.accelerator=cpu"],
+            "trainer=fsdp needs one dtype per decoder layer, and LoRA weights are float32",
+        ),
         (["lora=null"], "lora=null would train base weights in bf16"),
         (["model.train_projector=true"], "model.train_projector=true would train base weights in bf16"),
     ],
@@ -237,6 +241,69 @@ def test_auto_dtype_on_a_native_bf16_cpu_takes_float32_where_the_run_cannot_take
     )
     with pytest.raises(ConfigError, match="model.dtype=bfloat16 with trainer=fsdp"):
         run_settings(named)  # a dtype named is taken as asked, and FSDP cannot take it
+
+
+MISSING_ACCELERATORS = {
+    "gpu": (["trainer=gpu"], 0, "trainer.accelerator=gpu but this machine has no CUDA or Apple MPS GPU: "
+                                "use trainer=cpu (or trainer=default)"),
+    "ddp": (["trainer=ddp"], 0, "trainer.accelerator=gpu but this machine has no CUDA or Apple MPS GPU: use "
+                                "trainer=cpu (or trainer=default), or trainer.accelerator=cpu trainer.devices=2 "
+                                "trainer.precision=32-true for its ranks on the CPU"),
+    "cuda": (["trainer.accelerator=cuda"], 0, "trainer.accelerator=cuda but this machine has no CUDA GPU"),
+    "mps": (["trainer.accelerator=mps"], 0, "trainer.accelerator=mps but this machine has no Apple MPS GPU"),
+    "tpu": (["trainer.accelerator=tpu"], 0, "has no TPU (torch_xla is not installed): use trainer=cpu"),
+    "more GPUs": (["trainer=ddp", "trainer.devices=4"], 2,
+                  "trainer.devices=4 but this machine has 2 GPU devices: use trainer.devices=2 or fewer"),
+    "an index past the last GPU": (["trainer=gpu", "trainer.devices=[0,2]"], 2, "trainer.devices=[0, 2] but"),
+    "an index past the last, as text": (["trainer=gpu", "trainer.devices='1,2'"], 2, "trainer.devices=1,2 but"),
+}  # fmt: skip
+FITTING_ACCELERATORS = {
+    "gpu": (["trainer=gpu"], 1),
+    "ddp on every GPU": (["trainer=ddp"], 2),
+    "ddp on GPUs 0 and 1": (["trainer=ddp", "trainer.devices='0,1'"], 2),
+    "ddp on the CPU": (["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], 0),
+    "auto": (["trainer.devices=1"], 0),
+}
+
+
+def on_a_machine_with(monkeypatch, gpus: int) -> None:
+    """torch (and importlib) as they are on a machine with ``gpus`` CUDA GPUs, no Apple one and no torch_xla."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch_xla" else find_spec(name, *a)
+    )
+
+
+@pytest.mark.parametrize("case", sorted(MISSING_ACCELERATORS))
+def test_an_accelerator_this_machine_lacks_is_a_config_error_naming_the_override(tmp_path, monkeypatch, case):
+    overrides, gpus, culprit = MISSING_ACCELERATORS[case]
+    on_a_machine_with(monkeypatch, gpus)
+    with pytest.raises(ConfigError, match=re.escape(culprit)):
+        run_settings(compose_config(tmp_path, overrides))
+
+
+@pytest.mark.parametrize("case", sorted(FITTING_ACCELERATORS))
+def test_an_accelerator_this_machine_has_passes(tmp_path, monkeypatch, case):
+    overrides, gpus = FITTING_ACCELERATORS[case]
+    on_a_machine_with(monkeypatch, gpus)
+    run_settings(compose_config(tmp_path, overrides))
+
+
+@pytest.mark.slow  # a subprocess each
+@pytest.mark.parametrize("script, trainer", [("train.py", "trainer=gpu"), ("train.py", "trainer=ddp"),
+                                             ("evaluate.py", "trainer=gpu")])  # fmt: skip
+def test_a_missing_gpu_ends_train_and_evaluate_in_one_line(tmp_path, monkeypatch, script, trainer):
+    """docs/scaling.md's first command on a machine without a GPU (any CUDA GPU hidden; not on an Apple one)."""
+    if torch.backends.mps.is_available():
+        pytest.skip("an Apple GPU cannot be hidden")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    result, seconds = run_cli(script, [trainer], tmp_path)
+    assert_one_line_error(
+        result, "trainer.accelerator=gpu but this machine has no CUDA or Apple MPS GPU: use trainer=cpu"
+    )
+    assert seconds < 60  # before the training stack loads
 
 
 def unreadable_pictures_parquet(directory: Path) -> Path:

@@ -117,12 +117,15 @@ def test_ddp_and_fsdp_trainers_instantiate_lightning_strategies(tiny_checkpoint)
     from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     from paligemma.model.gemma import GemmaDecoderLayer
+    from paligemma.training.strategies import WatchedLauncher
 
     cpu = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "logger=none"]
     ddp = hydra.utils.instantiate(compose(["trainer=ddp", *cpu]).trainer, logger=False)
     assert isinstance(ddp.strategy, DDPStrategy) and ddp.world_size == 2 and ddp.num_nodes == 1
     fsdp = hydra.utils.instantiate(compose(["trainer=fsdp", *cpu]).trainer, logger=False)
     assert isinstance(fsdp.strategy, FSDPStrategy) and fsdp.strategy.kwargs["use_orig_params"] is True
+    for strategy in (ddp.strategy, fsdp.strategy):  # this machine's second rank started, and watched, by ours
+        assert type(strategy.launcher) is WatchedLauncher and strategy.launcher.num_processes == 2
     assert fsdp.strategy.kwargs["auto_wrap_policy"]._module_classes == {GemmaDecoderLayer}
 
 
@@ -193,7 +196,7 @@ def test_fsdp_makes_each_decoder_layer_of_either_family_a_unit_and_computes_the_
         torch.testing.assert_close(fsdp_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint):
+def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint, monkeypatch):
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -202,6 +205,7 @@ def test_multirun_job_that_would_spawn_ranks_is_a_config_error(tiny_checkpoint):
     import train
     from paligemma.errors import ConfigError
 
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # set below, put back after the test
     cfg = compose(
         ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
     )
@@ -219,7 +223,8 @@ def test_fsdp_with_a_bfloat16_base_and_lora_is_a_config_error(tiny_checkpoint):
     cfg = compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=bfloat16"])
     with pytest.raises(ConfigError, match="model.dtype=float32"):
         run_settings(cfg)
-    run_settings(compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=float32"]))
+    cpu = ["trainer.accelerator=cpu", "trainer.devices=2"]
+    run_settings(compose(["trainer=fsdp", f"model.path={tiny_checkpoint}", "model.dtype=float32", *cpu]))
 
 
 def test_slurm_launcher_config_becomes_the_sbatch_script(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import train
 from paligemma.data.sampler import EpochSampler, ResumableDataLoader
-from paligemma.errors import PREEMPTED_EXIT_STATUS, ConfigError
+from paligemma.errors import PREEMPTED_EXIT_STATUS, CheckpointError, ConfigError
+from paligemma.training.checkpoint_io import AtomicCheckpointIO
 from tests.helpers import FAST, SYNTHETIC, compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,6 +189,19 @@ def test_a_kill_while_saving_leaves_a_whole_checkpoint(tmp_path):
     assert checkpoint["step"] >= 1 and torch.equal(
         checkpoint["weights"], torch.full((4_000_000,), float(checkpoint["step"]))
     )
+
+
+def test_a_checkpoint_torch_cannot_load_is_a_one_line_checkpoint_error(tmp_path):
+    """A whole checkpoint (it passes the config check) holding an object that ``weights_only`` refuses: torch's
+    message of several lines becomes one."""
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "made_in": PurePosixPath("/elsewhere")}, path)
+    with pytest.raises(
+        CheckpointError, match=f"ckpt_path: {re.escape(str(path))} cannot be read as a checkpoint"
+    ) as error:
+        AtomicCheckpointIO().load_checkpoint(path)
+    reason = str(error.value).split(" cannot be read as a checkpoint ")[1]
+    assert "\n" not in reason and len(reason) <= len("()") + 200
 
 
 class Keys(torch.utils.data.Dataset):
