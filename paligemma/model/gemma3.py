@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paligemma.model.decode_weights import DecodeWeights, product
 from paligemma.model.gemma import GemmaRMSNorm, attention_mask_4d
 from paligemma.model.gemma3_config import Gemma3Config
 from paligemma.model.paligemma import (
@@ -116,5 +117,5 @@ class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
         positions = (valid_counts(valid, segment_ids) - 1).clamp(min=0)
         return valid, blocks, positions
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+    def lm_logits(self, hidden: torch.Tensor, decode_weights: DecodeWeights | None = None) -> torch.Tensor:
+        return product(self.lm_head, hidden, decode_weights)
