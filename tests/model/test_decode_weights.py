@@ -16,6 +16,7 @@ from paligemma.model.decode_weights import (
 from paligemma.model.generation import DECODE_WEIGHTS_PAY_FROM
 from paligemma.model.lora import LoraSettings, add_lora
 from paligemma.model.precision import native_bf16_cpu
+from paligemma.model.quantize import QuantSettings, is_quantized, quantize_layer_
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf, randomize_
 from tests.model.test_gemma3 import GEMMA3_CONFIGS
 from tests.model.test_gemma3 import prompt_batch as gemma3_prompt_batch
@@ -149,6 +150,23 @@ def test_building_leaves_the_model_as_it_was_and_gradients_run_the_plain_product
     with torch.no_grad():
         model(**batch, labels=batch["input_ids"], return_logits=False, decode_weights=view)
     assert blocked_products  # validation's loss, gradients off: on the view
+
+
+def test_quantized_linears_are_left_alone(blocked_products):
+    """bitsandbytes' layers multiply as they do, with or without a view; the plain bf16 ones (the LM head) run on it."""
+    model, batch = bf16_model()
+    settings = QuantSettings("nf4", torch.bfloat16)
+    for name in [name for name, _ in model.named_modules() if settings.covers(name)]:
+        quantize_layer_(model, f"{name}.weight", settings)
+    quantized = {module for module in model.modules() if is_quantized(module)}
+    view = DecodeWeights.build(model)
+    assert quantized and view is not None and model.lm_head in view.blocked
+    held = set(view.blocked) | {linear for linears in view.side_by_side for linear in linears}
+    assert not quantized & held
+    options = dict(max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(
+        model.generate(**batch, **options, decode_weights=view), model.generate(**batch, **options)
+    )
 
 
 def test_float32_builds_none(blocked_products):
