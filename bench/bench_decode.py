@@ -28,7 +28,7 @@ import transformers
 from machine import cpu_kind, cpu_name
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
-from paligemma.model.packed_weights import packed_weights
+from paligemma.model.decode_weights import DecodeWeights
 from paligemma.model.precision import native_bf16_cpu
 from paligemma.model.presets import hub_config
 from paligemma.tiny import random_batch
@@ -98,7 +98,8 @@ def prompts(config, batch_size: int, dtype: torch.dtype, device: str) -> dict:
 
 
 def packs_weights(dtype: torch.dtype) -> bool:
-    """Whether our generation packs its weights here (paligemma/model/packed_weights.py): bf16, bf16 instructions."""
+    """Whether our generation packs its weights here (decode weights, paligemma/model/decode_weights.py): bf16,
+    bf16 instructions."""
     return dtype == torch.bfloat16 and native_bf16_cpu()
 
 
@@ -110,15 +111,16 @@ def generators(ours, hf, batch: dict, new_tokens: int) -> dict:
         with torch.inference_mode():
             hf.generate(**batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
-    def run_ours(pack_weights=True):
-        ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[], pack_weights=pack_weights)
+    def run_ours(with_decode_weights=True):  # built per call, as generate builds them
+        decode_weights = DecodeWeights.build(ours) if with_decode_weights else None
+        ours.generate(**batch, max_new_tokens=new_tokens, eos_token_id=[], decode_weights=decode_weights)
 
     runs = {
         "transformers": (run_hf, hf.model.language_model.layers[0]),
         "ours": (run_ours, ours.language_model.layers[0]),
     }
     if packs_weights(ours.dtype):
-        runs["ours, unpacked"] = (lambda: run_ours(pack_weights=False), ours.language_model.layers[0])
+        runs["ours, unpacked"] = (lambda: run_ours(with_decode_weights=False), ours.language_model.layers[0])
     return runs
 
 
@@ -171,12 +173,12 @@ def bytes_read(model, batch_size: int, cache_len: int) -> tuple[int, int]:
 
 
 def packing_seconds(model, repeats: int) -> float:
-    """Median seconds to pack the model's weights (opening ``packed_weights``), what a generation call pays first."""
+    """Median seconds to pack the model's weights (``DecodeWeights.build``), what a generation call pays first."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        with packed_weights(model):
-            times.append(time.perf_counter() - start)
+        DecodeWeights.build(model)
+        times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 

@@ -65,9 +65,12 @@ class BeamSearch:
         self.length_penalty, self.early_stopping = length_penalty, early_stopping
         self.C = max(2, 1 + stop_ids.numel()) * num_beams  # keeps K live beams if the top ones stop
 
-    def run(self, model, logits: torch.Tensor, state: DecodeState, pad_id: int) -> torch.Tensor:
+    def run(
+        self, model, logits: torch.Tensor, state: DecodeState, pad_id: int, decode_weights=None
+    ) -> torch.Tensor:
         """From the prompt's (B, V) next-token logits and B-row state: each row's best finished hypothesis,
-        (B, <= max_new_tokens) new tokens padded with pad_id to the longest one."""
+        (B, <= max_new_tokens) new tokens padded with pad_id to the longest one. ``decode_weights``: what the
+        model's ``decode_step`` multiplies by (paligemma/model/decode_weights.py; None: the plain products)."""
         B, K, T, device = logits.shape[0], self.K, self.max_new_tokens, logits.device
         rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,): K copies of each prompt row
         state.select_rows(rows)
@@ -90,7 +93,7 @@ class BeamSearch:
             if self.search_over(improvable, done, candidates):
                 break
             state.select_rows((parents + torch.arange(B, device=device)[:, None] * K).flatten())
-            logits = model.decode_step(live.seqs[:, :, step].flatten(), state)
+            logits = model.decode_step(live.seqs[:, :, step].flatten(), state, decode_weights)
         return done.beams.seqs[:, 0, : int(done.lengths[:, 0].max())]
 
     def expand(self, live: Beams, logits: torch.Tensor, step: int) -> Candidates:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from paligemma.model.attention import QUERY_CHUNK_SIZE, chunked_attention, grouped_decoding_is_faster
+from paligemma.model.decode_weights import DecodeWeights, product, products
 from paligemma.model.gemma_config import GemmaConfig
 from paligemma.model.kv_cache import KVCache, SlidingKVCache
 
@@ -129,14 +130,23 @@ class GemmaAttention(nn.Module):
             self.q_norm = GemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = GemmaRMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None, queries_from: int = 0):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        masks: dict,
+        kv_cache: KVCache | None = None,
+        queries_from: int = 0,
+        decode_weights: DecodeWeights | None = None,
+    ):
         """(B, T, D) -> (B, T - queries_from, D): keys and values from every position, queries from
         ``queries_from`` on (training's last layer: only the positions the loss reads). cos, sin and masks map
-        layer types to their tensors."""
+        layer types to their tensors; the products run on ``decode_weights`` where given (decode_weights.py)."""
         B, T, _ = x.shape
         Tq = T - queries_from
         cos, sin = cos[self.layer_type], sin[self.layer_type]  # (B, T, hd)
-        q, k, v = self.project_qkv(x, queries_from)
+        q, k, v = self.project_qkv(x, queries_from, decode_weights)
         q = q.view(B, Tq, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, Tq, hd)
         k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv, T, hd)
         v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -163,11 +173,16 @@ class GemmaAttention(nn.Module):
             )  # (B, H, T, hd)
         else:
             y = chunked_attention(q, k, v, mask, self.scale, self.softcap, dropout, self.query_chunk_size)
-        return self.o_proj(y.transpose(1, 2).reshape(B, Tq, -1))
+        return product(self.o_proj, y.transpose(1, 2).reshape(B, Tq, -1), decode_weights)
 
-    def project_qkv(self, x: torch.Tensor, queries_from: int = 0) -> tuple[torch.Tensor, ...]:
+    def project_qkv(
+        self, x: torch.Tensor, queries_from: int = 0, decode_weights: DecodeWeights | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """(B, T, D) -> queries (B, T - queries_from, H * hd), keys and values (B, T, n_kv * hd)."""
-        return self.q_proj(x[:, queries_from:]), self.k_proj(x), self.v_proj(x)
+        if not queries_from:  # one product where decode_weights holds the three side by side
+            return products((self.q_proj, self.k_proj, self.v_proj), x, decode_weights)
+        q = product(self.q_proj, x[:, queries_from:], decode_weights)
+        return q, product(self.k_proj, x, decode_weights), product(self.v_proj, x, decode_weights)
 
 
 class GemmaMLP(nn.Module):
@@ -177,13 +192,15 @@ class GemmaMLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.project_gate_up(x)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+    def forward(self, x: torch.Tensor, decode_weights: DecodeWeights | None = None) -> torch.Tensor:
+        gate, up = self.project_gate_up(x, decode_weights)
+        return product(self.down_proj, F.gelu(gate, approximate="tanh") * up, decode_weights)
 
-    def project_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def project_gate_up(
+        self, x: torch.Tensor, decode_weights: DecodeWeights | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """(B, T, D) -> gate, up (B, T, intermediate_size)."""
-        return self.gate_proj(x), self.up_proj(x)
+        return products((self.gate_proj, self.up_proj), x, decode_weights)
 
 
 class GemmaDecoderLayer(nn.Module):
@@ -203,15 +220,28 @@ class GemmaDecoderLayer(nn.Module):
             self.pre_feedforward_layernorm = norm()
             self.post_feedforward_layernorm = norm()
 
-    def forward(self, x, cos, sin, masks: dict, kv_cache: KVCache | None = None, queries_from: int = 0):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        masks: dict,
+        kv_cache: KVCache | None = None,
+        queries_from: int = 0,
+        decode_weights: DecodeWeights | None = None,
+    ):
         """(B, T, D) -> (B, T - queries_from, D), see ``GemmaAttention``."""
-        attention = self.self_attn(self.input_layernorm(x), cos, sin, masks, kv_cache, queries_from)
+        attention = self.self_attn(
+            self.input_layernorm(x), cos, sin, masks, kv_cache, queries_from, decode_weights
+        )
         x = x[:, queries_from:]
         if not self.sandwich_norms:
             x = x + attention
-            return x + self.mlp(self.post_attention_layernorm(x))
+            return x + self.mlp(self.post_attention_layernorm(x), decode_weights)
         x = x + self.post_attention_layernorm(attention)
-        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + self.post_feedforward_layernorm(
+            self.mlp(self.pre_feedforward_layernorm(x), decode_weights)
+        )
 
 
 class GemmaModel(nn.Module):
@@ -268,13 +298,16 @@ class GemmaModel(nn.Module):
         masks: dict[str, torch.Tensor],
         kv_caches: list[KVCache] | None = None,
         outputs_from: int = 0,
+        decode_weights: DecodeWeights | None = None,
     ) -> torch.Tensor:
         """(B, T, D) embeddings -> (B, T - outputs_from, D) final-normed hidden states of the positions from
         ``outputs_from`` on (the last layer computes only those); ``masks`` from ``attention_masks``."""
         cos, sin = self.rotary_emb(inputs_embeds, position_ids)
-        return self.run_layers(inputs_embeds, cos, sin, masks, kv_caches, outputs_from)
+        return self.run_layers(inputs_embeds, cos, sin, masks, kv_caches, outputs_from, decode_weights)
 
-    def run_layers(self, x, cos, sin, masks: dict, kv_caches=None, outputs_from: int = 0) -> torch.Tensor:
+    def run_layers(
+        self, x, cos, sin, masks: dict, kv_caches=None, outputs_from: int = 0, decode_weights=None
+    ) -> torch.Tensor:
         """``forward`` with the rotary angles given: decoding computes them once per generation call."""
         for i, layer in enumerate(self.layers):
             cache = kv_caches[i] if kv_caches is not None else None
@@ -282,5 +315,5 @@ class GemmaModel(nn.Module):
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, masks, cache, queries_from, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, masks, cache, queries_from)
+                x = layer(x, cos, sin, masks, cache, queries_from, decode_weights)
         return self.norm(x)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from paligemma.model.beam_search import BeamSearch
-from paligemma.model.packed_weights import PACKING_PAYS_FROM, packed_weights
+from paligemma.model.decode_weights import DecodeWeights
+
+# Building decode weights writes a copy of every weight, which takes as long as several decode steps save
+# (bench/bench_decode.py's packing column says how many): generate builds them by default from this many new
+# tokens on.
+DECODE_WEIGHTS_PAY_FROM = 16
 
 
 def sample_next(logits, do_sample=False, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -22,6 +29,12 @@ def sample_next(logits, do_sample=False, temperature=1.0, top_k=None, top_p=None
         drop = cumulative - sorted_logits.softmax(-1) > top_p  # keep the smallest set reaching top_p
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def default_decode_weights(model, max_new_tokens: int) -> DecodeWeights | None:
+    """``generate``'s default: decode weights built for the call where they pay, from ``DECODE_WEIGHTS_PAY_FROM``
+    new tokens on (and where ``DecodeWeights.build`` builds any: bf16, a CPU with bf16 instructions)."""
+    return DecodeWeights.build(model) if max_new_tokens >= DECODE_WEIGHTS_PAY_FROM else None
 
 
 @torch.inference_mode()
@@ -43,7 +56,7 @@ def generate(
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
     fixed_length: bool = False,
-    pack_weights: bool | None = None,
+    decode_weights: DecodeWeights | Literal["auto"] | None = "auto",
 ) -> torch.Tensor:
     """Generate up to max_new_tokens per row of a left-padded prompt batch; returns only the new tokens.
 
@@ -52,10 +65,11 @@ def generate(
     ``fixed_length`` runs all max_new_tokens steps even when every row has stopped, so that processes that
     must run equally many forward passes (FSDP ranks) do; the tokens returned are the same, padded wider.
     num_beams > 1 runs beam search (see `beam_search`) and returns each row's best hypothesis.
-    ``pack_weights``: a bf16 model on a CPU with bf16 instructions multiplies by weights packed once for the call
-    (paligemma/model/packed_weights.py: the same tokens, faster, a copy of the decoder's weights meanwhile). None:
-    from ``PACKING_PAYS_FROM`` new tokens on, below which packing costs more time than it saves; inside an open
-    ``packed_weights`` (a loop of calls) the packed weights serve every call.
+    ``decode_weights``: the ``DecodeWeights`` the decoder's and LM head's products run on (a bf16 model on a CPU
+    with bf16 instructions: paligemma/model/decode_weights.py; the same tokens, faster), None for the plain
+    products. "auto" (the default, ``default_decode_weights``) builds them for the call from
+    ``DECODE_WEIGHTS_PAY_FROM`` new tokens on, below which building them costs more time than it saves. A loop of
+    calls (validation) builds them once (``DecodeWeights.build``) and passes them to each.
     """
     text = model.config.text_config
     if num_beams > 1 and do_sample:
@@ -67,23 +81,24 @@ def generate(
     pad_id = pad_token_id if pad_token_id is not None else text.pad_token_id
     if max_new_tokens <= 0:
         return input_ids.new_zeros(input_ids.shape[0], 0)
-    if pack_weights is None:
-        pack_weights = max_new_tokens >= PACKING_PAYS_FROM
-    with packed_weights(model, enabled=pack_weights):
-        logits, state = model.prefill(input_ids, pixel_values, attention_mask, token_type_ids, max_new_tokens)
-        if num_beams > 1:
-            search = BeamSearch(num_beams, max_new_tokens, stop_ids, length_penalty, early_stopping)
-            return search.run(model, logits, state, pad_id)
+    if decode_weights == "auto":
+        decode_weights = default_decode_weights(model, max_new_tokens)
+    logits, state = model.prefill(
+        input_ids, pixel_values, attention_mask, token_type_ids, max_new_tokens, decode_weights
+    )
+    if num_beams > 1:
+        search = BeamSearch(num_beams, max_new_tokens, stop_ids, length_penalty, early_stopping)
+        return search.run(model, logits, state, pad_id, decode_weights)
 
-        generator = torch.Generator(input_ids.device).manual_seed(seed) if seed is not None else None
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        new_tokens = []
-        for step in range(max_new_tokens):
-            token = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
-            token = token.masked_fill(finished, pad_id)
-            new_tokens.append(token)
-            finished |= torch.isin(token, stop_ids)
-            if (finished.all() and not fixed_length) or step == max_new_tokens - 1:
-                break
-            logits = model.decode_step(token, state)
+    generator = torch.Generator(input_ids.device).manual_seed(seed) if seed is not None else None
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    new_tokens = []
+    for step in range(max_new_tokens):
+        token = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
+        token = token.masked_fill(finished, pad_id)
+        new_tokens.append(token)
+        finished |= torch.isin(token, stop_ids)
+        if (finished.all() and not fixed_length) or step == max_new_tokens - 1:
+            break
+        logits = model.decode_step(token, state, decode_weights)
     return torch.stack(new_tokens, dim=1)

@@ -19,6 +19,7 @@ from paligemma.model import generation, weights
 from paligemma.model.attention import softcap
 from paligemma.model.config import PaliGemmaConfig, VisionLanguageConfig
 from paligemma.model.decode_state import DecodeState
+from paligemma.model.decode_weights import DecodeWeights, product
 from paligemma.model.feature_cache import ImageFeatureCache
 from paligemma.model.gemma import GemmaModel, KVCache, ModelOutput, attention_mask_4d, causal_lm_loss
 from paligemma.model.siglip import SiglipVisionModel
@@ -138,6 +139,7 @@ class PaliGemmaModel(nn.Module):
         kv_caches: list[KVCache] | None = None,
         outputs_from: int = 0,
         segment_ids: torch.Tensor | None = None,
+        decode_weights: DecodeWeights | None = None,
     ) -> torch.Tensor:
         """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns the hidden states
         of positions ``outputs_from`` on. ``spans``: the bidirectional spans (``same_span``); ``segment_ids``: see
@@ -145,7 +147,9 @@ class PaliGemmaModel(nn.Module):
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
         masks = self.attention_masks(attention_mask, q_positions, spans, segment_ids)
-        return self.language_model(inputs_embeds, position_ids, masks, kv_caches, outputs_from)
+        return self.language_model(
+            inputs_embeds, position_ids, masks, kv_caches, outputs_from, decode_weights
+        )
 
     def attention_masks(self, valid_kv, q_positions, spans_kv, segment_ids=None) -> dict[str, torch.Tensor]:
         """The decoder's (B, 1, T, L) masks per layer type by ``spans_mask_4d`` (``spans_kv`` from
@@ -189,9 +193,9 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         prefix (``prefix_span``)."""
         return prefix_span(input_ids, valid, token_type_ids, labels, self.config.ignore_index)
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    def lm_logits(self, hidden: torch.Tensor, decode_weights: DecodeWeights | None = None) -> torch.Tensor:
         """The tied LM head, soft-capped by the config's ``logit_softcap`` (PaliGemma 2: 30; None: off)."""
-        return softcap(self.lm_head(hidden), self.config.logit_softcap)
+        return softcap(product(self.lm_head, hidden, decode_weights), self.config.logit_softcap)
 
     @property
     def vision_tower(self) -> nn.Module:
@@ -219,12 +223,14 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         position_ids: torch.Tensor | None = None,
         return_logits: bool = True,
         segment_ids: torch.Tensor | None = None,
+        decode_weights: DecodeWeights | None = None,
     ) -> ModelOutput:
         """Logits for every position and, given labels, the mean loss over labels != -100.
 
         The mask's spans and the positions come from ``attention_inputs``. ``return_logits=False`` computes the
         head only where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
-        prompt + target that attends only within itself, its positions restarting.
+        prompt + target that attends only within itself, its positions restarting. ``decode_weights``: the
+        products run on them, gradients off (validation's loss: paligemma/model/decode_weights.py).
         """
         valid, spans, positions = self.attention_inputs(
             input_ids, attention_mask, token_type_ids, labels, segment_ids
@@ -233,11 +239,19 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         start = 0 if return_logits or labels is None else self._first_predicting(labels)
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, spans, positions, outputs_from=start, segment_ids=segment_ids)
-        logits = self.lm_logits(hidden) if return_logits else None
+        hidden = self.model(
+            embeds,
+            valid,
+            spans,
+            positions,
+            outputs_from=start,
+            segment_ids=segment_ids,
+            decode_weights=decode_weights,
+        )
+        logits = self.lm_logits(hidden, decode_weights) if return_logits else None
         loss = None
         if labels is not None:
-            loss = self._loss(hidden, logits, labels, start)
+            loss = self._loss(hidden, logits, labels, start, decode_weights)
         return ModelOutput(logits=logits, loss=loss)
 
     def _first_predicting(self, labels: torch.Tensor) -> int:
@@ -246,13 +260,13 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         predicting = (labels[:, 1:] != self.config.ignore_index).any(0).nonzero()
         return int(predicting[0]) if len(predicting) else 0
 
-    def _loss(self, hidden, logits, labels, start: int = 0) -> torch.Tensor:
+    def _loss(self, hidden, logits, labels, start: int = 0, decode_weights=None) -> torch.Tensor:
         """``hidden`` holds positions ``start`` on."""
         if logits is not None:
             return causal_lm_loss(logits, labels, self.config.ignore_index)
         targets = labels[:, start + 1 :]
         keep = targets != self.config.ignore_index
-        selected_logits = self.lm_logits(hidden[:, :-1][keep]).float()  # (N, V)
+        selected_logits = self.lm_logits(hidden[:, :-1][keep], decode_weights).float()  # (N, V)
         return nn.functional.cross_entropy(selected_logits, targets[keep])
 
     @torch.inference_mode()
@@ -263,9 +277,11 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         max_new_tokens: int = 20,
+        decode_weights: DecodeWeights | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         """Run a left-padded prompt batch once: (B, V) next-token logits and the state for ``decode_step``,
-        with caches and masks allocated for ``max_new_tokens`` more tokens."""
+        with caches and masks allocated for ``max_new_tokens`` more tokens. ``decode_weights``: the decoder's
+        and LM head's products run on them (paligemma/model/decode_weights.py); None: the plain products."""
         valid, spans, positions = self.attention_inputs(input_ids, attention_mask, token_type_ids)
         if not bool(valid[:, -1].all()):
             raise ValueError(
@@ -275,9 +291,9 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         caches = self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device)
         features = self.model.image_features(pixel_values) if pixel_values is not None else None
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, spans, positions, caches)
+        hidden = self.model(embeds, valid, spans, positions, caches, decode_weights=decode_weights)
         state = self._decode_state(valid, spans, positions, caches, embeds, max_new_tokens)
-        return self.lm_logits(hidden[:, -1]), state
+        return self.lm_logits(hidden[:, -1], decode_weights), state
 
     def _decode_state(self, valid, spans, positions, caches, embeds, max_new_tokens: int) -> DecodeState:
         """The masks and rotary angles of every step a generation call may take, made once."""
@@ -294,12 +310,15 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         return DecodeState(masks, cos, sin, caches, prompt_len=P, length=P)
 
     @torch.inference_mode()
-    def decode_step(self, tokens: torch.Tensor, state: DecodeState) -> torch.Tensor:
-        """Feed (N,) tokens after what ``state`` holds; returns their (N, V) next-token logits."""
+    def decode_step(
+        self, tokens: torch.Tensor, state: DecodeState, decode_weights: DecodeWeights | None = None
+    ) -> torch.Tensor:
+        """Feed (N,) tokens after what ``state`` holds; returns their (N, V) next-token logits. ``decode_weights``:
+        as ``prefill``'s."""
         masks, cos, sin = state.advance()
         embeds = self.language_model.embed(tokens[:, None])  # (N, 1, D)
-        hidden = self.language_model.run_layers(embeds, cos, sin, masks, state.caches)
-        return self.lm_logits(hidden[:, -1])
+        hidden = self.language_model.run_layers(embeds, cos, sin, masks, state.caches, 0, decode_weights)
+        return self.lm_logits(hidden[:, -1], decode_weights)
 
     def generate(self, input_ids, pixel_values=None, attention_mask=None, **options) -> torch.Tensor:
         """New tokens only, (B, <= max_new_tokens); ``options`` are those of paligemma.model.generation.generate."""

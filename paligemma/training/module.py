@@ -7,7 +7,6 @@ merged model written by ``export``.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
@@ -18,7 +17,7 @@ from paligemma.data.processor import IGNORE_INDEX
 from paligemma.data.processors import Processor
 from paligemma.errors import ConfigError, NonFiniteError
 from paligemma.model.build import BuiltModel
-from paligemma.model.packed_weights import packed_weights
+from paligemma.model.decode_weights import DecodeWeights
 from paligemma.model.quantize import check_supported
 from paligemma.training.distributed import clean_name, gather_records
 from paligemma.training.optim import OptimSettings, build_optimizer
@@ -67,7 +66,7 @@ class PaliGemmaLitModule(L.LightningModule):
         self.step_tokens = 0  # answer tokens of all ranks since the last optimizer step
         self.records: list[Record] = []
         self.val_loss_sum, self.val_tokens = 0.0, 0  # this rank's, over the validation epoch
-        self.validation_weights = ExitStack()  # holds bf16 weights packed for validation while it runs
+        self.validation_weights: DecodeWeights | None = None  # validation's decode weights while it runs
 
     def setup(self, stage: str) -> None:
         """A quantization that bitsandbytes cannot run on the trainer's device (CUDA, ...) is one line, here."""
@@ -146,13 +145,13 @@ class PaliGemmaLitModule(L.LightningModule):
         log.warning("skipping the optimizer step: %s", where)
 
     def on_validation_start(self):
-        """Validation's forward passes and generations multiply by bf16 weights packed once for all its batches
-        (on a CPU with bf16 instructions: paligemma/model/packed_weights.py), freed when it ends. Not under FSDP,
-        whose weights are shards outside its forward passes."""
-        self.validation_weights.enter_context(packed_weights(self.net, enabled=not self.sharded))
+        """Validation's forward passes and generations multiply by decode weights built once for all its batches
+        (bf16 on a CPU with bf16 instructions: paligemma/model/decode_weights.py), dropped when it ends. Not under
+        FSDP, whose weights are shards outside its forward passes."""
+        self.validation_weights = None if self.sharded else DecodeWeights.build(self.net)
 
     def on_validation_end(self):
-        self.validation_weights.close()
+        self.validation_weights = None
 
     def on_validation_epoch_start(self):
         self.records = []
@@ -166,7 +165,8 @@ class PaliGemmaLitModule(L.LightningModule):
     def validation_step(self, batch: ValBatch, batch_idx):
         """A batch without a good row (its rows all bad or shard fillers) still runs its placeholder row: under
         FSDP each forward pass is a collective. It adds no record and no loss."""
-        loss = self.net(**batch.inputs.as_kwargs(), return_logits=False).loss
+        inputs = batch.inputs.as_kwargs()
+        loss = self.net(**inputs, return_logits=False, decode_weights=self.validation_weights).loss
         if batch.rows:
             tokens = answer_tokens(batch.inputs.labels)
             self.val_loss_sum += loss.item() * tokens
@@ -177,6 +177,7 @@ class PaliGemmaLitModule(L.LightningModule):
             num_beams=self.generation.num_beams,
             fixed_length=self.sharded,  # FSDP: every rank runs as many forward passes (collectives)
             eos_token_id=self.stop_token_ids,
+            decode_weights=self.validation_weights,
         )
         predictions = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
         for i, row_id in enumerate(batch.row_ids):

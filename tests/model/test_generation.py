@@ -50,9 +50,9 @@ def test_sliding_cache_generation_matches_transformers_past_the_window(window, n
         expected = hf.generate(**batch, do_sample=False, **kwargs)[:, P:]
     shapes, decode_step = set(), ours.decode_step
 
-    def recording_shapes(tokens, state):
+    def recording_shapes(tokens, state, decode_weights):
         shapes.update((type(cache), cache.k_cache.shape) for cache in state.caches)
-        return decode_step(tokens, state)
+        return decode_step(tokens, state, decode_weights)
 
     ours.decode_step = recording_shapes
     assert P == 15 and expected.shape == (3, 10)
@@ -249,7 +249,7 @@ def test_fixed_length_runs_every_step_and_returns_the_same_tokens():
     batch = prompt_batch(config, [4, 2])
     stop = [int(t) for t in model.generate(**batch, max_new_tokens=1)[:, 0]]  # both rows stop at once
     calls = []
-    model.decode_step = lambda tokens, state, step=model.decode_step: calls.append(1) or step(tokens, state)
+    model.decode_step = lambda *args, step=model.decode_step: calls.append(1) or step(*args)
     assert model.generate(**batch, max_new_tokens=6, eos_token_id=stop).shape == (2, 1) and not calls
     fixed = model.generate(**batch, max_new_tokens=6, eos_token_id=stop, fixed_length=True)
     assert len(calls) == 5 and fixed[:, 0].tolist() == stop

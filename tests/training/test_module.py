@@ -72,34 +72,41 @@ def test_a_batch_of_bad_rows_only_is_a_step_that_changes_no_weight(tiny_checkpoi
         before = after
 
 
-class PackedLinears(L.Callback):
-    """At each validation batch: how many of the network's linear layers run packed."""
+class ValidationWeights(L.Callback):
+    """At each validation batch: the decode weights that validation passes down."""
 
     def __init__(self):
         self.during = []
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        self.during.append(sum("forward" in m.__dict__ for m in pl_module.net.modules()))
+        self.during.append(pl_module.validation_weights)
 
 
 @pytest.mark.slow  # a Lightning validate run
-def test_validation_runs_on_weights_packed_once_and_frees_them(tiny_checkpoint, tmp_path):
-    """A bf16 base: every validation batch multiplies by the packed weights (where the CPU has bf16 instructions;
-    elsewhere none are packed), and nothing stays packed after validation."""
+def test_validation_runs_on_decode_weights_built_once_and_drops_them(tiny_checkpoint, tmp_path, monkeypatch):
+    """A bf16 base: every validation batch's loss and generation multiply by one view built for the run (oneDNN's
+    kernels where the CPU has bf16 instructions, a stand-in elsewhere), dropped after validation."""
     from paligemma.data.datamodule import PaliGemmaDataModule
     from paligemma.model.precision import native_bf16_cpu
+    from tests.model.test_decode_weights import counted_blocked_products, linears_held
 
+    blocked_products = counted_blocked_products(monkeypatch, stand_in=not native_bf16_cpu())
     write_parquet(tmp_path / "vqa", {"train": (vqav2_rows(4), VQAV2_FEATURES)})
     data = PaliGemmaDataModule(
         path=str(tmp_path / "vqa"), processor_path=str(tiny_checkpoint), batch_size=2, val_split="train"
     )
     module = lit_module(tiny_checkpoint, dtype="bfloat16", lora={"r": 4}, generation={"max_new_tokens": 3})
-    packed = PackedLinears()
+    weights, forwards = ValidationWeights(), []
+    module.net.language_model.layers[0].register_forward_pre_hook(lambda *_: forwards.append(1))
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[packed],
+        enable_model_summary=False, callbacks=[weights],
     )  # fmt: skip
     trainer.validate(module, datamodule=data)
-    layers = module.net.config.text_config.num_hidden_layers
-    assert packed.during == [7 * layers + 1 if native_bf16_cpu() else 0] * 2
-    assert sum("forward" in m.__dict__ for m in module.net.modules()) == 0
+    per_forward = 7 * module.net.config.text_config.num_hidden_layers + 1  # q k v o gate up down, the LM head
+    view = weights.during[0]
+    assert len(weights.during) == 2 and view is not None and weights.during[1] is view
+    assert linears_held(view) == per_forward
+    # each batch: the loss's forward, the prompt's and one per decode step, all on the view
+    assert len(forwards) >= 2 * 2 and len(blocked_products) == len(forwards) * per_forward
+    assert module.validation_weights is None
