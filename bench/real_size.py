@@ -27,13 +27,15 @@ from pathlib import Path
 
 import torch
 
-from paligemma import Gemma3Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration
+from paligemma import Gemma3Config, PaliGemmaConfig
 from paligemma.model import DTYPES
 from paligemma.model.build import ModelSettings, build_model
+from paligemma.model.config import VisionLanguageConfig
 from paligemma.model.families import MODEL_CLASSES
 from paligemma.model.lora import LoraSettings
 from paligemma.model.presets import gemma3_hub_config, hub_config
 from paligemma.model.quantize import QUANTIZATIONS
+from paligemma.model.vision_language import VisionLanguageModel
 from paligemma.tiny import init_weights_, random_batch, random_gemma3_batch
 
 
@@ -71,7 +73,7 @@ def stage(name: str, device: str, fn, report: list):
     return result
 
 
-def hub_shapes(name: str) -> tuple[str, PaliGemmaConfig, dict]:
+def hub_shapes(name: str) -> tuple[str, VisionLanguageConfig, dict]:
     """The family (a key of MODEL_CLASSES) and config of a hub checkpoint (``gemma-3-*``: Gemma 3, else PaliGemma),
     and a batch of one row for it: an image, 10 prompt tokens, 6 answer tokens and the stop token."""
     if name.startswith("gemma-3-"):
@@ -81,9 +83,7 @@ def hub_shapes(name: str) -> tuple[str, PaliGemmaConfig, dict]:
     return "paligemma", config, random_batch(config, prefix_lens=[10], suffix_lens=[6])
 
 
-def random_model(
-    family: str, config: PaliGemmaConfig, dtype: torch.dtype
-) -> PaliGemmaForConditionalGeneration:
+def random_model(family: str, config: VisionLanguageConfig, dtype: torch.dtype) -> VisionLanguageModel:
     """Built on the meta device and materialised in ``dtype``: no float32 copy of the weights ever exists."""
     with torch.device("meta"):
         model = MODEL_CLASSES[family](config)

@@ -22,6 +22,7 @@ from wandb.proto import wandb_internal_pb2
 
 from paligemma import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 from paligemma.data.synthetic import COLORS
+from paligemma.model.vision_language import VisionLanguageModel
 from paligemma.training.configs import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -373,7 +374,7 @@ def built_run(cfg):
     return datamodule, build_module(settings, datamodule)
 
 
-def load_network(path: Path | str, **model_fields) -> PaliGemmaForConditionalGeneration:
+def load_network(path: Path | str, **model_fields) -> VisionLanguageModel:
     """The frozen base ``build_model`` loads from ``path``: float32 unless ``model_fields`` say otherwise."""
     from paligemma.model.build import ModelSettings, build_model
 

@@ -14,10 +14,14 @@ it holds K. The search ends when no row can improve, or every candidate stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from paligemma.model.decode_state import DecodeState
+
+if TYPE_CHECKING:
+    from paligemma.model.vision_language import VisionLanguageModel
 
 NEG_INF = float("-inf")
 
@@ -66,7 +70,12 @@ class BeamSearch:
         self.C = max(2, 1 + stop_ids.numel()) * num_beams  # keeps K live beams if the top ones stop
 
     def run(
-        self, model, logits: torch.Tensor, state: DecodeState, pad_id: int, decode_weights=None
+        self,
+        model: VisionLanguageModel,
+        logits: torch.Tensor,
+        state: DecodeState,
+        pad_id: int,
+        decode_weights=None,
     ) -> torch.Tensor:
         """From the prompt's (B, V) next-token logits and B-row state: each row's best finished hypothesis,
         (B, <= max_new_tokens) new tokens padded with pad_id to the longest one. ``decode_weights``: what the

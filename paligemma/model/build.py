@@ -15,9 +15,9 @@ from paligemma.model.families import model_class
 from paligemma.model.feature_cache import ImageFeatureCache
 from paligemma.model.gemma_config import Gemma2Config
 from paligemma.model.lora import LoraSettings, add_lora, load_adapter
-from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 from paligemma.model.precision import DTYPE_NAMES, resolve_dtype
 from paligemma.model.quantize import QUANTIZATIONS, QuantSettings, load_quantized
+from paligemma.model.vision_language import VisionLanguageModel
 
 if TYPE_CHECKING:
     import peft
@@ -97,7 +97,7 @@ class BuiltModel:
     summary says of the base weights' dtype, the quantization of the base (None: full precision), and the settings
     it was built from."""
 
-    net: PaliGemmaForConditionalGeneration
+    net: VisionLanguageModel
     peft_model: peft.PeftModel | None
     precision: str
     quantization: QuantSettings | None
@@ -146,7 +146,7 @@ def build_model(
 
 def load_base(
     path: str, dtype: torch.dtype, quantization: QuantSettings | None, device: str = "cpu"
-) -> PaliGemmaForConditionalGeneration:
+) -> VisionLanguageModel:
     """The checkpoint at ``path`` as its family's class (paligemma/model/families.py), quantized or not."""
     cls = model_class(path)
     if quantization is None:

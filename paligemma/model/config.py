@@ -67,7 +67,7 @@ class SiglipVisionConfig:
 
 @dataclass
 class VisionLanguageConfig(ABC):
-    """What the model code (paligemma/model/paligemma.py) reads of every family's config: the towers, the image
+    """What the model code (paligemma/model/vision_language.py) reads of every family's config: the towers, the image
     token, the loss's ignore index, how many tokens an image takes and the logits' soft-cap."""
 
     vision_config: SiglipVisionConfig

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from peft.tuners.lora import Linear as LoraLinear
 
     from paligemma.model.gemma import GemmaDecoderLayer
-    from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
+    from paligemma.model.vision_language import VisionLanguageModel
 
 
 def plain_bf16(linear: nn.Module) -> bool:
@@ -81,7 +81,7 @@ class DecodeWeights:
         self.side_by_side = side_by_side
 
     @classmethod
-    def build(cls, model: PaliGemmaForConditionalGeneration) -> DecodeWeights | None:
+    def build(cls, model: VisionLanguageModel) -> DecodeWeights | None:
         """The view of ``model``'s decode products, as ``GemmaAttention``, ``GemmaMLP`` and ``lm_logits`` call them;
         None where it would hold nothing: no bf16 instructions, or no plain bf16 linear (fp32, quantized)."""
         if not native_bf16_cpu():

@@ -11,10 +11,11 @@ from pathlib import Path
 from paligemma.errors import MissingFileError, UnsupportedConfigError
 from paligemma.model.gemma3 import Gemma3ForConditionalGeneration
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
+from paligemma.model.vision_language import VisionLanguageModel
 from paligemma.model.weights import MODEL_FILES
 from paligemma.paths import read_json, resolve_model_dir
 
-MODEL_CLASSES: dict[str, type[PaliGemmaForConditionalGeneration]] = {
+MODEL_CLASSES: dict[str, type[VisionLanguageModel]] = {
     "paligemma": PaliGemmaForConditionalGeneration,
     "gemma3": Gemma3ForConditionalGeneration,
 }
@@ -36,6 +37,6 @@ def model_family(path: str | Path) -> str:
     return model_type
 
 
-def model_class(path: str | Path) -> type[PaliGemmaForConditionalGeneration]:
+def model_class(path: str | Path) -> type[VisionLanguageModel]:
     """The class that loads the checkpoint at ``path``."""
     return MODEL_CLASSES[model_family(path)]

@@ -25,8 +25,8 @@ def image_key(pixels: torch.Tensor) -> bytes:
 
 
 class ImageFeatureCache:
-    """The projected features of images seen before: ``PaliGemmaModel.image_features`` consults it when one is set
-    (``PaliGemmaModel.feature_cache``), computing only the images it misses."""
+    """The projected features of images seen before: ``VisionLanguageBackbone.image_features`` consults it when
+    one is set (``VisionLanguageBackbone.feature_cache``), computing only the images it misses."""
 
     def __init__(self, max_bytes: int = 2 * 2**30):
         self.max_bytes = max_bytes

@@ -1,10 +1,11 @@
 """Gemma 3: SigLIP patches -> average pool, RMSNorm and a matrix -> placed at the image tokens of a causal Gemma 3
 decoder in which each image's tokens also attend to each other.
 
-It shares PaliGemma's model code (forward, loss, prefill and decode steps, greedy and beam generation, checkpoint I/O)
-and sets what makes a family (paligemma/model/families.py): its config, its projector, its bidirectional spans (each
-image one, windowed on sliding layers) and positions counted from 0; its config caps no logits. Module paths mirror transformers' Gemma3ForConditionalGeneration
-(``model.vision_tower``, ``model.multi_modal_projector``, ``model.language_model``, ``lm_head``).
+It runs the code every family shares (paligemma/model/vision_language.py: forward, loss, prefill and decode steps,
+greedy and beam generation, checkpoint I/O) and names its hooks: its config, its projector, its bidirectional spans
+(each image one, windowed on sliding layers) and positions counted from 0; its config caps no logits. Module paths
+mirror transformers' Gemma3ForConditionalGeneration (``model.vision_tower``, ``model.multi_modal_projector``,
+``model.language_model``, ``lm_head``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paligemma.model.gemma import GemmaRMSNorm, attention_mask_4d, same_span
+from paligemma.model.gemma import GemmaModel, GemmaRMSNorm, attention_mask_4d, same_span
 from paligemma.model.gemma3_config import Gemma3Config
-from paligemma.model.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaModel, pool_image_features
+from paligemma.model.siglip import SiglipVisionModel
+from paligemma.model.vision_language import VisionLanguageBackbone, VisionLanguageModel, pool_image_features
 
 
 def image_blocks(
@@ -73,15 +75,17 @@ class Gemma3MultiModalProjector(nn.Module):
         return torch.matmul(self.mm_soft_emb_norm(pooled), self.mm_input_projection_weight).type_as(patches)
 
 
-class Gemma3Model(PaliGemmaModel):
-    """Vision tower, Gemma 3 projector and decoder, without the LM head; each image one span, windowed."""
+class Gemma3Model(VisionLanguageBackbone):
+    """SigLIP, the Gemma 3 projector and decoder, without the LM head; each image one span, windowed."""
 
+    vision_class = SiglipVisionModel
     projector_class = Gemma3MultiModalProjector
+    decoder_class = GemmaModel
     spans_mask_4d = staticmethod(windowed_spans_mask_4d)
 
 
-class Gemma3ForConditionalGeneration(PaliGemmaForConditionalGeneration):
-    """Gemma 3 (4B, 12B, 27B; pt and it), with PaliGemma's API: ``forward(input_ids, pixel_values, attention_mask,
+class Gemma3ForConditionalGeneration(VisionLanguageModel):
+    """Gemma 3 (4B, 12B, 27B; pt and it), with every family's API: ``forward(input_ids, pixel_values, attention_mask,
     token_type_ids, labels)`` -> logits, loss; ``generate``; ``from_pretrained`` / ``save_pretrained``.
 
     Images may sit anywhere in the text (each as a run of ``mm_tokens_per_image`` image tokens).

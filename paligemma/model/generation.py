@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from paligemma.model.beam_search import BeamSearch
 from paligemma.model.decode_weights import DecodeWeights
+
+if TYPE_CHECKING:
+    from paligemma.model.vision_language import VisionLanguageModel
 
 # Building decode weights writes a copy of every weight, which takes as long as several decode steps save
 # (bench/bench_decode.py's packing column says how many): generate builds them by default from this many new
@@ -31,7 +34,7 @@ def sample_next(logits, do_sample=False, temperature=1.0, top_k=None, top_p=None
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def default_decode_weights(model, max_new_tokens: int) -> DecodeWeights | None:
+def default_decode_weights(model: VisionLanguageModel, max_new_tokens: int) -> DecodeWeights | None:
     """``generate``'s default: decode weights built for the call where they pay, from ``DECODE_WEIGHTS_PAY_FROM``
     new tokens on (and where ``DecodeWeights.build`` builds any: bf16, a CPU with bf16 instructions)."""
     return DecodeWeights.build(model) if max_new_tokens >= DECODE_WEIGHTS_PAY_FROM else None
@@ -39,7 +42,7 @@ def default_decode_weights(model, max_new_tokens: int) -> DecodeWeights | None:
 
 @torch.inference_mode()
 def generate(
-    model,
+    model: VisionLanguageModel,
     input_ids: torch.Tensor,
     pixel_values: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,

@@ -19,9 +19,9 @@ from paligemma.errors import CheckpointError
 from paligemma.paths import read_json, resolve_model_dir
 
 if TYPE_CHECKING:
-    from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
+    from paligemma.model.vision_language import VisionLanguageModel
 
-ModelT = TypeVar("ModelT", bound="PaliGemmaForConditionalGeneration")  # that class, or a subclass of it
+ModelT = TypeVar("ModelT", bound="VisionLanguageModel")  # a family's model class
 
 # checkpoint prefix -> our prefix; the first match wins, so longer prefixes come first.
 KEY_PREFIXES = [
@@ -168,7 +168,7 @@ def hub_key(our_name: str) -> str:
     raise KeyError(our_name)
 
 
-def save_pretrained(model: PaliGemmaForConditionalGeneration, path, max_shard_bytes: int = 5 * 2**30) -> None:
+def save_pretrained(model: VisionLanguageModel, path, max_shard_bytes: int = 5 * 2**30) -> None:
     """config.json + model.safetensors (or shards with an index) in the hub's original layout."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,7 @@ def save_model(module, directory: str | Path, state_dict: dict | None = None) ->
         log.info("merging the adapter into the %s base dequantized to %s", quantization.kind, dtype)
     if state_dict is not None:
         with torch.device("meta"):
-            model = type(module.net)(module.net.config)  # PaliGemma or Gemma 3, as loaded
+            model = type(module.net)(module.net.config)  # the family's class, as loaded
         model = model.to(dtype).to_empty(device="cpu")
         model.tie_weights()
         if peft_model is not None:

@@ -8,7 +8,7 @@ import torch
 from paligemma import Gemma3Config, Gemma3ForConditionalGeneration, PaliGemmaConfig
 from paligemma.data.packing import pack_batch
 from paligemma.model.lora import LoraSettings, add_lora
-from paligemma.model.paligemma import token_positions
+from paligemma.model.vision_language import token_positions
 from paligemma.tiny import random_batch, random_gemma3_batch
 from tests.helpers import SMALL_CONFIGS, hf_reference, ours_from_hf, randomize_
 from tests.model import test_gemma3
