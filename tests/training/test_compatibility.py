@@ -9,6 +9,8 @@ from safetensors.torch import load_file
 
 import train
 from paligemma import PaliGemmaForConditionalGeneration
+from paligemma.training.build import build_datamodule, build_module, saved_network
+from paligemma.training.checks import run_settings
 from tests.helpers import compose_config, lit_module
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "made_before_layers"
@@ -59,3 +61,19 @@ def _picture():
     from PIL import Image
 
     return Image.new("RGB", (32, 32), (200, 40, 40))
+
+
+def test_an_old_checkpoint_rebuilds_its_network_for_evaluation(tmp_path):
+    """evaluate.py ckpt_path=...: a checkpoint saved before the network was injected holds its model and LoRA
+    settings flat in its hyper-parameters; the same network is built from them and takes the trained weights."""
+    checkpoint = torch.load(FIXTURE / "last.ckpt", weights_only=True, map_location="cpu")
+    network = saved_network(checkpoint)
+    assert network["model"]["path"] == "/tmp/fix/base" and network["lora"]["r"] == 8
+    network["model"]["path"] = str(FIXTURE / "base")  # the base the run trained, where this test keeps it
+    settings = run_settings(compose_config(tmp_path, [], config_name="eval"), trains=False, network=network)
+    module = build_module(settings, build_datamodule(settings))
+    module.load_trained_weights(checkpoint)
+    trained = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    assert trained.keys() == checkpoint["state_dict"].keys()
+    for name, p in trained.items():
+        assert torch.equal(p, checkpoint["state_dict"][name]), name
