@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from paligemma.model.gemma_config import Gemma2Config as Gemma2Config
     from paligemma.model.gemma_config import Gemma3TextConfig as Gemma3TextConfig
     from paligemma.model.gemma_config import GemmaConfig as GemmaConfig
+    from paligemma.model.mask_vae import MaskVAE as MaskVAE
     from paligemma.model.paligemma import (
         PaliGemmaForConditionalGeneration as PaliGemmaForConditionalGeneration,
     )
@@ -32,6 +33,7 @@ _EXPORTS = {
     "Gemma3Processor": "paligemma.data.gemma3_processor",
     "Gemma3TextConfig": "paligemma.model.gemma_config",
     "GemmaConfig": "paligemma.model.gemma_config",
+    "MaskVAE": "paligemma.model.mask_vae",
     "PaliGemmaConfig": "paligemma.model.config",
     "SiglipVisionConfig": "paligemma.model.config",
     "PaliGemmaForConditionalGeneration": "paligemma.model.paligemma",

@@ -10,13 +10,14 @@ from paligemma import (
     Gemma3Processor,
     Gemma3TextConfig,
     GemmaConfig,
+    MaskVAE,
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
     PaliGemmaProcessor,
     SiglipVisionConfig,
 )
 from paligemma.data import gemma3_processor, processor
-from paligemma.model import config, gemma3, gemma3_config, gemma_config, paligemma
+from paligemma.model import config, gemma3, gemma3_config, gemma_config, mask_vae, paligemma
 
 assert_type(Gemma2Config, type[gemma_config.Gemma2Config])
 assert_type(Gemma3Config, type[gemma3_config.Gemma3Config])
@@ -24,6 +25,7 @@ assert_type(Gemma3ForConditionalGeneration, type[gemma3.Gemma3ForConditionalGene
 assert_type(Gemma3Processor, type[gemma3_processor.Gemma3Processor])
 assert_type(Gemma3TextConfig, type[gemma_config.Gemma3TextConfig])
 assert_type(GemmaConfig, type[gemma_config.GemmaConfig])
+assert_type(MaskVAE, type[mask_vae.MaskVAE])
 assert_type(PaliGemmaConfig, type[config.PaliGemmaConfig])
 assert_type(PaliGemmaForConditionalGeneration, type[paligemma.PaliGemmaForConditionalGeneration])
 assert_type(PaliGemmaProcessor, type[processor.PaliGemmaProcessor])
