@@ -60,7 +60,7 @@ class ResBlock(nn.Module):
 class VectorQuantizer(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
-        self._embedding = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        self._embedding = nn.Parameter(torch.randn(num_embeddings, embedding_dim))  # until weights load
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(N, D) vectors -> (N,) index of the nearest codeword by squared L2 (the first one on a tie)."""
