@@ -19,7 +19,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from paligemma.errors import find_run_error, one_line  # noqa: E402
-from paligemma.training.build import saved_network  # noqa: E402
+from paligemma.training.build import use_saved_network  # noqa: E402
 from paligemma.training.checks import expand_user_paths, read_checkpoint, run_entry, run_settings  # noqa: E402
 from paligemma.training.configs import register_configs  # noqa: E402
 
@@ -29,7 +29,9 @@ register_configs()
 def evaluate(cfg: DictConfig) -> dict:
     expand_user_paths(cfg)
     checkpoint = read_checkpoint(cfg.ckpt_path) if cfg.ckpt_path is not None else None
-    settings = run_settings(cfg, trains=False, network=saved_network(checkpoint) if checkpoint else None)
+    if checkpoint is not None:
+        use_saved_network(cfg, checkpoint)
+    settings = run_settings(cfg, trains=False)
     data = replace(
         settings.data,
         val_split=cfg.eval.split,

@@ -79,7 +79,8 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(settings)
     datamodule.prepare_data()
     datamodule.setup("fit")  # missing splits or columns fail here, before the model loads
-    module = build_module(settings, datamodule, run_config(cfg))
+    config = run_config(cfg)
+    module = build_module(settings, datamodule, config)
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.callbacks)
     if not loggers:  # logger=none: nothing to log the learning rate to
@@ -87,7 +88,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     check_launch(trainer)
     for logger in loggers:
-        logger.log_hyperparams(run_config(cfg))
+        logger.log_hyperparams(config)
     with lost_ranks_fail_the_job(trainer), sigterm_outside_training_is_preemption(trainer):
         return fit_and_save(cfg, trainer, module, datamodule, loggers)
 

@@ -3,14 +3,16 @@ and a resumed or evaluated checkpoint.
 
 The config goes down the layers once: ``training.checks.run_settings`` types and checks it into ``RunSettings``
 (each settings class checks its own fields), then ``build_datamodule`` and ``build_module`` build from those. A
-checkpoint saves the run's composed config; ``saved_network`` reads back the settings that built its network, so
+checkpoint saves the run's composed config; ``use_saved_network`` puts back the settings that built its network, so
 that evaluating it builds the same one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from paligemma.data.settings import DataSettings
 from paligemma.model.build import ModelSettings, build_model
@@ -68,5 +70,14 @@ def saved_network(checkpoint: dict[str, Any]) -> dict[str, Any]:
     hparams = checkpoint.get("hyper_parameters") or {}
     if hparams.get("config"):
         return {"model": hparams["config"]["model"], "lora": hparams["config"].get("lora")}
-    model_fields = ModelSettings.__dataclass_fields__
+    model_fields = {f.name for f in fields(ModelSettings)}
     return {"model": {k: v for k, v in hparams.items() if k in model_fields}, "lora": hparams.get("lora")}
+
+
+def use_saved_network(cfg: DictConfig, checkpoint: dict[str, Any]) -> None:
+    """Set ``cfg``'s ``model`` and ``lora`` to those that built the checkpoint's network, so that what the config
+    takes from the model (``data.processor_path``, ``data.chat_template``) follows them too."""
+    network = saved_network(checkpoint)
+    OmegaConf.update(cfg, "model", network["model"], merge=True)
+    with open_dict(cfg):
+        cfg.lora = network["lora"]

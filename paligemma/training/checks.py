@@ -62,21 +62,17 @@ def typed(cls, node: Mapping[str, Any], key: str):
     return cls(**cast(dict[str, Any], fields))
 
 
-def run_settings(
-    cfg: DictConfig, trains: bool = True, network: Mapping[str, Any] | None = None
-) -> RunSettings:
+def run_settings(cfg: DictConfig, trains: bool = True) -> RunSettings:
     """A train.py (``trains``) or evaluate.py config typed and checked, no weights or data read: required values,
     each group's settings (their own checks), model, data, checkpoint and adapter paths, dtype, FSDP, the
-    accelerator. ``network``: the ``model`` and ``lora`` nodes to build instead of the config's (a checkpoint's,
-    ``build.saved_network``). Raises :class:`ConfigError` naming the key."""
+    accelerator. Raises :class:`ConfigError` naming the key."""
     keys = cast(list[str], [key for key in cfg if key != "hydra"])  # a composed config's keys are strings
     own = OmegaConf.masked_copy(cfg, keys)  # tests compose hydra's too
     missing = sorted(OmegaConf.missing_keys(own))
     if missing:
         raise ConfigError(f"{missing[0]} is required: add {missing[0]}=... to the command line")
-    network = network if network is not None else {"model": cfg.model, "lora": cfg.get("lora")}
-    model = typed(ModelSettings, network["model"], "model")
-    lora = typed(LoraSettings, network["lora"], "lora") if network["lora"] else None
+    model = typed(ModelSettings, cfg.model, "model")
+    lora = typed(LoraSettings, cfg.lora, "lora") if cfg.get("lora") else None
     model.check_adapters(lora is not None)
     data = typed(DataSettings, cfg.data, "data")
     settings = RunSettings(

@@ -50,7 +50,7 @@ class PaliGemmaLitModule(L.LightningModule):
     ):
         """``network``: what ``build_model`` made (the net, its peft wrapper, precision, quantization). ``processor``
         decodes generations. ``run_config``: the composed config of the run, saved in checkpoints so that a
-        checkpoint rebuilds its network (``training.build.saved_network``)."""
+        checkpoint rebuilds its network (``training.build.use_saved_network``)."""
         super().__init__()
         self.save_hyperparameters({"config": run_config}, logger=False)
         self.strict_loading = False  # checkpoints hold the trainable parameters only

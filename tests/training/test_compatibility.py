@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import train
 from paligemma import PaliGemmaForConditionalGeneration
-from paligemma.training.build import build_datamodule, build_module, saved_network
+from paligemma.training.build import build_datamodule, build_module, saved_network, use_saved_network
 from paligemma.training.checks import run_settings
 from tests.helpers import compose_config, lit_module
 
@@ -69,8 +69,11 @@ def test_an_old_checkpoint_rebuilds_its_network_for_evaluation(tmp_path):
     checkpoint = torch.load(FIXTURE / "last.ckpt", weights_only=True, map_location="cpu")
     network = saved_network(checkpoint)
     assert network["model"]["path"] == "/tmp/fix/base" and network["lora"]["r"] == 8
-    network["model"]["path"] = str(FIXTURE / "base")  # the base the run trained, where this test keeps it
-    settings = run_settings(compose_config(tmp_path, [], config_name="eval"), trains=False, network=network)
+    checkpoint["hyper_parameters"]["path"] = str(FIXTURE / "base")  # the run's base, where this test keeps it
+    cfg = compose_config(tmp_path, [], config_name="eval")  # model=tiny: the checkpoint's model replaces it
+    use_saved_network(cfg, checkpoint)
+    settings = run_settings(cfg, trains=False)
+    assert settings.model.path == settings.data.processor_path == str(FIXTURE / "base")  # data follows it
     module = build_module(settings, build_datamodule(settings))
     module.load_trained_weights(checkpoint)
     trained = {name: p for name, p in module.named_parameters() if p.requires_grad}
