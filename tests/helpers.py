@@ -426,3 +426,12 @@ def drawn(picture) -> set[tuple[str, str, int]]:
                 fill = len(ys) / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
                 found.add((color, "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle", cell))
     return found
+
+
+def random_mask_vae(path: Path, seed: int = 0) -> Path:
+    """A narrow MaskVAE with random weights in the published key layout, saved as safetensors at ``path``."""
+    from paligemma.model.mask_vae import MaskVAE
+
+    torch.manual_seed(seed)
+    MaskVAE(widths=(4, 8, 8, 8), num_embeddings=128, embedding_dim=8).save_pretrained(path)
+    return path

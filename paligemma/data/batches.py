@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from PIL import Image
 
+from paligemma.data.masks import RunLengthMask
+
 
 @dataclass
 class ModelInputs:
@@ -78,7 +80,8 @@ class ValBatch:
     """A validation step's rows: ``inputs`` for the loss (the target: the most common reference), ``prompt`` the
     left-padded prompts for ``generate``, and per good row its references, kind (the kind column, else the task
     name), prompt text, row in the loaded split and preview (its pictures side by side, each at most the model's
-    input size, for a predictions table)."""
+    input size, for a predictions table); segmentation rows also give their objects' masks (COCO RLE at the
+    picture's resolution: what ``val/miou`` scores against)."""
 
     inputs: LossInputs
     prompt: ModelInputs
@@ -88,6 +91,7 @@ class ValBatch:
     row_ids: list[int]
     images: list[Image.Image]
     stats: RowStats
+    masks: list[list[RunLengthMask]] = field(default_factory=list)
 
     @property
     def rows(self) -> int:

@@ -29,7 +29,9 @@ from paligemma.data.settings import GENERATED_PATHS, DataSettings
 from paligemma.data.sources import load_split, local_splits, split_error
 from paligemma.data.synthetic import make_shapes_dataset
 from paligemma.data.synthetic_pairs import make_pairs_dataset
+from paligemma.data.synthetic_segmentation import make_segmentation_dataset
 from paligemma.data.synthetic_video import make_clips_dataset
+from paligemma.data.tasks import TASKS
 from paligemma.data.video import pyav
 from paligemma.errors import ConfigError, DataError
 from paligemma.paths import is_hub_id, local_path
@@ -38,7 +40,11 @@ log = logging.getLogger(__name__)
 
 # GENERATED_PATHS' generators, in its order: each is called with data.synthetic
 SYNTHETIC: dict[str, Callable[..., datasets.DatasetDict]] = dict(
-    zip(GENERATED_PATHS, (make_shapes_dataset, make_clips_dataset, make_pairs_dataset), strict=True)
+    zip(
+        GENERATED_PATHS,
+        (make_shapes_dataset, make_clips_dataset, make_pairs_dataset, make_segmentation_dataset),
+        strict=True,
+    )
 )
 
 
@@ -177,6 +183,8 @@ class PaliGemmaDataModule(L.LightningDataModule):
             data = undecoded_video(data, self.settings.video_column)
         else:
             data = undecoded_images(data, self.settings.image_column)
+        if (prepare := TASKS[self.settings.task].prepare) is not None:
+            data = prepare(data, self.settings)
         rows = Rows(data, split, self.settings, self.processor, train)
         check_first_rows(rows, self.settings.path)
         return rows

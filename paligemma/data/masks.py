@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -28,6 +28,15 @@ from pycocotools import mask as coco_mask
 from paligemma.model.mask_vae import MASK_SIZE
 
 PixelBox = tuple[float, float, float, float]  # x_min, y_min, x_max, y_max in pixels, the max exclusive
+
+
+class RunLengthMask(TypedDict):
+    """A mask in compressed COCO RLE, its counts a str (storable in a datasets column)."""
+
+    size: list[int]  # height, width
+    counts: str
+
+
 BOX_SLACK = 1.0  # px a box may overshoot the picture (rounding in annotation tools) before it is a bad row
 
 
@@ -52,12 +61,12 @@ def read_mask(cell: Any, width: int, height: int) -> np.ndarray:
 
 
 def _is_grid(cell: Any, width: int, height: int) -> bool:
-    """Nested lists of the picture's shape: an array, not polygons (whose lengths are their points')."""
-    return (
-        isinstance(cell, Sequence)
-        and len(cell) == height
-        and all(isinstance(row, Sequence) and len(row) == width for row in cell)
-    )
+    """Nested lists that are an array, not polygons: the picture's shape, or equal rows of 0 / 1 only."""
+    if not (isinstance(cell, Sequence) and cell and all(isinstance(row, Sequence) for row in cell)):
+        return False
+    if len(cell) == height and all(len(row) == width for row in cell):
+        return True
+    return len({len(row) for row in cell}) == 1 and all(v in (0, 1) for row in cell for v in row)
 
 
 def _rle(cell: dict) -> np.ndarray:
@@ -103,11 +112,11 @@ def checked_box(box: PixelBox, width: int, height: int) -> PixelBox:
     x0, y0, x1, y1 = box
     if x0 < -BOX_SLACK or y0 < -BOX_SLACK or x1 > width + BOX_SLACK or y1 > height + BOX_SLACK:
         raise ValueError(
-            f"box {[round(v, 2) for v in box]} (x0, y0, x1, y1) lies outside the {width}x{height} picture"
+            f"box {[round(float(v), 2) for v in box]} (x0, y0, x1, y1) lies outside the {width}x{height} picture"
         )
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
     if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box {[round(v, 2) for v in box]} (x0, y0, x1, y1) has no area")
+        raise ValueError(f"box {[round(float(v), 2) for v in box]} (x0, y0, x1, y1) has no area")
     return x0, y0, x1, y1
 
 
@@ -128,13 +137,13 @@ def encoder_input(mask: np.ndarray, box: PixelBox) -> torch.Tensor:
     return resized[0, 0].clamp(0, 1)
 
 
-def to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """The inside pixels (>= 0.5) as compressed COCO RLE, its counts a str (storable in a datasets column)."""
+def to_rle(mask: np.ndarray) -> RunLengthMask:
+    """The inside pixels (>= 0.5) as compressed COCO RLE."""
     rle = coco_mask.encode(np.asfortranarray(mask >= 0.5, dtype=np.uint8))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def from_rle(rle: dict[str, Any]) -> np.ndarray:
+def from_rle(rle: RunLengthMask) -> np.ndarray:
     """The (H, W) bool mask of ``to_rle``'s output."""
     counts = rle["counts"]
     counts = counts.encode("ascii") if isinstance(counts, str) else counts

@@ -158,7 +158,8 @@ class Rows(Dataset):
             )
         except Exception as error:
             raise ValueError(f"{describe(error)} in column {column!r}") from error
-        fields, refs = self.task.row_fields(item, s, images[0].size, self.class_names)
+        draw = random.Random(f"{s.seed}:{epoch}:{row}") if self.train else None
+        fields, refs = self.task.row_fields(item, s, images[0].size, self.class_names, draw)
         prompt = (s.prompt or self.task.prompt).format(lang=s.lang, **fields)
         if not refs:
             raise ValueError(f"missing or empty target in column {getattr(s, self.task.columns[-1])!r}")
@@ -169,10 +170,7 @@ class Rows(Dataset):
                 raise ValueError(
                     too_long(n_prompt, len(images), sum(crops), self.processor.num_image_tokens, s)
                 )
-        if self.train:
-            target = refs[random.Random(f"{s.seed}:{epoch}:{row}").randrange(len(refs))]
-        else:
-            target = Counter(refs).most_common(1)[0][0]
+        target = refs[draw.randrange(len(refs))] if draw else Counter(refs).most_common(1)[0][0]
         # Resize here, exactly as the processor would (it then finds nothing left to do), so a failure is this
         # row's; pan & scan crops the original pictures.
         if self.processor.pan_and_scan is None:
@@ -186,6 +184,9 @@ class Rows(Dataset):
             "target": target,
             "references": refs,
             "kind": kind,
+            "masks": list(
+                item.get("seg_masks") or []
+            ),  # segmentation: the objects' masks (paligemma/data/segmentation.py)
         }
 
 
@@ -244,5 +245,6 @@ class Collate:
             prompts=[it["prompt"] for it in good],
             row_ids=[it["row"] for it in good],
             images=[preview(it["images"], self.processor.image_size) for it in good],
+            masks=[it["masks"] for it in good],
             stats=stats,
         )

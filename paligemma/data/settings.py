@@ -11,7 +11,7 @@ from paligemma.errors import ConfigError
 
 MAX_DEFAULT_WORKERS = 4
 # data.path values made from data.synthetic, no file read
-GENERATED_PATHS = ("synthetic", "synthetic_video", "synthetic_pairs")
+GENERATED_PATHS = ("synthetic", "synthetic_video", "synthetic_pairs", "synthetic_segmentation")
 
 
 def check_template(template: str, task: str) -> None:
@@ -29,7 +29,7 @@ def check_template(template: str, task: str) -> None:
 
 @dataclass
 class DataSettings:
-    """Captioning, VQA, any prefix -> suffix task, or detection, over a Hugging Face dataset.
+    """Captioning, VQA, any prefix -> suffix task, detection or segmentation, over a Hugging Face dataset.
 
     ``path``: a hub id, a local data dir (parquet, arrow, imagefolder, ...), a ``save_to_disk`` dir, or
     "synthetic" (``make_shapes_dataset(**synthetic)``), "synthetic_video" (``make_clips_dataset(**synthetic)``,
@@ -68,8 +68,18 @@ class DataSettings:
     suffix_column: str = "suffix"  # prefix_suffix: the target (a string or a list of references)
     objects_column: str = "objects"  # detection: {"bbox": [[4 numbers]...], "category": [names or class ids]}
     box_format: str = "xywh"  # detection boxes in pixels: "xywh" (COCO: x, y, width, height) or "xyxy"
-    # detection: the boxes generation has room for, 8 tokens each (when generation.max_new_tokens is null)
+    # detection and segmentation: the objects generation has room for, 8 (26) tokens each (when
+    # generation.max_new_tokens is null)
     max_objects: int = 16
+    # segmentation (paligemma/data/segmentation.py): one mask per row, or a list of them (RLE, polygons, an image, a
+    # 2-D array: paligemma/data/masks.py), with a name each (names_column) or a referring expression for the one
+    # object (expression_column, referring_segmentation); box_column: their boxes in box_format (null: the masks')
+    mask_column: str = "mask"
+    names_column: str = "names"
+    expression_column: str = "expression"
+    box_column: str | None = None
+    # the VQ-VAE that turns masks into <seg> codes and back: the published vae-oid.npz for PaliGemma checkpoints
+    mask_vae: str = "assets/tiny-mask-vae/mask_vae.safetensors"
     lang: str = "en"  # the language code of the VQA and captioning prompts
     prompt: str | None = None  # a prompt template instead of the task's (paligemma/data/tasks.py)
     metric: str | None = None  # None: the task's
@@ -164,4 +174,6 @@ class DataSettings:
             wanted[option] = getattr(self, option)
         if self.kind_column is not None:
             wanted["kind_column"] = self.kind_column
+        if self.box_column is not None and TASKS[self.task].prepare is not None:
+            wanted["box_column"] = self.box_column
         return wanted

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from typing import NamedTuple
 
 import datasets
 import numpy as np
@@ -131,36 +132,45 @@ def _questions(scene: list[tuple[str, str, int]], kind: str) -> list[tuple[str, 
     return out
 
 
-def render_scene(
-    scene: list[tuple[str, str, int]], size: int, rng: np.random.Generator
-) -> tuple[bytes, list[list[float]]]:
-    """PNG bytes and each shape's box (x, y, width, height in pixels): light background shaded by a 4x4 random
-    field, each shape jittered inside its cell."""
+class Rendered(NamedTuple):
+    """A scene's PNG bytes, each shape's box (x, y, width, height in pixels) and each shape's mask (an "L" image,
+    255 inside, drawn with the same primitives), in scene order."""
+
+    png: bytes
+    boxes: list[list[float]]
+    masks: list[Image.Image]
+
+
+def render_scene(scene: list[tuple[str, str, int]], size: int, rng: np.random.Generator) -> Rendered:
+    """The picture of a scene: light background shaded by a 4x4 random field, each shape jittered inside its cell."""
     shading = rng.integers(190, 246, size=3) + rng.integers(-12, 13, size=(4, 4, 3))
     image = Image.fromarray(np.clip(shading, 0, 255).astype(np.uint8))
     image = image.resize((size, size), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     cell = size / 2
-    boxes = []
+    boxes, masks = [], []
     for color, shape, index in scene:
         radius = cell * rng.uniform(0.24, 0.36)
         slack = cell / 2 - radius - 1
         cx = (index % 2 + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (index // 2 + 0.5) * cell + rng.uniform(-slack, slack)
-        box = [cx - radius, cy - radius, cx + radius, cy + radius]
-        boxes.append([box[0], box[1], 2 * radius, 2 * radius])
-        if shape == "circle":
-            draw.ellipse(box, fill=COLORS[color])
-        elif shape == "square":
-            draw.rectangle(box, fill=COLORS[color])
-        else:
-            draw.polygon(
-                [(cx, cy - radius), (cx + radius, cy + radius), (cx - radius, cy + radius)],
-                fill=COLORS[color],
-            )
+        boxes.append([cx - radius, cy - radius, 2 * radius, 2 * radius])
+        _draw_shape(draw, shape, cx, cy, radius, COLORS[color])
+        masks.append(Image.new("L", (size, size)))
+        _draw_shape(ImageDraw.Draw(masks[-1]), shape, cx, cy, radius, 255)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue(), boxes
+    return Rendered(buffer.getvalue(), boxes, masks)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, radius: float, fill) -> None:
+    box = [cx - radius, cy - radius, cx + radius, cy + radius]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.polygon([(cx, cy - radius), (cx + radius, cy + radius), (cx - radius, cy + radius)], fill=fill)
 
 
 def _make_split(
@@ -173,7 +183,7 @@ def _make_split(
         while not (candidates := _questions(scene := _scene(rng), kind)):
             pass  # e.g. two identical blue squares leave no "where is" question: draw another scene
         question, answer = candidates[rng.integers(len(candidates))]
-        png, bboxes = render_scene(scene, image_size, rng)
+        png, bboxes, _ = render_scene(scene, image_size, rng)
         captions = _captions(scene, np.random.default_rng([seed, stream, i]))
         names = [shape for _, shape, _ in scene]
         prompt, target = detection_example(

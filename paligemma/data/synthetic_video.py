@@ -146,7 +146,7 @@ def make_split(
         clip, question, answer = makers[kind](rng, num_frames)
         # one drawing stream per clip: the shapes kept across frames come first, so draw the same
         draw_seed = int(rng.integers(2**62))
-        frames = [render_scene(shapes, image_size, np.random.default_rng(draw_seed))[0] for shapes in clip]
+        frames = [render_scene(shapes, image_size, np.random.default_rng(draw_seed)).png for shapes in clip]
         if only_frame is not None:
             frames = [frames[only_frame]]
         rows["frames"].append([{"bytes": png, "path": None} for png in frames])

@@ -81,7 +81,7 @@ def run_settings(cfg: DictConfig, trains: bool = True) -> RunSettings:
         optim=typed(OptimSettings, cfg.optim, "optim") if "optim" in cfg else OptimSettings(),
         generation=typed(GenerationSettings, cfg.generation, "generation").for_task(data),
         data=data,
-        metric=Metric(data.metric_name),
+        metric=Metric.of(data),
         bf16_refused_by=bf16_refusal(model, lora, uses_fsdp(cfg), trains),
     )
     _check_source("model.path", model.path, "a model dir with config.json and safetensors, or a hub id")

@@ -189,6 +189,7 @@ class PaliGemmaLitModule(L.LightningModule):
                     prediction=predictions[i].strip(),
                     references=batch.references[i],
                     image=batch.images[i] if i < self.generation.log_predictions else None,
+                    masks=batch.masks[i] if batch.masks else [],
                 )
             )
 

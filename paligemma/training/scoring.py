@@ -10,18 +10,23 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from paligemma import metrics
 from paligemma.data.boxes import parse_boxes
+from paligemma.data.masks import RunLengthMask
 from paligemma.data.tasks import TASKS
 from paligemma.errors import ConfigError
+from paligemma.paths import local_path
 
 if TYPE_CHECKING:
     from paligemma.data.settings import DataSettings
+    from paligemma.model.mask_vae import MaskVAE
 
 
 @dataclass
@@ -49,7 +54,8 @@ class GenerationSettings:
 class Record:
     """What validation made of one row (paligemma/training/module.py): what the metrics score, what
     predictions.jsonl and the W&B predictions table show. ``row_id``: the row in the loaded split; ``image``: its
-    preview, kept for the first ``generation.log_predictions`` rows of each batch (None for the others)."""
+    preview, kept for the first ``generation.log_predictions`` rows of each batch (None for the others); ``masks``:
+    a segmentation row's true masks, one per object of its target."""
 
     row_id: int
     kind: str
@@ -57,10 +63,15 @@ class Record:
     prediction: str
     references: list[str]
     image: Image.Image | None = None
+    masks: list[RunLengthMask] = field(default_factory=list)
 
 
-def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callable[[list[Record]], dict]:
-    def scorer(records: list[Record]) -> dict[str, float]:
+# (records, the metric: what it scores with) -> {"val/<name>": value}
+Scorer = Callable[[list[Record], "Metric"], dict[str, float]]
+
+
+def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Scorer:
+    def scorer(records: list[Record], metric: Metric) -> dict[str, float]:
         per_kind = defaultdict(list)
         for r in records:
             per_kind[r.kind].append(row_score(r.prediction, r.references))
@@ -71,7 +82,7 @@ def _per_row(name: str, row_score: Callable[[str, list[str]], float]) -> Callabl
     return scorer
 
 
-def _captions(records: list[Record]) -> dict[str, float]:
+def _captions(records: list[Record], metric: Metric) -> dict[str, float]:
     predictions: dict[Hashable, str] = {r.row_id: r.prediction for r in records}
     references: dict[Hashable, list[str]] = {r.row_id: r.references for r in records}
     return {
@@ -80,7 +91,7 @@ def _captions(records: list[Record]) -> dict[str, float]:
     }
 
 
-def _detection(records: list[Record]) -> dict[str, float]:
+def _detection(records: list[Record], metric: Metric) -> dict[str, float]:
     """COCO mAP of the boxes parsed from each prediction against those of its target (metrics.detection_map)."""
     scores = metrics.detection_map(
         [parse_boxes(r.prediction) for r in records], [parse_boxes(r.references[0]) for r in records]
@@ -94,8 +105,15 @@ def _box_accuracy(prediction: str, references: list[str]) -> float:
     return float(bool(predicted and target) and metrics.box_iou(predicted[0][:4], target[0][:4]) >= 0.5)
 
 
+def _segmentation(records: list[Record], metric: Metric) -> dict[str, float]:
+    """mIoU, cIoU, box accuracy and the invalid share of masks decoded by the metric's VQ-VAE (segment_scoring)."""
+    from paligemma.training.segment_scoring import score_segmentation
+
+    return score_segmentation(records, metric.mask_decoder)
+
+
 # metric name -> (scorer over all records, the value it monitors)
-METRICS = {
+METRICS: dict[str, tuple[Scorer, str]] = {
     "vqa_accuracy": (_per_row("vqa_accuracy", metrics.vqa_accuracy), "val/vqa_accuracy"),
     "exact_match": (
         _per_row("exact_match", lambda p, refs: max(metrics.exact_match(p, r) for r in refs)),
@@ -106,18 +124,36 @@ METRICS = {
     "bleu": (_captions, "val/bleu4"),
     "map": (_detection, "val/map"),
     "box_accuracy": (_per_row("box_accuracy", _box_accuracy), "val/box_accuracy"),
+    "segmentation": (_segmentation, "val/miou"),
 }
 
 
 @dataclass(frozen=True)
 class Metric:
-    """What validation scores: ``data.metric``, or its task's (``DataSettings.metric_name``), a key of ``METRICS``."""
+    """What validation scores: ``data.metric``, or its task's (``DataSettings.metric_name``), a key of ``METRICS``.
+    ``mask_vae``: the VQ-VAE weights that decode segmentation answers (``data.mask_vae``)."""
 
     name: str
+    mask_vae: str | None = None
 
     def __post_init__(self):
         if self.name not in METRICS:
             raise ConfigError(f"data.metric must be one of {sorted(METRICS)}, got {self.name!r}")
+        if self.name == "segmentation" and self.mask_vae is None:
+            raise ConfigError("data.metric=segmentation decodes masks: it needs data.mask_vae")
+
+    @classmethod
+    def of(cls, data: DataSettings) -> Metric:
+        """The metric of a run's data: its ``metric_name``, with its mask VQ-VAE where its task segments."""
+        return cls(data.metric_name, data.mask_vae if TASKS[data.task].prepare is not None else None)
+
+    @cached_property
+    def mask_decoder(self) -> MaskVAE:
+        """The VQ-VAE at ``mask_vae``, loaded on first use."""
+        from paligemma.model.mask_vae import MaskVAE
+
+        assert self.mask_vae is not None  # __post_init__: the segmentation metric has one
+        return MaskVAE.from_pretrained(local_path(Path(self.mask_vae))).eval()
 
     @property
     def monitor(self) -> str:
@@ -130,7 +166,7 @@ class Metric:
 
     def score(self, records: list[Record]) -> dict[str, float]:
         """The metric's values over validation records."""
-        return METRICS[self.name][0](records)
+        return METRICS[self.name][0](records, self)
 
 
 def _boxes(text: str, labels: dict[str, int]) -> dict:
@@ -162,7 +198,8 @@ def _drawn_boxes(rows: list[Record]) -> list[dict]:
 
 def log_predictions(loggers: list, records: list[Record], limit: int, step: int, metric: Metric) -> None:
     """The first ``limit`` records with pictures, to every W&B logger: a table of the texts, and each picture
-    captioned with its prompt, prediction and references; detection draws the predicted and target boxes on it.
+    captioned with its prompt, prediction and references; detection draws the predicted and target boxes on it,
+    segmentation the predicted and true masks.
 
     The captioned images are what an offline run (our default) keeps: wandb writes a single ``wandb.Image`` to
     the run's files, but leaves table cells as the word "Image" offline (wandb#4611)."""
@@ -176,5 +213,9 @@ def log_predictions(loggers: list, records: list[Record], limit: int, step: int,
         logger.log_table("val/predictions", ["prompt", "prediction", "references"], texts, step=step)
         captions = [f"{r.prompt} -> {r.prediction} (references: {' | '.join(r.references)})" for r in rows]
         extra = {"boxes": _drawn_boxes(rows)} if metric.draws_boxes else {}
+        if metric.name == "segmentation":
+            from paligemma.training.segment_scoring import drawn_masks
+
+            extra = {"masks": drawn_masks(rows, metric.mask_decoder)}
         images = [r.image for r in rows]
         logger.log_image("val/prediction_images", images, step=step, caption=captions, **extra)

@@ -15,7 +15,12 @@ from tests.helpers import ROOT, compose_config
 
 MODEL_CONFIGS = sorted(p.stem for p in (ROOT / "conf/model").glob("*.yaml"))
 DATA_CONFIGS = sorted(p.stem for p in (ROOT / "conf/data").glob("*.yaml"))
-DOCUMENTED_LENGTHS = {"detection": 128, "synthetic_detection": 32}  # docs/data.md; the others: the task's
+DOCUMENTED_LENGTHS = {
+    "detection": 128,
+    "synthetic_detection": 32,
+    "segmentation": 104,
+    "synthetic_segmentation": 78,
+}  # docs/data.md; the others: the task's
 # what conf/config.yaml takes from model.*
 MODEL_LINKS = ("data.processor_path", "data.chat_template", "optim.lr")
 
