@@ -9,7 +9,9 @@ Each is decoded by the mask VQ-VAE and pasted into its box at the true masks' re
 * ``val/ciou``: summed intersections over summed unions, the referring-segmentation literature's cIoU (not mIoU);
 * ``val/boxacc@0.5`` and ``@0.75``: the share of true objects whose box a predicted one of the same name overlaps
   by at least that IoU (each predicted box matched once, best first);
-* ``val/invalid``: the share of rows whose answer has a malformed part or no object; those parts score 0.
+* ``val/invalid``: the share of rows whose answer has a malformed part or no object; those parts score 0;
+* ``val/miou_ceiling``: the mIoU of the targets themselves (the true box, the mask the VQ-VAE reconstructs from
+  its codes): what a perfect answer scores, the VQ-VAE's limit on this data.
 
 Scores are also given per kind (``data.kind_column``): ``val/miou/<kind>``.
 """
@@ -65,9 +67,10 @@ def named_masks(segments: Sequence[Segment], logits: Sequence[torch.Tensor], wid
     return masks
 
 
-def score_row(record: Record, vae: MaskVAE) -> RowScore:
+def score_row(record: Record, vae: MaskVAE, prediction: str | None = None) -> RowScore:
+    """The record's scores, of its prediction or of ``prediction``."""
     truth = parse_segments(record.references[0]).segments
-    parsed = parse_segments(record.prediction)
+    parsed = parse_segments(record.prediction if prediction is None else prediction)
     predicted = parsed.segments[: len(truth)]
     true_masks = [from_rle(m) for m in record.masks]
     height, width = true_masks[0].shape
@@ -108,7 +111,10 @@ def score_segmentation(records: list[Record], vae: MaskVAE) -> dict[str, float]:
     scores = {}
     for kind, rows in sorted(per_kind.items()):
         scores |= {f"{name}/{kind}": value for name, value in _summary(rows).items() if name != "val/ciou"}
-    return scores | _summary([row for rows in per_kind.values() for row in rows])
+    ceiling = statistics.fmean(score_row(r, vae, r.references[0]).iou for r in records)
+    return (
+        scores | _summary([row for rows in per_kind.values() for row in rows]) | {"val/miou_ceiling": ceiling}
+    )
 
 
 def _summary(rows: list[RowScore]) -> dict[str, float]:

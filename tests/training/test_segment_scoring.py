@@ -50,6 +50,7 @@ def test_a_malformed_answer_scores_zero_and_counts_as_invalid(metric):
     for bad in ("", "a cat", lambda t: t.replace("<seg", "<sag"), lambda t: t[: t.index("<seg")]):
         scores = metric.score([record(metric, [B1], bad)])
         assert scores["val/miou"] == 0.0 and scores["val/boxacc@0.5"] == 0.0 and scores["val/invalid"] == 1.0
+        assert scores["val/miou_ceiling"] == 1.0  # what the target scores
 
 
 def test_a_mask_under_another_name_is_a_miss(metric):
@@ -85,3 +86,16 @@ def test_the_segmentation_metric_needs_a_mask_vae():
 
     with pytest.raises(ConfigError, match="data.mask_vae"):
         Metric("segmentation")
+
+
+def test_the_ceiling_is_what_the_target_itself_scores(metric):
+    """True masks the VQ-VAE does not reproduce: the target scores below 1, and that is the ceiling."""
+    import numpy as np
+
+    row = record(metric, [B1], "")
+    rectangle = np.zeros((64, 64), dtype=bool)
+    rectangle[7:38, 6:44] = True  # B1 in pixels, filled
+    row.masks = [to_rle(rectangle)]
+    target_as_prediction = Record(0, "k", "segment", row.references[0], row.references, masks=row.masks)
+    ceiling = metric.score([row])["val/miou_ceiling"]
+    assert 0 < ceiling < 1 and ceiling == metric.score([target_as_prediction])["val/miou"]
