@@ -71,13 +71,11 @@ class DataSettings:
     # detection and segmentation: the objects generation has room for, 8 (26) tokens each (when
     # generation.max_new_tokens is null)
     max_objects: int = 16
-    # segmentation (paligemma/data/segmentation.py): one mask per row, or a list of them (RLE, polygons, an image, a
-    # 2-D array: paligemma/data/masks.py), with a name each (names_column) or a referring expression for the one
-    # object (expression_column, referring_segmentation); box_column: their boxes in box_format (null: the masks')
-    mask_column: str = "mask"
-    names_column: str = "names"
-    expression_column: str = "expression"
-    box_column: str | None = None
+    # segmentation (paligemma/data/segmentation.py; masks as RLE, polygons, an image or a 2-D array: data/masks.py)
+    mask_column: str = "mask"  # one mask per row, or a list of them (one per name)
+    names_column: str = "names"  # segmentation: the name of each object (a list), or of the one object
+    expression_column: str = "expression"  # referring_segmentation: the object's referring expression(s)
+    box_column: str | None = None  # the objects' boxes in box_format; null: each mask's tight box
     # the VQ-VAE that turns masks into <seg> codes and back: the published vae-oid.npz for PaliGemma checkpoints
     mask_vae: str = "assets/tiny-mask-vae/mask_vae.safetensors"
     lang: str = "en"  # the language code of the VQA and captioning prompts
