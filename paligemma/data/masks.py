@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -72,10 +72,9 @@ def _is_grid(cell: Any, width: int, height: int) -> bool:
 def _rle(cell: dict) -> np.ndarray:
     h, w = cell["size"]
     counts = cell["counts"]
-    rle = (
-        coco_mask.frPyObjects(cell, h, w) if isinstance(counts, list) else {"size": [h, w], "counts": counts}
-    )
-    return coco_mask.decode(rle).astype(np.float32)
+    # uncompressed counts (a list) are compressed first; the stubs know compressed RLE only
+    rle = coco_mask.frPyObjects(cast(Any, cell), h, w) if isinstance(counts, list) else cell
+    return coco_mask.decode(cast(Any, rle)).astype(np.float32)
 
 
 def _polygons(cell: Sequence, width: int, height: int) -> np.ndarray:
@@ -83,7 +82,7 @@ def _polygons(cell: Sequence, width: int, height: int) -> np.ndarray:
     polygons = [[float(v) for v in p] for p in polygons]
     if not polygons or any(len(p) < 6 or len(p) % 2 for p in polygons):
         raise ValueError("a polygon needs at least 3 (x, y) points")
-    rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
+    rle = coco_mask.merge(coco_mask.frPyObjects(cast(Any, polygons), height, width))  # the stubs: one polygon
     return coco_mask.decode(rle).astype(np.float32)
 
 
@@ -140,7 +139,8 @@ def encoder_input(mask: np.ndarray, box: PixelBox) -> torch.Tensor:
 def to_rle(mask: np.ndarray) -> RunLengthMask:
     """The inside pixels (>= 0.5) as compressed COCO RLE."""
     rle = coco_mask.encode(np.asfortranarray(mask >= 0.5, dtype=np.uint8))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    counts = cast(bytes, rle["counts"])  # bytes, whatever the stubs say
+    return {"size": [int(v) for v in rle["size"]], "counts": counts.decode("ascii")}
 
 
 def from_rle(rle: RunLengthMask) -> np.ndarray:

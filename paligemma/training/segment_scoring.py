@@ -79,10 +79,11 @@ def score_row(record: Record, vae: MaskVAE, prediction: str | None = None) -> Ro
         named_truth[segment.box.name] = named_truth.get(segment.box.name, False) | mask
     named_predicted = named_masks(predicted, decoded(predicted, vae), width, height) if predicted else {}
     intersection = union = 0
+    nothing = np.zeros((height, width), dtype=bool)
     for name in named_truth.keys() | named_predicted.keys():
-        t, p = named_truth.get(name), named_predicted.get(name)
-        intersection += int((t & p).sum()) if t is not None and p is not None else 0
-        union += int((t | p).sum()) if t is not None and p is not None else int((t if p is None else p).sum())
+        t, p = named_truth.get(name, nothing), named_predicted.get(name, nothing)
+        intersection += int((t & p).sum())
+        union += int((t | p).sum())
     return RowScore(
         intersection,
         union,
@@ -96,7 +97,9 @@ def box_hits(truth: Sequence[Segment], predicted: Sequence[Segment], threshold: 
     """True objects matched by a predicted box of their name with IoU >= threshold, each prediction used once."""
     unused, hits = list(predicted), 0
     for t in truth:
-        same_name = [(box_iou(t.box, p.box), i) for i, p in enumerate(unused) if p.box.name == t.box.name]
+        same_name = [
+            (box_iou(t.box[:4], p.box[:4]), i) for i, p in enumerate(unused) if p.box.name == t.box.name
+        ]
         best = max(same_name, default=(0.0, -1))
         if best[0] >= threshold:
             hits += 1
