@@ -81,6 +81,9 @@ GENERATE_ERRORS = {
     "no GPU": (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
     "no such device": (["--device", "gpu0"], "--device: 'gpu0' is not a torch device"),
     "pan & scan on a PaliGemma": (["--pan-and-scan"], "is a PaliGemma, whose prompts have no crops"),
+    "missing adapter": (["--adapter", "{tmp}/none"], "--adapter: {tmp}/none is not a directory"),
+    "adapter without its config": (["--adapter", "{tmp}"], "--adapter: {tmp} has no adapter_config.json"),
+    "adapter for another base": (["--adapter", "{tmp}/adapter"], "adapter {tmp}/adapter does not fit the base model"),
 }  # fmt: skip
 
 
@@ -100,6 +103,8 @@ def test_bad_options_end_in_one_line_naming_the_culprit(tiny_checkpoint, tmp_pat
     (tmp_path / "notes.txt").write_text("not a picture")
     if case in ("truncated weights", "torn config"):
         broken_model(tiny_checkpoint, tmp_path / case, case)
+    if case == "adapter for another base":
+        write_adapter(tmp_path / "adapter", tiny_base())  # tiny-paligemma's, on the smaller tiny_checkpoint
     options, culprit = GENERATE_ERRORS[case]
     args = ["--model", str(tiny_checkpoint), "--image", str(tmp_path / "picture.png")]
     args += [o.format(tmp=tmp_path) for o in options]  # argparse: the last --model / --image wins
@@ -168,3 +173,77 @@ def test_a_video_generates_from_its_frames_and_a_bad_one_is_one_line(tiny_checkp
         generate(parse_args([*options, "--video", str(tmp_path / "bad.mp4")]))
     with pytest.raises(ConfigError, match="--num-frames must be at least 1"):
         generate(parse_args([*options, "--video", str(clip), "--num-frames", "0"]))
+
+
+# ---- --adapter: a LoRA run's adapter on its base ----
+
+
+def write_adapter(directory, base, seed: int = 0):
+    """A LoRA adapter on ``base`` whose B weights are random (a fresh one's are 0 and change nothing), saved as
+    training saves it, its base recorded; and the PeftModel it came from."""
+    from paligemma import PaliGemmaForConditionalGeneration
+    from paligemma.model.lora import add_lora, save_adapter
+
+    peft_model = add_lora(PaliGemmaForConditionalGeneration.from_pretrained(base).eval())
+    generator = torch.Generator().manual_seed(seed)
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            parameter.data = torch.randn(parameter.shape, generator=generator) * 0.1
+    peft_model.peft_config["default"].base_model_name_or_path = str(base)  # as training/export.py records it
+    save_adapter(peft_model, directory)
+    return peft_model
+
+
+def tiny_base():
+    from tests.helpers import ROOT
+
+    return ROOT / "assets" / "tiny-paligemma"
+
+
+@pytest.mark.slow  # a subprocess
+def test_command_line_generates_with_an_adapter_on_the_base_it_records(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from paligemma import PaliGemmaProcessor
+    from paligemma.generate import generate, parse_args
+
+    peft_model = write_adapter(tmp_path / "adapter", tiny_base())
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "picture.png")
+    options = ["--image", str(tmp_path / "picture.png"), "--prompt", "caption en", "--max-new-tokens", "8"]
+    command = [sys.executable, "-m", "paligemma.generate", "--adapter", str(tmp_path / "adapter"), *options]
+    printed = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    processor = PaliGemmaProcessor.from_pretrained(tiny_base())
+    batch = processor(text=["caption en"], images=[Image.open(tmp_path / "picture.png")], padding_side="left")
+    expected = processor.batch_decode(
+        peft_model.generate(**batch, max_new_tokens=8), skip_special_tokens=True
+    )[0]
+    with peft_model.disable_adapter():
+        base_text = processor.batch_decode(
+            peft_model.generate(**batch, max_new_tokens=8), skip_special_tokens=True
+        )
+    assert printed == expected + "\n"
+    assert expected != base_text[0]
+    with_model = ["--model", str(tiny_base()), "--adapter", str(tmp_path / "adapter"), *options]
+    assert generate(parse_args(with_model)) == expected
+
+
+def test_an_adapter_that_records_no_base_needs_model(tmp_path):
+    import json
+
+    from paligemma.errors import ConfigError
+    from paligemma.generate import generate, parse_args
+
+    write_adapter(tmp_path / "adapter", tiny_base())
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(
+        json.dumps({**config, "base_model_name_or_path": None})
+    )
+    options = ["--adapter", str(tmp_path / "adapter"), "--image", str(tmp_path / "none.png")]
+    with pytest.raises(ConfigError, match="adapter_config.json records no base model .*: give --model"):
+        generate(parse_args(options))
+    with pytest.raises(ConfigError, match="give --model .* or --adapter"):
+        generate(parse_args(["--image", str(tmp_path / "none.png")]))
