@@ -5,9 +5,12 @@ python -m paligemma.generate --model DIR --image a.jpg --image b.jpg --prompt "a
 python -m paligemma.generate --model DIR --video clip.mp4 --num-frames 8 --prompt "caption en"
 python -m paligemma.generate --model DIR --video clip.mp4 --num-frames 16 --frame-token-pool 2  # a quarter of the tokens
 python -m paligemma.generate --adapter logs/train/runs/<date>_<time>/adapter --image PATH --prompt "caption en"
+python -m paligemma.generate --model DIR --image PATH --prompt "segment cat" --output cat.png
 
 ``--adapter`` puts the PEFT adapter a LoRA run writes (``<run>/adapter``) on its base, ``--model`` or, without it,
-the base its adapter_config.json records, and merges it.
+the base its adapter_config.json records, and merges it. The answer is printed as the model writes it, location
+and segmentation tokens included; when it holds objects (``segment ...``: masks and boxes, ``detect ...``: boxes)
+and the prompt has one image, the picture with them drawn is written to ``--output`` (segmentation.png).
 
 A bad option (a missing or unreadable image, a model or adapter dir that is not one, an adapter made for another
 base, an impossible sampling setting, a device this machine lacks) exits with status 1 and one line,
@@ -18,18 +21,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import cast
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from paligemma.data.overlay import answer_overlay
 from paligemma.data.processors import load_processor
 from paligemma.errors import ConfigError, MissingFileError, find_run_error, one_line
 from paligemma.model import DTYPES
 from paligemma.model.families import model_class
 from paligemma.model.lora import load_adapter
+from paligemma.model.mask_vae import MaskVAE
 from paligemma.model.vision_language import VisionLanguageModel
 from paligemma.paths import local_path, looks_local, read_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_MASK_VAE = REPO_ROOT / "assets" / "tiny-mask-vae" / "mask_vae.safetensors"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams if > 1")
+    parser.add_argument("--output", default="segmentation.png",
+                        help="where the picture with the answer's masks and boxes goes, when it has objects")  # fmt: skip
+    parser.add_argument("--mask-vae", default=str(TINY_MASK_VAE),
+                        help="the mask VQ-VAE that decodes <seg> tokens: .safetensors, or big_vision's vae-oid.npz "
+                        "for the hub's checkpoints (default: the tiny model's)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -177,7 +191,7 @@ def load_model(
 
 
 def generate(args: argparse.Namespace) -> str:
-    """The answer to ``--prompt`` about the pictures, special tokens dropped."""
+    """The answer to ``--prompt`` about the pictures, special tokens dropped, location and segmentation kept."""
     device = check_options(args)
     base = base_model(args)
     images = read_video(args.video, args.num_frames) if args.video else [read_image(p) for p in args.image]
@@ -199,10 +213,34 @@ def generate(args: argparse.Namespace) -> str:
     return processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
 
 
+def read_mask_vae(path: str) -> MaskVAE:
+    try:
+        return MaskVAE.from_pretrained(local_path(path))
+    except MissingFileError as error:
+        raise MissingFileError(f"--mask-vae: {error}") from None
+
+
+def write_overlay(text: str, image: Image.Image, mask_vae: str, path: str) -> bool:
+    """The picture with the answer's objects drawn (paligemma/data/overlay.py) written to ``path``; whether
+    there was any (no object parses: nothing written). ``mask_vae``: the VAE's weights, read for masks only."""
+    overlay = answer_overlay(text, image, lambda: read_mask_vae(mask_vae))
+    if overlay is None:
+        return False
+    try:
+        overlay.save(local_path(path))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--output: cannot write {path} ({one_line(error)})") from None
+    print(f"wrote overlay: {path}", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        print(generate(args))
+        text = generate(args)
+        print(text, flush=True)
+        if args.image and len(args.image) == 1:
+            write_overlay(text, read_image(args.image[0]), args.mask_vae, args.output)
     except Exception as error:
         if (known := find_run_error(error)) is None:
             raise

@@ -197,6 +197,15 @@ def write_adapter(directory, base, seed: int = 1):
     return peft_model
 
 
+def checkout_env() -> dict[str, str]:
+    """The environment, with this checkout first on the path of a subprocess run in another directory."""
+    import os
+
+    from tests.helpers import ROOT
+
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
 def tiny_base():
     from tests.helpers import ROOT
 
@@ -250,3 +259,129 @@ def test_an_adapter_that_records_no_base_needs_model(tmp_path):
         generate(parse_args(options))
     with pytest.raises(ConfigError, match="give --model .* or --adapter"):
         generate(parse_args(["--image", str(tmp_path / "none.png")]))
+
+
+# ---- the overlay of a segmentation or detection answer ----
+
+
+def random_mask_vae(path):
+    """A small random MaskVAE saved at ``path``, its last bias set so that code 5's mask is half in, half out."""
+    from paligemma.model.mask_vae import MaskVAE
+
+    torch.manual_seed(0)
+    vae = MaskVAE(widths=(4, 8, 8, 8), embedding_dim=8)
+    last = vae.decoder[-1]
+    assert isinstance(last, torch.nn.Conv2d) and last.bias is not None
+    with torch.no_grad():
+        last.bias -= vae.decode(torch.full((1, 16), 5)).median()
+    vae.save_pretrained(path)
+    return vae
+
+
+def test_a_segmentation_answer_is_drawn_with_its_decoded_masks_and_needs_the_mask_vae(tmp_path):
+    from PIL import Image
+
+    from paligemma.data.boxes import Box
+    from paligemma.data.overlay import ALPHA, colour
+    from paligemma.data.segments import (
+        Segment,
+        parse_segments,
+        paste_mask,
+        pixel_corners,
+        segmentation_target,
+    )
+    from paligemma.errors import MissingFileError
+    from paligemma.generate import write_overlay
+
+    vae = random_mask_vae(tmp_path / "vae.safetensors")
+    image = Image.new("RGB", (120, 90), (40, 40, 40))
+    text = segmentation_target([Segment(Box(0.2, 0.1, 0.9, 0.7, "cat"), (5,) * 16)]) + " ; <loc0001> broken"
+    assert write_overlay(text, image, str(tmp_path / "vae.safetensors"), str(tmp_path / "out.png"))
+
+    segment = parse_segments(text).segments[0]  # its box as the loc tokens round it
+    mask = paste_mask(vae.decode(torch.tensor([segment.codes]))[0].detach(), segment.box, 120, 90)
+    y0, x0, y1, x1 = pixel_corners(segment.box, 120, 90)
+    inside = np.zeros_like(mask)
+    inside[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] = True  # off the box's outline
+    assert 0.2 < mask[inside].mean() < 0.8  # both in and out: the test sees where the mask is
+    drawn = np.asarray(Image.open(tmp_path / "out.png"))
+    tinted = np.round((1 - ALPHA) * 40 + ALPHA * np.array(colour(0))).astype(np.uint8)
+    assert (drawn[mask & inside] == tinted).all()
+    assert (drawn[~mask & inside] == 40).all()
+    with pytest.raises(
+        MissingFileError, match=r"--mask-vae: mask VAE weights .*none.safetensors do not exist"
+    ):
+        write_overlay(text, image, str(tmp_path / "none.safetensors"), str(tmp_path / "out.png"))
+
+
+def test_a_detection_answer_is_drawn_without_a_mask_vae_a_caption_is_not_and_a_bad_output_is_one_line(
+    tmp_path,
+):
+    from PIL import Image
+
+    from paligemma.data.boxes import Box, detection_target, parse_boxes
+    from paligemma.data.overlay import colour
+    from paligemma.data.segments import pixel_corners
+    from paligemma.errors import ConfigError
+    from paligemma.generate import write_overlay
+
+    image = Image.new("RGB", (120, 90), (40, 40, 40))
+    detection = detection_target([Box(0.2, 0.1, 0.9, 0.7, "cat")])
+    assert write_overlay(detection, image, str(tmp_path / "none.safetensors"), str(tmp_path / "boxes.png"))
+    y0, x0, y1, x1 = pixel_corners(parse_boxes(detection)[0], 120, 90)
+    drawn = np.asarray(Image.open(tmp_path / "boxes.png"))
+    assert (drawn[y0:y1, x0] == colour(0)).all() and (drawn[y0 + 1 : y1 - 1, x0 + 1 : x1 - 1] == 40).all()
+    assert not write_overlay(
+        "a cat on a mat", image, str(tmp_path / "none.safetensors"), str(tmp_path / "no.png")
+    )
+    assert not (tmp_path / "no.png").exists()
+    with pytest.raises(ConfigError, match=r"--output: cannot write .*/missing/boxes.png"):
+        write_overlay(
+            detection, image, str(tmp_path / "none.safetensors"), str(tmp_path / "missing" / "boxes.png")
+        )
+
+
+def test_the_answer_is_printed_with_its_location_and_segmentation_tokens_and_drawn_to_output(
+    tmp_path, monkeypatch, capsys
+):
+    from PIL import Image
+
+    from paligemma import PaliGemmaProcessor
+    from paligemma.data.boxes import Box
+    from paligemma.data.segments import Segment, segmentation_target
+    from paligemma.model.vision_language import VisionLanguageModel
+
+    random_mask_vae(tmp_path / "vae.safetensors")
+    answer = segmentation_target([Segment(Box(0.2, 0.1, 0.9, 0.7, "cat"), (5,) * 16)])
+    ids = PaliGemmaProcessor.from_pretrained(tiny_base())._encode([answer])[0]
+    monkeypatch.setattr(VisionLanguageModel, "generate", lambda *args, **kwargs: torch.tensor([ids + [1]]))
+    Image.new("RGB", (120, 90), (40, 40, 40)).save(tmp_path / "picture.png")
+    main(["--model", str(tiny_base()), "--image", str(tmp_path / "picture.png"), "--prompt", "segment cat",
+          "--mask-vae", str(tmp_path / "vae.safetensors"), "--output", str(tmp_path / "cat.png")])  # fmt: skip
+    printed = capsys.readouterr()
+    assert printed.out == answer + "\n"
+    assert printed.err == f"wrote overlay: {tmp_path / 'cat.png'}\n"
+    assert (np.asarray(Image.open(tmp_path / "cat.png")) != 40).any()
+
+
+@pytest.mark.slow  # a subprocess
+def test_command_line_writes_no_overlay_when_no_object_parses(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from paligemma.data.boxes import parse_boxes
+    from paligemma.data.segments import parse_segments
+
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "picture.png")
+    command = [sys.executable, "-m", "paligemma.generate", "--model", str(tiny_base()), "--image",
+               str(tmp_path / "picture.png"), "--prompt", "segment square", "--max-new-tokens", "8"]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, cwd=tmp_path, env=checkout_env()
+    )
+    assert not parse_segments(result.stdout).segments and not parse_boxes(
+        result.stdout
+    )  # the untrained answer
+    assert list(tmp_path.iterdir()) == [tmp_path / "picture.png"]  # no segmentation.png in the cwd
+    assert "overlay" not in result.stderr
