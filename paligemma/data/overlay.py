@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from paligemma.data.boxes import Box, parse_boxes
-from paligemma.data.segments import Segment, parse_segments, paste_mask, pixel_corners
+from paligemma.data.segments import parse_segments, pixel_corners, segment_masks
 from paligemma.model.mask_vae import MaskVAE
 
 ALPHA = 0.5  # a mask's colour over the picture
@@ -75,13 +74,6 @@ def draw_overlay(image: Image.Image, boxes: Sequence[Box], masks: Sequence[np.nd
     out = Image.fromarray(blend_masks(picture, masks) if masks else picture.copy())
     draw_boxes(out, boxes)
     return out
-
-
-def segment_masks(segments: Sequence[Segment], vae: MaskVAE, width: int, height: int) -> list[np.ndarray]:
-    """The (height, width) bool mask of each object: its codes decoded by ``vae`` and pasted into its box."""
-    with torch.no_grad():
-        logits = vae.decode(torch.tensor([s.codes for s in segments]))
-    return [paste_mask(lg, s.box, width, height) for lg, s in zip(logits, segments, strict=True)]
 
 
 def answer_overlay(text: str, image: Image.Image, mask_vae: Callable[[], MaskVAE]) -> Image.Image | None:

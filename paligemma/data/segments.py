@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 from paligemma.data.boxes import LOC_BINS, SEPARATOR, Box, box_tokens
 from paligemma.model.mask_vae import GRID
+
+if TYPE_CHECKING:
+    from paligemma.model.mask_vae import MaskVAE
 
 SEG_TOKENS = GRID * GRID  # codes per mask
 CODEBOOK_SIZE = 128  # <seg000> .. <seg127>
@@ -106,3 +109,12 @@ def paste_mask(logits: torch.Tensor, box: Box, width: int, height: int) -> np.nd
     )
     mask[y0:y1, x0:x1] = (resized[0, 0] > 0).numpy()
     return mask
+
+
+def segment_masks(segments: Sequence[Segment], vae: MaskVAE, width: int, height: int) -> list[np.ndarray]:
+    """The (height, width) bool mask of each object: its codes decoded by ``vae`` and pasted into its box."""
+    if not segments:
+        return []
+    with torch.no_grad():
+        logits = vae.decode(torch.tensor([s.codes for s in segments]))
+    return [paste_mask(lg, s.box, width, height) for lg, s in zip(logits, segments, strict=True)]

@@ -24,11 +24,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 from PIL import Image
 
 from paligemma.data.masks import from_rle
-from paligemma.data.segments import Segment, parse_segments, paste_mask
+from paligemma.data.segments import Segment, parse_segments, segment_masks
 from paligemma.metrics import box_iou
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ if TYPE_CHECKING:
     from paligemma.training.scoring import Record
 
 BOX_THRESHOLDS = (0.5, 0.75)
-DECODE_BATCH = 256
 
 
 class RowScore(NamedTuple):
@@ -51,18 +49,10 @@ class RowScore(NamedTuple):
         return self.intersection / self.union if self.union else 0.0
 
 
-def decoded(segments: Sequence[Segment], vae: MaskVAE) -> list[torch.Tensor]:
-    """The (64, 64) logits of each object's codes."""
-    codes = torch.tensor([s.codes for s in segments], dtype=torch.long).view(-1, 16)
-    with torch.no_grad():
-        return [logits for chunk in codes.split(DECODE_BATCH) for logits in vae.decode(chunk)]
-
-
-def named_masks(segments: Sequence[Segment], logits: Sequence[torch.Tensor], width: int, height: int) -> dict:
+def named_masks(segments: Sequence[Segment], vae: MaskVAE, width: int, height: int) -> dict[str, np.ndarray]:
     """name -> the union of its objects' (H, W) bool masks."""
     masks: dict[str, np.ndarray] = {}
-    for segment, object_logits in zip(segments, logits, strict=True):
-        pasted = paste_mask(object_logits, segment.box, width, height)
+    for segment, pasted in zip(segments, segment_masks(segments, vae, width, height), strict=True):
         masks[segment.box.name] = masks.get(segment.box.name, False) | pasted
     return masks
 
@@ -77,7 +67,7 @@ def score_row(record: Record, vae: MaskVAE, prediction: str | None = None) -> Ro
     named_truth: dict[str, np.ndarray] = {}
     for segment, mask in zip(truth, true_masks, strict=True):
         named_truth[segment.box.name] = named_truth.get(segment.box.name, False) | mask
-    named_predicted = named_masks(predicted, decoded(predicted, vae), width, height) if predicted else {}
+    named_predicted = named_masks(predicted, vae, width, height)
     intersection = union = 0
     nothing = np.zeros((height, width), dtype=bool)
     for name in named_truth.keys() | named_predicted.keys():
@@ -146,7 +136,7 @@ def drawn_masks(records: list[Record], vae: MaskVAE) -> list[dict]:
             )
             for t, m in zip(truth, record.masks, strict=True)
         }
-        predicted_masks = named_masks(predicted, decoded(predicted, vae), width, height) if predicted else {}
+        predicted_masks = named_masks(predicted, vae, width, height)
         drawn.append(
             {"predictions": _classes(predicted_masks, labels, width, height),
              "ground_truth": _classes(true_masks, labels, width, height)}
