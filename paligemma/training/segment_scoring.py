@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from paligemma.data.masks import from_rle
-from paligemma.data.segments import Segment, parse_segments, segment_masks
+from paligemma.data.segments import Segment, parse_segments, paste_mask
 from paligemma.metrics import box_iou
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from paligemma.training.scoring import Record
 
 BOX_THRESHOLDS = (0.5, 0.75)
+DECODE_BATCH = 256  # code grids the VQ-VAE decodes in one call
 
 
 class RowScore(NamedTuple):
@@ -49,15 +51,31 @@ class RowScore(NamedTuple):
         return self.intersection / self.union if self.union else 0.0
 
 
-def named_masks(segments: Sequence[Segment], vae: MaskVAE, width: int, height: int) -> dict[str, np.ndarray]:
+Decoded = Mapping[tuple[int, ...], torch.Tensor]  # codes -> their (64, 64) logits
+
+
+def decode_all(texts: Iterable[str], vae: MaskVAE) -> Decoded:
+    """The logits of every distinct code grid in ``texts``, decoded in batches."""
+    codes = sorted({s.codes for text in texts for s in parse_segments(text).segments})
+    if not codes:
+        return {}
+    with torch.no_grad():
+        logits = torch.cat([vae.decode(chunk) for chunk in torch.tensor(codes).split(DECODE_BATCH)])
+    return dict(zip(codes, logits, strict=True))
+
+
+def named_masks(
+    segments: Sequence[Segment], decoded: Decoded, width: int, height: int
+) -> dict[str, np.ndarray]:
     """name -> the union of its objects' (H, W) bool masks."""
     masks: dict[str, np.ndarray] = {}
-    for segment, pasted in zip(segments, segment_masks(segments, vae, width, height), strict=True):
+    for segment in segments:
+        pasted = paste_mask(decoded[segment.codes], segment.box, width, height)
         masks[segment.box.name] = masks.get(segment.box.name, False) | pasted
     return masks
 
 
-def score_row(record: Record, vae: MaskVAE, prediction: str | None = None) -> RowScore:
+def score_row(record: Record, decoded: Decoded, prediction: str | None = None) -> RowScore:
     """The record's scores, of its prediction or of ``prediction``."""
     truth = parse_segments(record.references[0]).segments
     parsed = parse_segments(record.prediction if prediction is None else prediction)
@@ -67,7 +85,7 @@ def score_row(record: Record, vae: MaskVAE, prediction: str | None = None) -> Ro
     named_truth: dict[str, np.ndarray] = {}
     for segment, mask in zip(truth, true_masks, strict=True):
         named_truth[segment.box.name] = named_truth.get(segment.box.name, False) | mask
-    named_predicted = named_masks(predicted, vae, width, height)
+    named_predicted = named_masks(predicted, decoded, width, height)
     intersection = union = 0
     nothing = np.zeros((height, width), dtype=bool)
     for name in named_truth.keys() | named_predicted.keys():
@@ -98,13 +116,14 @@ def box_hits(truth: Sequence[Segment], predicted: Sequence[Segment], threshold: 
 
 
 def score_segmentation(records: list[Record], vae: MaskVAE) -> dict[str, float]:
+    decoded = decode_all([text for r in records for text in (r.prediction, r.references[0])], vae)
     per_kind: dict[str, list[RowScore]] = defaultdict(list)
     for record in records:
-        per_kind[record.kind].append(score_row(record, vae))
+        per_kind[record.kind].append(score_row(record, decoded))
     scores = {}
     for kind, rows in sorted(per_kind.items()):
         scores |= {f"{name}/{kind}": value for name, value in _summary(rows).items() if name != "val/ciou"}
-    ceiling = statistics.fmean(score_row(r, vae, r.references[0]).iou for r in records)
+    ceiling = statistics.fmean(score_row(r, decoded, r.references[0]).iou for r in records)
     return (
         scores | _summary([row for rows in per_kind.values() for row in rows]) | {"val/miou_ceiling": ceiling}
     )
@@ -123,6 +142,7 @@ def _summary(rows: list[RowScore]) -> dict[str, float]:
 def drawn_masks(records: list[Record], vae: MaskVAE) -> list[dict]:
     """Each record's predicted and true masks at its preview's size, for ``wandb.Image(masks=...)``: class ids
     per pixel (0 the background), one id per name."""
+    decoded = decode_all([r.prediction for r in records], vae)
     labels: dict[str, int] = {}
     drawn = []
     for record in records:
@@ -136,7 +156,7 @@ def drawn_masks(records: list[Record], vae: MaskVAE) -> list[dict]:
             )
             for t, m in zip(truth, record.masks, strict=True)
         }
-        predicted_masks = named_masks(predicted, vae, width, height)
+        predicted_masks = named_masks(predicted, decoded, width, height)
         drawn.append(
             {"predictions": _classes(predicted_masks, labels, width, height),
              "ground_truth": _classes(true_masks, labels, width, height)}
