@@ -1,5 +1,6 @@
 """python -m paligemma.train_mask_vae: straight-through training that lowers the loss, dead codes drawn from the
-batch, a file MaskVAE.from_pretrained reads back, one-line errors."""
+batch, a file MaskVAE.from_pretrained reads back, one-line errors; and the shipped tiny VAE reconstructs held-out
+masks."""
 
 import re
 import subprocess
@@ -9,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from paligemma.data.outlines import KINDS, batch, outlines
+from paligemma.data.outlines import KINDS, SHAPES, batch, outlines
 from paligemma.model.mask_vae import MaskVAE
 from paligemma.train_mask_vae import (
     HELD_OUT_STREAM,
+    evaluate,
     main,
     parse_args,
     quantised_forward,
@@ -22,6 +24,7 @@ from paligemma.train_mask_vae import (
 from tests.helpers import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
+ASSET = ROOT / "assets" / "tiny-mask-vae" / "mask_vae.safetensors"
 TINY = ["--widths", "8,8,16,16", "--embedding-dim", "16", "--num-embeddings", "16", "--batch-size", "16"]
 
 
@@ -103,3 +106,10 @@ def test_bad_options_exit_with_a_line_naming_the_option(tmp_path, args, culprit)
         main([*out, *args])
     assert str(exit.value.code).startswith("error: ") and culprit.format(tmp=tmp_path) in str(exit.value.code)
     assert "\n" not in str(exit.value.code) and not list(tmp_path.glob("*.safetensors"))
+
+
+def test_the_shipped_mask_vae_reconstructs_held_out_masks():
+    masks, kinds = batch(outlines(seed=0, stream=HELD_OUT_STREAM), 30 * len(KINDS))
+    iou, used = evaluate(MaskVAE.from_pretrained(ASSET), masks, kinds)
+    assert iou["all"] >= 0.90 and all(iou[kind] >= 0.90 for kind in SHAPES), iou
+    assert used >= 64
