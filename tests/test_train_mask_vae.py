@@ -28,15 +28,43 @@ ASSET = ROOT / "assets" / "tiny-mask-vae" / "mask_vae.safetensors"
 TINY = ["--widths", "8,8,16,16", "--embedding-dim", "16", "--num-embeddings", "16", "--batch-size", "16"]
 
 
-def test_the_quantised_forward_is_decode_of_encode_and_passes_gradients_to_the_encoder():
+def test_the_quantised_forward_is_decode_of_encode_with_straight_through_gradients():
     torch.manual_seed(0)
     vae = MaskVAE((4, 4, 8, 8), num_embeddings=16, embedding_dim=8)
     masks, _ = batch(outlines(seed=0), 8)
-    logits, vq_loss, z, codes = quantised_forward(vae, masks)
+    z = quantised_forward(vae, masks)[2]
+    restart_dead_codes(vae._vq_vae._embedding, torch.zeros(16), z, torch.Generator().manual_seed(0))
+    logits, vq_loss, z, codes = quantised_forward(vae, masks)  # codes drawn from encodings: many in use
+    assert codes.unique().numel() > 8 and z.shape == (8 * 16, 8)
+    assert torch.equal(codes.view(8, 16), vae.encode(masks))
     assert torch.allclose(logits, vae.decode(vae.encode(masks)), atol=1e-6)
-    assert torch.equal(codes.view(8, 16), vae.encode(masks)) and z.shape == (8 * 16, 8)
-    (logits.mean() + vq_loss).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.parameters())
+    # the decoder's gradient reaches the encoder past the codebook lookup, and not the codebook
+    logits.mean().backward(retain_graph=True)
+    assert vae._vq_vae._embedding.grad is None
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in [*vae.encoder.parameters(), *vae.decoder.parameters()]
+    )
+    vae.zero_grad()
+    vq_loss.backward()  # pulls codes and encodings together
+    assert vae._vq_vae._embedding.grad is not None and vae._vq_vae._embedding.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vae.decoder.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.encoder.parameters())
+
+
+def test_the_iou_is_of_the_decoded_inside_with_the_masks_inside_per_mask_and_kind():
+    vae = MaskVAE((4, 4, 8, 8), num_embeddings=16, embedding_dim=8)
+    last = vae.decoder[-1]
+    assert isinstance(last, torch.nn.Conv2d) and last.bias is not None
+    with torch.no_grad():  # every logit 1: all decoded inside
+        last.weight.zero_()
+        last.bias.fill_(1.0)
+    masks, kinds = batch(outlines(seed=0), 2 * len(KINDS))
+    iou, used = evaluate(vae, masks, kinds)
+    expected = (masks >= 0.5).float().mean((1, 2))  # (B,): inside / all
+    assert iou["all"] == pytest.approx(expected.mean().item())
+    assert iou["square"] == 1.0 and iou["ring"] == pytest.approx(expected[[6, 14]].mean().item())
+    assert list(iou) == ["all", *KINDS] and 1 <= used <= 16
 
 
 def test_dead_codes_take_encodings_of_the_batch_and_live_ones_stay():
