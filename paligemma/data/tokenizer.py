@@ -22,7 +22,7 @@ outputs need. The Gemma 3 flavour (``gemma3=True``) ends instead with its five s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -45,9 +45,17 @@ GEMMA_TOKEN_NAMES = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<
 GEMMA3_IMAGE_TOKENS = {"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_SOFT_TOKEN}
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, gemma3: bool = False) -> Tokenizer:
+def build_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    gemma3: bool = False,
+    special_tokens: Sequence[str] | None = None,
+) -> Tokenizer:
     """Train a byte-fallback BPE on ``texts``; ``vocab_size`` caps specials + bytes + learned pieces.
-    ``gemma3``: Gemma 3's chat and image tokens after the pieces, in place of PaliGemma's loc/seg and <image>."""
+    ``gemma3``: Gemma 3's chat and image tokens after the pieces, in place of PaliGemma's loc/seg and <image>;
+    ``special_tokens``: these special tokens there instead (Gemma 4's, paligemma/data/gemma4_files.py)."""
+    if gemma3:
+        special_tokens = GEMMA3_TOKENS
     n_fixed = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
     if vocab_size <= n_fixed:
         raise ConfigError(f"vocab_size must exceed the {n_fixed} special and byte tokens, got {vocab_size}")
@@ -62,7 +70,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, gemma3: bool =
     trainer_tok.train_from_iterator(texts, trainer)
     learned = json.loads(trainer_tok.to_str())["model"]
     # A piece spelling a reserved token (say "<eos>" in the corpus) could never be produced anyway.
-    added = GEMMA3_TOKENS if gemma3 else EXTRA_TOKENS + [IMAGE_TOKEN]
+    added = list(special_tokens) if special_tokens is not None else EXTRA_TOKENS + [IMAGE_TOKEN]
     reserved = set(SPECIAL_TOKENS + BYTE_TOKENS + added)
     pieces = [p for p in sorted(learned["vocab"], key=learned["vocab"].get) if p not in reserved]
     # each a pair, "a b" or ["a", "b"] as tokenizers' versions write it
@@ -83,8 +91,8 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, gemma3: bool =
         single="<bos> $A", pair="<bos> $A <bos>:1 $B:1", special_tokens=[("<bos>", vocab["<bos>"])]
     )
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in SPECIAL_TOKENS])
-    if gemma3:
-        tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in GEMMA3_TOKENS])
+    if special_tokens is not None:
+        tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in added])
     else:
         tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in EXTRA_TOKENS])
         tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
