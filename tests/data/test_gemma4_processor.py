@@ -10,7 +10,7 @@ from PIL import Image
 from paligemma.data.gemma4_files import GEMMA4_TOKENS, save_gemma4_processor_files
 from paligemma.data.gemma4_processor import Gemma4Processor, VideoClip
 from paligemma.data.processors import load_processor
-from paligemma.data.tokenizer import build_tokenizer
+from paligemma.data.tokenizer import build_tokenizer, save_processor_files
 from paligemma.errors import ConfigError
 
 transformers = pytest.importorskip("transformers")
@@ -307,7 +307,7 @@ def test_marker_and_image_counts_must_agree(ours):
         ours(text="a", images=[np.zeros((4, 4, 3), dtype=np.uint8)])
 
 
-def test_load_processor_reads_the_files_as_a_gemma4_processor(gemma4_dir, ref):
+def test_load_processor_reads_the_files_as_a_gemma4_processor(gemma4_dir, ref, tmp_path):
     processor = load_processor(gemma4_dir, image_tokens=140)
     assert isinstance(processor, Gemma4Processor) and processor.num_image_tokens == 140
     assert load_processor(gemma4_dir).num_image_tokens == 280  # the files' max_soft_tokens
@@ -319,3 +319,6 @@ def test_load_processor_reads_the_files_as_a_gemma4_processor(gemma4_dir, ref):
     )  # fmt: skip
     with pytest.raises(ConfigError, match="pan & scan"):
         load_processor(gemma4_dir, do_pan_and_scan=True)
+    save_processor_files(tmp_path, build_tokenizer(CORPUS, vocab_size=300), 24, 4)  # a PaliGemma's
+    with pytest.raises(ConfigError, match="image_tokens=280: .* is a PaliGemmaProcessor"):
+        load_processor(tmp_path, image_tokens=280)
