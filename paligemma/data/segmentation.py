@@ -29,9 +29,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
-from datasets.fingerprint import Hasher
 from PIL import Image
 
 from paligemma.data.boxes import Box, relative_box
@@ -41,23 +39,27 @@ from paligemma.model.mask_vae import MaskVAE
 from paligemma.paths import local_path
 
 if TYPE_CHECKING:
+    import datasets
+
     from paligemma.data.settings import DataSettings
 
-COLUMNS = datasets.Features(
-    {
+PREPARED = ("seg_objects", "seg_masks", "seg_error")  # the columns ``prepare`` adds
+ENCODE_BATCH = 64  # rows whose masks the VQ-VAE encodes in one call
+
+
+def prepare(data: datasets.Dataset, settings: DataSettings) -> datasets.Dataset:
+    """``data`` with the ``PREPARED`` columns (the module docstring), computed by the VQ-VAE at ``data.mask_vae``."""
+    import datasets  # here, not at import: the config checks read the task table without loading datasets
+    from datasets.fingerprint import Hasher
+
+    vae = MaskVAE.from_pretrained(local_path(settings.mask_vae)).eval()
+    columns = {
         "seg_objects": datasets.List(datasets.Value("string")),
         "seg_masks": datasets.List(
             {"size": datasets.List(datasets.Value("int32")), "counts": datasets.Value("string")}
         ),
         "seg_error": datasets.Value("string"),
     }
-)
-ENCODE_BATCH = 64  # rows whose masks the VQ-VAE encodes in one call
-
-
-def prepare(data: datasets.Dataset, settings: DataSettings) -> datasets.Dataset:
-    """``data`` with the columns above, computed by the VQ-VAE at ``data.mask_vae``."""
-    vae = MaskVAE.from_pretrained(local_path(settings.mask_vae)).eval()
     key = [
         data._fingerprint,
         file_digest(settings.mask_vae),
@@ -66,7 +68,7 @@ def prepare(data: datasets.Dataset, settings: DataSettings) -> datasets.Dataset:
         settings.box_format,
     ]
     read = [settings.mask_column] + ([settings.box_column] if settings.box_column else [])
-    features = datasets.Features({k: v for k, v in data.features.items() if k not in read} | COLUMNS)
+    features = datasets.Features({k: v for k, v in data.features.items() if k not in read} | columns)
     return data.map(
         partial(_encode_rows, settings=settings, vae=vae),
         batched=True,
@@ -95,7 +97,7 @@ def _encode_rows(batch: dict[str, list], settings: DataSettings, vae: MaskVAE) -
     with torch.no_grad():
         codes = vae.encode(torch.stack(crops)).tolist() if crops else []
     next_codes = iter(codes)
-    out: dict[str, list] = {name: [] for name in COLUMNS}
+    out: dict[str, list] = {name: [] for name in PREPARED}
     for row in rows:
         objects, masks = [], []
         if not isinstance(row, str):
