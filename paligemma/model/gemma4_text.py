@@ -56,6 +56,8 @@ class Gemma4ForCausalLM(nn.Module):
         """A left-padded prompt batch once, into fresh KV caches: its (B, V) next-token logits and the state of
         ``decode_step`` (masks and rotary angles of every step made once, as VisionLanguageModel's)."""
         valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        if not bool(valid[:, -1].all()):
+            raise ValueError("generation needs left-padded prompts, each ending with a real token")
         B, P = input_ids.shape
         positions = token_positions(valid)
         weight = self.lm_head.weight

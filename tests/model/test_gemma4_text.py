@@ -117,12 +117,15 @@ def test_transformers_use_cache_false_shares_kv_too(config):
     assert non_pad_diff(uncached, out, mask) < 1e-4
 
 
-def test_no_cache_forward_equals_prefill_and_cached_decode(config):
-    """Teacher-forced decode steps after a left-padded prompt (past the window) give the logits of one forward
-    without caches over the whole sequence: the shared layers read the same keys and values either way."""
+@pytest.mark.parametrize(("prompt", "lengths"), [(2, [11, 11, 10]), (6, LENGTHS)])
+def test_no_cache_forward_equals_prefill_and_cached_decode(config, prompt, lengths):
+    """Teacher-forced decode steps after a left-padded prompt give the logits of one forward without caches over
+    the whole sequence: the shared layers read the same keys and values either way. Prompts of 2 slots leave the
+    sliding rings part empty (windows 3 and 4), of 6 fill them; the decode steps go past the windows. (Decoding
+    takes every fed token as real: each prompt ends with a real token, as generation requires.)"""
     ours = ours_from_hf(hf_reference(config))
-    ids, mask, _ = batch(config, "left")
-    prompt, extra = 6, ids.shape[1] - 6  # prompts shorter than some windows' reach, continuations beyond
+    ids, mask, _ = batch(config, "left", lengths=lengths)
+    extra = ids.shape[1] - prompt
     with torch.no_grad():
         full = ours(ids, mask).logits
     logits, state = ours.prefill(ids[:, :prompt], mask[:, :prompt], max_new_tokens=extra)
