@@ -279,3 +279,13 @@ def test_bf16_matches_transformers_bf16(config):
     assert non_pad_diff(ref.logits.float(), out.logits.float(), mask) < 0.05
     assert abs(ref.loss.item() - out.loss.item()) < 0.02
     assert ours.generate(ids, mask, max_new_tokens=4).shape == (3, 4)
+
+
+def test_unused_checkpoint_keys_are_those_transformers_ignores():
+    """Hub checkpoints still hold the shared layers' key and value projections (never used: transformers #45312);
+    transformers drops them on load, and the decoder names them for the loader to drop."""
+    config = Gemma4TextConfig.from_dict(GEMMA4_CONFIGS["ple_shared"])
+    ours = Gemma4ForCausalLM(config).model.unused_checkpoint_keys()
+    theirs = hf_reference(config).model._keys_to_ignore_on_load_unexpected
+    assert set(ours) == {f"{key}.weight" for key in theirs if not key.endswith("v_norm")}
+    assert len(ours) == 6 and not set(ours) & set(Gemma4ForCausalLM(config).model.state_dict())
