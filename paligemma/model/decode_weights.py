@@ -89,7 +89,7 @@ class DecodeWeights:
         groups = []  # the linears of each product of one input
         for layer in cast("Iterable[GemmaDecoderLayer]", model.language_model.layers):
             attention, mlp = layer.self_attn, layer.mlp
-            groups += [(attention.q_proj, attention.k_proj, attention.v_proj), (attention.o_proj,)]
+            groups += [attention.qkv_linears, (attention.o_proj,)]
             groups += [(mlp.gate_proj, mlp.up_proj), (mlp.down_proj,)]
         groups.append((model.lm_head,))
         blocked, side_by_side = {}, {}

@@ -26,6 +26,9 @@ class GemmaConfig:
     model_type: ClassVar[str] = "gemma"
     sandwich_norms: ClassVar[bool] = False  # norms after attention and around the MLP too
     qk_norm: ClassVar[bool] = False  # an RMSNorm over each query and key head, before the rotary embedding
+    v_norm: ClassVar[bool] = False  # a scale-free RMSNorm over each value head
+    norm_offset: ClassVar[float] = 1.0  # RMSNorm scales by (norm_offset + w): Gemma 1-3 store w - 1
+    layer_scalar: ClassVar[bool] = False  # each layer's output times a stored scalar (a buffer)
 
     vocab_size: int = 257216
     hidden_size: int = 2048
@@ -73,6 +76,30 @@ class GemmaConfig:
     def attention_scale(self) -> float:
         return self.head_dim**-0.5
 
+    def head_dim_of(self, layer_type: str) -> int:
+        """The query, key and value heads' width on layers of ``layer_type``."""
+        return self.head_dim
+
+    def kv_heads_of(self, layer_type: str) -> int:
+        return self.num_key_value_heads
+
+    def keys_are_values(self, layer_type: str) -> bool:
+        """Whether layers of ``layer_type`` have no value projection: values are the keys' projection (K = V)."""
+        return False
+
+    def rotary_fraction_of(self, layer_type: str) -> float:
+        """The share of each head's dimensions that RoPE rotates (its first angles; the rest see no position)."""
+        return 1.0
+
+    @property
+    def kv_sources(self) -> list[int | None]:
+        """Per layer: the earlier layer whose keys and values it attends to (KV sharing), or None (its own)."""
+        return [None] * self.num_hidden_layers
+
+    def intermediate_size_of(self, layer_idx: int) -> int:
+        """The width of layer ``layer_idx``'s MLP."""
+        return self.intermediate_size
+
     @property
     def attention_softcap(self) -> float | None:
         """The tanh soft-cap of attention scores (None: none)."""
@@ -85,7 +112,8 @@ class GemmaConfig:
 
     @property
     def rope_by_layer_type(self) -> dict[str, tuple[float, float]]:
-        """Layer type -> (RoPE base, linear position scaling factor)."""
+        """Layer type -> (RoPE base, linear position scaling factor); the dimensions are ``head_dim_of`` and
+        ``rotary_fraction_of``'s."""
         return {layer_type: (self.rope_theta, 1.0) for layer_type in set(self.layer_types)}
 
     @property
@@ -260,6 +288,6 @@ def text_config_from_dict(d: dict[str, Any]) -> GemmaConfig:
     if model_type not in TEXT_CONFIGS:
         raise UnsupportedConfigError(
             f"text_config.model_type={model_type!r} is not supported: the decoders are "
-            "'gemma' (PaliGemma 1), 'gemma2' (PaliGemma 2) and 'gemma3_text' (Gemma 3)"
+            "'gemma' (PaliGemma 1), 'gemma2' (PaliGemma 2), 'gemma3_text' (Gemma 3) and 'gemma4_text' (Gemma 4)"
         )
     return TEXT_CONFIGS[model_type].from_dict(d)

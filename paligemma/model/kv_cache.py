@@ -1,5 +1,12 @@
 """Key/value caches for one attention layer, allocated once per generation call: every slot of the sequence
-(``KVCache``), or a ring of a sliding-window layer's last slots (``SlidingKVCache``)."""
+(``KVCache``), or a ring of a sliding-window layer's last slots (``SlidingKVCache``).
+
+KV sharing (Gemma 4's last ``num_kv_shared_layers``): a layer that attends to an earlier layer's keys and values
+holds a ``SharedKVCache`` on that layer's cache and reads what its last ``update`` returned: in prefill the
+prompt's keys, in a decode step every slot it holds, exactly what the source layer itself attended to in that
+call. A forward without caches (training) gives the source layers a ``PassThroughKV``, which stores nothing and
+hands the same keys and values on: cached and uncached runs share one code path.
+"""
 
 import torch
 from torch import nn
@@ -22,6 +29,13 @@ class KVCache(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.size = 0
+        self.latest: tuple[torch.Tensor, torch.Tensor] | None = None  # what the last update returned
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values the last ``update`` returned (a layer sharing this layer's KV attends to them)."""
+        if self.latest is None:
+            raise ValueError("a shared KV cache was read before its source layer wrote it")
+        return self.latest
 
     @property
     def max_seq_len(self) -> int:
@@ -35,7 +49,8 @@ class KVCache(nn.Module):
         self.k_cache[:, :, self.size : end] = k
         self.v_cache[:, :, self.size : end] = v
         self.size = end
-        return self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+        self.latest = self.k_cache[:, :, :end], self.v_cache[:, :, :end]
+        return self.latest
 
     def slot_mask(self, mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
         """A (N, 1, T, L) mask over sequence slots, as the keys that ``update`` returns lie: unchanged here."""
@@ -83,9 +98,11 @@ class SlidingKVCache(KVCache):
             self.v_cache[:, :, :kept] = v[:, :, T - kept :].roll(shift, dims=2)
         self.size += T
         if T > 1:
-            return k, v
-        filled = min(self.size, self.window)
-        return self.k_cache[:, :, :filled], self.v_cache[:, :, :filled]
+            self.latest = k, v
+        else:
+            filled = min(self.size, self.window)
+            self.latest = self.k_cache[:, :, :filled], self.v_cache[:, :, :filled]
+        return self.latest
 
     def slot_mask(self, mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
         """(N, 1, T, L) over sequence slots -> (N, 1, T, window) over ring slots, for T queries at sequence slots
@@ -95,3 +112,56 @@ class SlidingKVCache(KVCache):
         held = q_positions[:, None] - (q_positions[:, None] - ring) % self.window  # (T, window)
         index = held.clamp(min=0).expand(*mask.shape[:2], -1, -1)
         return mask.gather(-1, index) & (held >= 0)
+
+
+class SharedKVCache(KVCache):
+    """The cache of a layer that attends to an earlier layer's keys and values (KV sharing): it holds none,
+    ``read`` returns what the source layer's cache last returned, and slots, masks and beam reordering are the
+    source's (which reorders itself)."""
+
+    def __init__(self, source: KVCache):
+        nn.Module.__init__(self)
+        self.source = source
+
+    @property
+    def size(self) -> int:
+        return self.source.size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.source.max_seq_len
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError("a layer sharing another layer's keys and values writes none")
+
+    def read(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.read()
+
+    def slot_mask(self, mask: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
+        return self.source.slot_mask(mask, q_positions)
+
+    def every_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.source.every_slot()
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        """Nothing: the source cache reorders its own rows."""
+
+
+class PassThroughKV(KVCache):
+    """A forward without caches, for a layer whose keys and values later layers share: ``update`` keeps nothing
+    but returns them as given, and ``read`` returns them again (``SharedKVCache``)."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.size = 0
+        self.latest = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.latest = k, v
+        return k, v
+
+    def every_slot(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.read()
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        raise ValueError("a forward without caches has no rows to reorder")

@@ -6,7 +6,7 @@ import transformers
 
 from paligemma.errors import UnsupportedConfigError
 from paligemma.model.config import PaliGemmaConfig, SiglipVisionConfig
-from paligemma.model.gemma_config import TEXT_CONFIGS, Gemma2Config, Gemma3TextConfig, GemmaConfig
+from paligemma.model.gemma_config import TEXT_CONFIGS, Gemma2Config, GemmaConfig
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -71,6 +71,13 @@ def test_the_constructor_takes_objects_and_from_dict_dicts():
     assert a == b and a.projection_dim == 64
 
 
+def gemma4_reference():
+    """transformers' Gemma 4 text config, whose head_dim (the sliding layers') reads as an attribute only so."""
+    ref = transformers.Gemma4TextConfig()
+    ref.allow_global_per_layer_attribute_access = True
+    return ref
+
+
 @pytest.mark.parametrize("config_class", list(TEXT_CONFIGS.values()))
 def test_each_generations_defaults_are_transformers(config_class):
     """A text config that names its model_type only reads as transformers' class reads it (Gemma 1: the text
@@ -78,20 +85,18 @@ def test_each_generations_defaults_are_transformers(config_class):
     ours = config_class()
     assert config_class.from_dict({"model_type": config_class.model_type}) == ours
     references = {"gemma": lambda: transformers.PaliGemmaConfig().text_config, "gemma2": transformers.Gemma2Config,
-                  "gemma3_text": transformers.Gemma3TextConfig}  # fmt: skip
+                  "gemma3_text": transformers.Gemma3TextConfig, "gemma4_text": gemma4_reference}  # fmt: skip
     ref = references[config_class.model_type]()
     names = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "head_dim", "rms_norm_eps", "max_position_embeddings", "layer_types"]  # fmt: skip
-    names += [
-        "query_pre_attn_scalar",
-        "attn_logit_softcapping",
-        "final_logit_softcapping",
-        "sliding_window",
-    ] * (config_class is not GemmaConfig)
+    names += ["final_logit_softcapping", "sliding_window"] * (config_class is not GemmaConfig)
+    names += ["query_pre_attn_scalar", "attn_logit_softcapping"] * (
+        config_class.model_type in ("gemma2", "gemma3_text")
+    )
     assert {n: getattr(ours, n) for n in names} == {
         n: getattr(ref, n, ours.default_layer_types()) for n in names
     }
-    if config_class is Gemma3TextConfig:
+    if config_class.model_type in ("gemma3_text", "gemma4_text"):
         assert ours.vocab_size == ref.vocab_size
 
 
