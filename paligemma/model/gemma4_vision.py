@@ -75,15 +75,13 @@ class Gemma4VisionPatchEmbedder(nn.Module):
             torch.ones(2, config.position_embedding_size, config.hidden_size)
         )  # x, y
 
-    def forward(
-        self, pixel_values: torch.Tensor, positions: torch.Tensor, padding: torch.Tensor
-    ) -> torch.Tensor:
-        """(B, P, 3 p^2) pixels in [0, 1], (B, P, 2) positions, (B, P) padding -> (B, P, D); no position on pads."""
+    def forward(self, pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, P, 3 p^2) pixels in [0, 1], (B, P, 2) positions -> (B, P, D). Padding takes position (0, 0):
+        transformers zeroes its position embedding, but no real patch sees a padding one, so neither changes a token."""
         x = self.input_proj((2 * (pixel_values - 0.5)).to(self.input_proj.weight.dtype))
         xy = positions.clamp(min=0)
         table = self.position_embedding_table
-        position = F.embedding(xy[..., 0], table[0]) + F.embedding(xy[..., 1], table[1])  # (B, P, D)
-        return x + torch.where(padding[..., None], 0.0, position)
+        return x + F.embedding(xy[..., 0], table[0]) + F.embedding(xy[..., 1], table[1])
 
 
 def rope_2d(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -232,7 +230,7 @@ class Gemma4VisionModel(nn.Module):
         """(B, P, 3 p^2) patches, (B, P, 2) long positions -> (S, D) soft tokens in the weights' dtype, each image's
         in turn: S = ``soft_tokens_per_image(pixel_position_ids, k).sum()``."""
         padding = (pixel_position_ids == -1).all(-1)  # (B, P)
-        x = self.patch_embedder(pixel_values, pixel_position_ids, padding)
+        x = self.patch_embedder(pixel_values, pixel_position_ids)
         x = self.encoder(x, pixel_position_ids, ~padding).masked_fill(padding[..., None], 0.0)  # (B, P, D)
         pooled, filled = pool_patches(x, pixel_position_ids, self.config.pooling_kernel_size)
         # sqrt(D) scaling and standardisation in float32, as transformers (the scaled values may pass fp16's range)
