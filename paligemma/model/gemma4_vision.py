@@ -77,7 +77,7 @@ class Gemma4VisionPatchEmbedder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, P, 3 p^2) pixels in [0, 1], (B, P, 2) positions -> (B, P, D). Padding takes position (0, 0):
-        transformers zeroes its position embedding, but no real patch sees a padding one, so neither changes a token."""
+        transformers zeroes its position embedding, but no real patch sees a padding one: no token changes."""
         x = self.input_proj((2 * (pixel_values - 0.5)).to(self.input_proj.weight.dtype))
         xy = positions.clamp(min=0)
         table = self.position_embedding_table

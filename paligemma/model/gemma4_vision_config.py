@@ -47,7 +47,7 @@ class Gemma4VisionConfig:
                 f"hidden_activation={self.hidden_activation!r} is not supported; Gemma 4 uses the tanh GELU"
             )
         if self.rope_parameters["rope_type"] != "axial":
-            return f"rope_parameters.rope_type={self.rope_parameters['rope_type']!r} is not supported: only 'axial'"
+            return f"rope_parameters.rope_type={self.rope_parameters['rope_type']!r} is not supported, only 'axial'"
         if self.head_dim % 4:
             return f"head_dim={self.head_dim} is not a multiple of 4: 2D RoPE rotates x and y in pairs"
         if self.num_attention_heads % self.num_key_value_heads:
@@ -56,7 +56,8 @@ class Gemma4VisionConfig:
                 f"num_key_value_heads={self.num_key_value_heads}"
             )
         if self.pooling_kernel_size < 2:
-            return f"pooling_kernel_size={self.pooling_kernel_size} is not supported (transformers keeps padding at 1)"
+            k = self.pooling_kernel_size
+            return f"pooling_kernel_size={k} is not supported (at 1 transformers keeps the padding patches)"
         return None
 
     @property
