@@ -133,10 +133,8 @@ class Gemma4VisionAttention(nn.Module):
             k, v = k.repeat_interleave(self.groups, dim=1), v.repeat_interleave(self.groups, dim=1)
         dropout = self.dropout if self.training else 0.0
         mask = valid[:, None, None, :]  # (B, 1, 1, P)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0
-        )  # (B, H, P, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, P, -1))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=1.0)
+        return self.o_proj(y.transpose(1, 2).reshape(B, P, -1))  # y: (B, H, P, hd)
 
 
 class Gemma4VisionMLP(nn.Module):
