@@ -71,9 +71,8 @@ class Gemma4VisionPatchEmbedder(nn.Module):
     def __init__(self, config: Gemma4VisionConfig):
         super().__init__()
         self.input_proj = nn.Linear(3 * config.patch_size**2, config.hidden_size, bias=False)
-        self.position_embedding_table = nn.Parameter(
-            torch.ones(2, config.position_embedding_size, config.hidden_size)
-        )  # x, y
+        table = torch.ones(2, config.position_embedding_size, config.hidden_size)  # x, y
+        self.position_embedding_table = nn.Parameter(table)
 
     def forward(self, pixel_values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, P, 3 p^2) pixels in [0, 1], (B, P, 2) positions -> (B, P, D). Padding takes position (0, 0):
@@ -81,7 +80,8 @@ class Gemma4VisionPatchEmbedder(nn.Module):
         x = self.input_proj((2 * (pixel_values - 0.5)).to(self.input_proj.weight.dtype))
         xy = positions.clamp(min=0)
         table = self.position_embedding_table
-        return x + F.embedding(xy[..., 0], table[0]) + F.embedding(xy[..., 1], table[1])
+        position = F.embedding(xy[..., 0], table[0]) + F.embedding(xy[..., 1], table[1])  # (B, P, D)
+        return x + position  # x and y summed first, as transformers: the same bf16 bits
 
 
 def rope_2d(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -184,23 +184,20 @@ class Gemma4VisionEncoder(nn.Module):
 def pool_patches(x: torch.Tensor, positions: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, P, D) patch features (zero on padding), (B, P, 2) positions -> (B, P / k^2, D) float32 means of each
     k x k block of an image's patch grid, its blocks row-major from the first, and (B, P / k^2) bool: the blocks
-    that hold patches. Padding counts as patch (0, 0), adding zero."""
+    that hold patches. Padding counts as patch (0, 0), adding zero.
+
+    As transformers, a (B, P, P / k^2) matrix of weights 1 / k^2 times the patches: the same sums in the same
+    order, so bf16 tokens equal its bit for bit (a scatter-add's differ in the last bit now and then)."""
     B, P, D = x.shape
     if P % k**2:
         raise ValueError(
             f"{P} patches per image cannot pool {k} x {k}: the processor pads to a multiple of {k**2}"
         )
-    tokens = P // k**2
     xy = positions.clamp(min=0)
     columns = (xy[..., 0].amax(-1, keepdim=True) + 1) // k  # (B, 1): blocks per row of each image
     block = xy[..., 0] // k + columns * (xy[..., 1] // k)  # (B, P)
-    index = (
-        block + tokens * torch.arange(B, device=x.device)[:, None]
-    ).flatten()  # (B * P,) into (B * tokens)
-    sums = x.new_zeros(B * tokens, D, dtype=torch.float32)
-    sums.index_add_(0, index, x.reshape(B * P, D).float(), alpha=1 / k**2)
-    filled = torch.zeros(B * tokens, dtype=torch.bool, device=x.device).index_fill_(0, index, True)
-    return sums.view(B, tokens, D), filled.view(B, tokens)
+    weights = x.new_zeros(B, P, P // k**2, dtype=torch.float32).scatter_(2, block[..., None], 1 / k**2)
+    return weights.transpose(1, 2) @ x.float(), weights.amax(1) > 0
 
 
 def soft_tokens_per_image(image_position_ids: torch.Tensor, pooling_kernel_size: int) -> torch.Tensor:

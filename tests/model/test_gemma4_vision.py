@@ -118,6 +118,22 @@ def test_soft_tokens_match_transformers(variant, do_resize):
     assert (out - torch.cat(ref)).abs().max() < 1e-5
 
 
+def test_bf16_soft_tokens_equal_transformers_bit_for_bit(tmp_path):
+    """In bf16 as from_pretrained loads transformers' (its default SDPA attention), the same bits."""
+    config = tiny_config(use_clipped_linears=True, standardize=True)
+    hf_reference(config).save_pretrained(tmp_path)
+    hf = transformers.Gemma4ForConditionalGeneration.from_pretrained(
+        tmp_path, dtype=torch.bfloat16, attn_implementation="sdpa"
+    ).eval()
+    tower, embedder = (module.to(torch.bfloat16) for module in ours_from_hf(hf, config))
+    pixels, positions = images(do_resize=True)
+    with torch.no_grad():
+        ref = torch.cat(hf_soft_tokens(hf, pixels, positions))
+        out = embedder(tower(pixels, positions))
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+
+
 def test_clip_bounds_bite():
     """The bounds the parity test sets change the output (else it would not test the clamps)."""
     config = tiny_config(use_clipped_linears=True)
