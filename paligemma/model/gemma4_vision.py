@@ -107,10 +107,8 @@ class Gemma4VisionAttention(nn.Module):
         self.head_dim = config.head_dim
         self.groups = config.num_attention_heads // config.num_key_value_heads
         self.dropout = config.attention_dropout or 0.0
-        q_width, kv_width = (
-            config.num_attention_heads * self.head_dim,
-            config.num_key_value_heads * self.head_dim,
-        )
+        q_width = config.num_attention_heads * self.head_dim
+        kv_width = config.num_key_value_heads * self.head_dim
         clip = config.use_clipped_linears
         self.q_proj = ClippedLinear(config.hidden_size, q_width, clip)
         self.k_proj = ClippedLinear(config.hidden_size, kv_width, clip)
@@ -187,7 +185,8 @@ def pool_patches(x: torch.Tensor, positions: torch.Tensor, k: int) -> tuple[torc
     that hold patches. Padding counts as patch (0, 0), adding zero.
 
     As transformers, a (B, P, P / k^2) matrix of weights 1 / k^2 times the patches: the same sums in the same
-    order, so bf16 tokens equal its bit for bit (a scatter-add's differ in the last bit now and then)."""
+    order, so bf16 tokens equal its bit for bit (a scatter-add's differ in the last bit now and then). The matrix
+    holds P^2 / k^2 floats an image: 2.8 MB at 280 soft tokens, 45 MB at 1120."""
     B, P, D = x.shape
     if P % k**2:
         raise ValueError(

@@ -172,8 +172,8 @@ def test_padding_and_neighbours_change_no_soft_token():
 
 
 def test_lora_goes_on_the_inner_linears_and_stays_clipped():
-    """peft puts LoRA on each ClippedLinear's inner nn.Linear (it refuses the wrapper); the adapter changes the
-    soft tokens and the clamps still bound the adapted layer's output."""
+    """peft refuses the ClippedLinear wrapper and puts LoRA on its inner nn.Linear; the adapter changes the soft
+    tokens and the clamps still bound the adapted layer's output."""
     import peft
 
     config = tiny_config(use_clipped_linears=True)
@@ -181,6 +181,8 @@ def test_lora_goes_on_the_inner_linears_and_stays_clipped():
     args = images(do_resize=False)
     with torch.no_grad():
         base = tower(*args)
+    with pytest.raises(ValueError, match="ClippedLinear"):  # the wrapper itself: not a type peft adapts
+        peft.get_peft_model(Gemma4VisionModel(config), peft.LoraConfig(r=4, target_modules=["q_proj"]))
     targets = rf".*\.({'|'.join(LINEARS)})\.linear"
     lora = peft.LoraConfig(r=4, lora_alpha=64, target_modules=targets, init_lora_weights=False)
     model = peft.get_peft_model(tower, lora)
@@ -198,12 +200,8 @@ def test_lora_goes_on_the_inner_linears_and_stays_clipped():
 def test_config_reads_transformers_layout():
     hf = transformers.Gemma4VisionConfig(hidden_size=1152, num_hidden_layers=27, standardize=True)
     ours = Gemma4VisionConfig.from_dict(hf.to_dict())
-    assert (ours.hidden_size, ours.num_hidden_layers, ours.standardize, ours.rope_theta) == (
-        1152,
-        27,
-        True,
-        100.0,
-    )
+    fields = ours.hidden_size, ours.num_hidden_layers, ours.standardize, ours.rope_theta
+    assert fields == (1152, 27, True, 100.0)
     back = transformers.Gemma4VisionConfig.from_dict(ours.to_dict()).to_dict()
     assert all(back[k] == v for k, v in ours.to_dict().items())
 
