@@ -118,6 +118,25 @@ def test_soft_tokens_match_transformers(variant, do_resize):
     assert (out - torch.cat(ref)).abs().max() < 1e-5
 
 
+def test_gradients_match_transformers():
+    """Every parameter's gradient of a loss on the soft tokens (padded batch, clipped and standardised)."""
+    config = tiny_config(use_clipped_linears=True, standardize=True)
+    hf = hf_reference(config)
+    tower, embedder = ours_from_hf(hf, config)
+    pixels, positions = images(do_resize=False)
+    ref = torch.cat(hf_soft_tokens(hf, pixels, positions))
+    weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
+    (ref * weights).sum().backward()
+    (embedder(tower(pixels, positions)) * weights).sum().backward()
+    ours = {TOWER + n: p.grad for n, p in tower.named_parameters()}
+    ours |= {EMBEDDER + n: p.grad for n, p in embedder.named_parameters()}
+    theirs = {n: p.grad for n, p in hf.named_parameters() if n in ours}
+    assert theirs.keys() == ours.keys()
+    for name, grad in ours.items():
+        assert grad is not None and theirs[name] is not None, name
+        assert (grad - theirs[name]).abs().max() < 1e-4, name
+
+
 def test_bf16_soft_tokens_equal_transformers_bit_for_bit(tmp_path):
     """In bf16 as from_pretrained loads transformers' (its default SDPA attention), the same bits."""
     config = tiny_config(use_clipped_linears=True, standardize=True)
