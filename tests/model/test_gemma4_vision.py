@@ -133,8 +133,9 @@ def test_gradients_match_transformers():
     theirs = {n: p.grad for n, p in hf.named_parameters() if n in ours}
     assert theirs.keys() == ours.keys()
     for name, grad in ours.items():
-        assert grad is not None and theirs[name] is not None, name
-        assert (grad - theirs[name]).abs().max() < 1e-4, name
+        reference = theirs[name]
+        assert grad is not None and reference is not None, name
+        assert (grad - reference).abs().max() < 1e-4, name
 
 
 def test_bf16_soft_tokens_equal_transformers_bit_for_bit(tmp_path):
