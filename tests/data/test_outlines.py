@@ -44,7 +44,7 @@ def test_masks_are_drawn_at_their_pictures_resolution_without_anti_aliasing():
 def test_the_synthetic_shapes_are_the_pixels_render_scene_paints():
     scene = [("red", shape, cell) for cell, shape in enumerate(SHAPES)]
     for seed in range(6):
-        png, boxes = render_scene(scene, 64, np.random.default_rng(seed))
+        png, boxes, _ = render_scene(scene, 64, np.random.default_rng(seed))
         picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
         painted = (picture == COLORS["red"]).all(-1)  # the background is light: no pixel is pure red
         for (x, y, w, _), (_, shape, cell) in zip(boxes, scene, strict=True):
