@@ -185,3 +185,13 @@ def test_image_token_outside_the_vocabulary(tmp_path):
         out = ours(**inputs)
     assert out.logits is not None
     assert (ref.logits - out.logits)[inputs["attention_mask"].bool()].abs().max().item() < 1e-4
+
+
+def test_beam_search_matches_transformers(models):
+    hf, ours = models
+    inputs = batch(with_labels=False)
+    P = inputs["input_ids"].shape[1]
+    kwargs = dict(max_new_tokens=6, num_beams=3, eos_token_id=1)
+    with torch.no_grad():
+        expected = hf.generate(**inputs, do_sample=False, pad_token_id=PAD, **kwargs)[:, P:]
+    assert torch.equal(ours.generate(**inputs, decode_weights=None, **kwargs), expected)
