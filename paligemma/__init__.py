@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from paligemma.model.config import SiglipVisionConfig as SiglipVisionConfig
     from paligemma.model.gemma3 import Gemma3ForConditionalGeneration as Gemma3ForConditionalGeneration
     from paligemma.model.gemma3_config import Gemma3Config as Gemma3Config
+    from paligemma.model.gemma4 import Gemma4ForConditionalGeneration as Gemma4ForConditionalGeneration
+    from paligemma.model.gemma4_config import Gemma4Config as Gemma4Config
     from paligemma.model.gemma_config import Gemma2Config as Gemma2Config
     from paligemma.model.gemma_config import Gemma3TextConfig as Gemma3TextConfig
     from paligemma.model.gemma_config import GemmaConfig as GemmaConfig
@@ -32,6 +34,8 @@ _EXPORTS = {
     "Gemma3ForConditionalGeneration": "paligemma.model.gemma3",
     "Gemma3Processor": "paligemma.data.gemma3_processor",
     "Gemma3TextConfig": "paligemma.model.gemma_config",
+    "Gemma4Config": "paligemma.model.gemma4_config",
+    "Gemma4ForConditionalGeneration": "paligemma.model.gemma4",
     "GemmaConfig": "paligemma.model.gemma_config",
     "MaskVAE": "paligemma.model.mask_vae",
     "PaliGemmaConfig": "paligemma.model.config",

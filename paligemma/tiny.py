@@ -1,9 +1,10 @@
-"""Tiny PaliGemma and Gemma 3 checkpoints built from scratch: the starting point of the embedded default model.
+"""Tiny PaliGemma, Gemma 3 and Gemma 4 checkpoints built from scratch: the starting point of the embedded default
+model.
 
-    python -m paligemma.tiny --out checkpoints/tiny-random [--decoder gemma2] [--family gemma3]
+    python -m paligemma.tiny --out checkpoints/tiny-random [--decoder gemma2] [--family gemma3|gemma4]
 
 writes a randomly initialised HF-format PaliGemma (``--decoder gemma2``: a PaliGemma 2; ``--family gemma3``: a
-Gemma 3 with its processor files and chat template) with a byte-fallback tokenizer trained on the synthetic shapes
+Gemma 3 with its processor files and chat template; ``--family gemma4``: a Gemma 4, likewise) with a byte-fallback tokenizer trained on the synthetic shapes
 texts; ``python train.py experiment=pretrain_tiny`` then trains every parameter on the synthetic captions.
 ``random_batch`` makes prefix-LM batches of any config, for tests and benchmarks.
 """
@@ -19,6 +20,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from paligemma.data import gemma4_files
 from paligemma.data.gemma3_files import save_gemma3_processor_files
 from paligemma.data.tokenizer import (
     BOI_TOKEN,
@@ -34,6 +36,9 @@ from paligemma.model.config import PaliGemmaConfig
 from paligemma.model.gemma import GemmaRMSNorm
 from paligemma.model.gemma3 import Gemma3ForConditionalGeneration, Gemma3MultiModalProjector
 from paligemma.model.gemma3_config import Gemma3Config
+from paligemma.model.gemma4 import Gemma4ForConditionalGeneration
+from paligemma.model.gemma4_config import Gemma4Config
+from paligemma.model.gemma4_vision import Gemma4RMSNorm, Gemma4VisionPatchEmbedder
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 
 TINY_VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
@@ -51,6 +56,16 @@ TINY_TEXT_GEMMA3 = dict(TINY_TEXT, model_type="gemma3_text", num_key_value_heads
                         sliding_window=32, layer_types=["sliding_attention"] * 3 + ["full_attention"],
                         rope_theta=1_000_000.0, rope_local_base_freq=10_000.0)  # fmt: skip
 TINY_GEMMA3_IMAGE_TOKENS = 16
+# Gemma 4 at the same width: per-layer embeddings (16 wide), three sliding layers (window 32) then a full one with
+# wider heads and RoPE on a quarter of them, each image's tokens bidirectional on the sliding layers ("vision"), a
+# final soft-cap; the tower takes the processor's 16 px patches, at most 70 soft tokens per image.
+TINY_TEXT_GEMMA4 = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=48, global_head_dim=96, sliding_window=32,
+                        layer_types=["sliding_attention"] * 3 + ["full_attention"], hidden_size_per_layer_input=16,
+                        use_bidirectional_attention="vision", final_logit_softcapping=30.0)  # fmt: skip
+TINY_VISION_GEMMA4 = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=4, head_dim=32, patch_size=16, position_embedding_size=128)  # fmt: skip
+TINY_GEMMA4_IMAGE_TOKENS = 70
 
 
 def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
@@ -69,8 +84,16 @@ def init_weights_(model: nn.Module, std: float = 0.02, seed: int = 0) -> None:
             if isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
-            elif isinstance(module, GemmaRMSNorm):
-                module.weight.zero_()
+            elif isinstance(module, GemmaRMSNorm):  # identity: 1 + w with w = 0, or w = 1 (Gemma 4's)
+                module.weight.fill_(1.0 - module.offset)
+            elif isinstance(module, Gemma4RMSNorm):
+                assert module.weight is not None  # a norm without a scale has no parameter
+                module.weight.fill_(1.0)
+            elif isinstance(
+                module, Gemma4VisionPatchEmbedder
+            ):  # its position table is a parameter of its own
+                table = module.position_embedding_table
+                table.copy_(torch.randn(table.shape, generator=gen) * std)
             elif isinstance(module, Gemma3MultiModalProjector):  # its matrix is a parameter of its own
                 weight = module.mm_input_projection_weight
                 weight.copy_(torch.randn(weight.shape, generator=gen) * std)
@@ -146,6 +169,51 @@ def create_tiny_gemma3_checkpoint(
     init_weights_(model, seed=seed)
     model.save_pretrained(out_dir)
     save_gemma3_processor_files(out_dir, tokenizer, config.vision_config.image_size, mm_tokens_per_image)
+    return out_dir
+
+
+def create_tiny_gemma4_checkpoint(
+    out_dir: str | Path,
+    texts: Iterable[str],
+    vocab_size: int = 512,
+    vision: dict | None = None,
+    text: dict | None = None,
+    image_tokens: int = TINY_GEMMA4_IMAGE_TOKENS,
+    seed: int = 0,
+) -> Path:
+    """Train a Gemma 4 tokenizer on ``texts``, build a random Gemma 4 around it and save both (with the processor
+    files and the chat template) to ``out_dir``. It stops at ``<eos>`` and ``<turn|>``, as the -it checkpoints."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size, special_tokens=gemma4_files.GEMMA4_TOKENS)
+    names = (
+        gemma4_files.BOI_TOKEN,
+        gemma4_files.EOI_TOKEN,
+        gemma4_files.IMAGE_TOKEN,
+        gemma4_files.END_OF_TURN,
+    )
+    ids = {t: token_id(tokenizer, t) for t in (*names, "<pad>", "<bos>", "<eos>")}
+    vocab = tokenizer.get_vocab_size()
+    text_config = dict(
+        TINY_TEXT_GEMMA4 if text is None else text,
+        vocab_size=vocab,
+        vocab_size_per_layer_input=vocab,
+        pad_token_id=ids["<pad>"],
+        bos_token_id=ids["<bos>"],
+        eos_token_id=[ids["<eos>"], ids[gemma4_files.END_OF_TURN]],
+    )
+    config = Gemma4Config.from_dict(
+        dict(
+            vision_config=dict(TINY_VISION_GEMMA4 if vision is None else vision),
+            text_config=text_config,
+            boi_token_id=ids[gemma4_files.BOI_TOKEN],
+            eoi_token_id=ids[gemma4_files.EOI_TOKEN],
+            image_token_id=ids[gemma4_files.IMAGE_TOKEN],
+        )
+    )
+    model = Gemma4ForConditionalGeneration(config)
+    init_weights_(model, seed=seed)
+    model.save_pretrained(out_dir)
+    gemma4_files.save_gemma4_processor_files(out_dir, tokenizer, image_tokens)
     return out_dir
 
 
@@ -268,17 +336,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=512)
     parser.add_argument("--decoder", choices=sorted(TINY_TEXTS_BY_DECODER),
                         help="gemma (default): PaliGemma 1; gemma2: PaliGemma 2")  # fmt: skip
-    parser.add_argument("--family", choices=["paligemma", "gemma3"], default="paligemma",
-                        help="gemma3: a Gemma 3 (its own decoder: --decoder does not apply)")  # fmt: skip
+    parser.add_argument("--family", choices=["paligemma", "gemma3", "gemma4"], default="paligemma",
+                        help="gemma3 / gemma4: a Gemma 3 / 4 (its own decoder: --decoder does not apply)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.family == "gemma3" and args.decoder is not None:
-        parser.error("--decoder picks PaliGemma's decoder; --family gemma3 has Gemma 3's own")
+    if args.family != "paligemma" and args.decoder is not None:
+        own = {"gemma3": "Gemma 3's own", "gemma4": "Gemma 4's own"}[args.family]
+        parser.error(f"--decoder picks PaliGemma's decoder; --family {args.family} has {own}")
     try:
         out = writable_dir(args.out)
         texts = synthetic_texts(make_shapes_dataset(num_train=2000, num_val=0, seed=args.seed))
         if args.family == "gemma3":
             path = create_tiny_gemma3_checkpoint(out, texts, vocab_size=args.vocab_size, seed=args.seed)
+        elif args.family == "gemma4":
+            path = create_tiny_gemma4_checkpoint(out, texts, vocab_size=args.vocab_size, seed=args.seed)
         else:
             text = TINY_TEXTS_BY_DECODER[args.decoder or "gemma"]
             path = create_tiny_checkpoint(out, texts, vocab_size=args.vocab_size, text=text, seed=args.seed)

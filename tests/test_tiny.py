@@ -150,3 +150,48 @@ def test_cli_refuses_a_paligemma_decoder_for_gemma3(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--family", "gemma3", "--decoder", "gemma2"])
     assert "--family gemma3 has Gemma 3's own" in capsys.readouterr().err
+
+
+def test_cli_writes_a_tiny_gemma4_that_transformers_loads_with_equal_logits(tmp_path):
+    """The tiny Gemma 4 and its processor files: transformers loads the model; our processor's batch of two images
+    of different aspect ratios gives equal logits and greedy tokens in both models. (transformers'
+    AutoProcessor wants an audio feature extractor these files do not hold.)"""
+    from PIL import Image
+
+    from paligemma import Gemma4ForConditionalGeneration
+    from paligemma.data.gemma4_processor import Gemma4Processor
+    from paligemma.model.vision_language import token_positions
+
+    out = tmp_path / "tiny4"
+    args = ["--out", str(out), "--family", "gemma4", "--vocab-size", "300"]
+    subprocess.run([sys.executable, "-m", "paligemma.tiny", *args], check=True, cwd=ROOT, capture_output=True)
+    reference = transformers.Gemma4ForConditionalGeneration.from_pretrained(out, attn_implementation="eager")
+    ours = Gemma4ForConditionalGeneration.from_pretrained(out).eval()
+    norms = [v for k, v in ours.state_dict().items() if "norm" in k]
+    assert norms and all(
+        bool((v == 1).all()) for v in norms
+    )  # Gemma 4's norms store the scale: identity is 1
+    processor = Gemma4Processor.from_pretrained(out, chat_template=True)
+    config = ours.config
+    assert config.image_token_index == processor.image_token_id
+    assert config.text_config.stop_token_ids == processor.stop_token_ids
+    rgb = torch.Generator().manual_seed(0)
+    images = [
+        Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=rgb).byte().numpy())
+        for h, w in [(48, 96), (80, 40)]
+    ]
+    batch = processor(
+        text=["a red circle", "what is it?"], images=[images[:1], images[1:]], padding_side="left"
+    )
+    with torch.no_grad():
+        expected = reference.eval()(**batch, position_ids=token_positions(batch["attention_mask"])).logits
+        got = ours(**batch).logits
+        tokens = reference.generate(  # pyright: ignore[reportAttributeAccessIssue]
+            **batch, max_new_tokens=5, do_sample=False, eos_token_id=[]
+        )
+    assert got is not None
+    # 1e-3, not 1e-4: the untrained tower's outputs reach ~50 (x sqrt(width)), where float32's rounding is ~3e-4
+    # and differs between the two implementations' op orders; given transformers' soft tokens, ours is within 2e-5
+    assert (expected - got)[batch["attention_mask"].bool()].abs().max() < 1e-3
+    P = batch["input_ids"].shape[1]
+    assert torch.equal(ours.generate(**batch, max_new_tokens=5, eos_token_id=-1), tokens[:, P:])

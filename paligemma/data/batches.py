@@ -27,13 +27,17 @@ class ModelInputs:
     """Token rows and their pictures, as the network's forward and ``generate`` take them.
 
     input_ids, attention_mask, token_type_ids: (B, T); pixel_values: (N, 3, H, W), every picture of the batch (and
-    its pan & scan crops), row after row.
+    its pan & scan crops), row after row. Gemma 4's processor gives ``mm_token_type_ids`` (B, T) instead of
+    ``token_type_ids``, its pictures as patch rows, pixel_values (N, P, 3 p^2), with their ``image_position_ids``
+    (N, P, 2); the fields a processor does not give are None.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    token_type_ids: torch.Tensor
-    pixel_values: torch.Tensor
+    token_type_ids: torch.Tensor | None = field(default=None, kw_only=True)
+    pixel_values: torch.Tensor | None = field(default=None, kw_only=True)
+    mm_token_type_ids: torch.Tensor | None = field(default=None, kw_only=True)
+    image_position_ids: torch.Tensor | None = field(default=None, kw_only=True)
 
     def as_kwargs(self) -> dict[str, torch.Tensor]:
         """The tensors by field name, those that are None left out: ``net(**inputs.as_kwargs())``."""
@@ -50,8 +54,8 @@ class LossInputs(ModelInputs):
     ``segment_ids`` (B, T), packed rows (paligemma/data/packing.py) numbered 1, 2, ... in each sequence, 0 on
     padding (None: not packed)."""
 
-    labels: torch.Tensor
-    segment_ids: torch.Tensor | None = None
+    labels: torch.Tensor = field(kw_only=True)
+    segment_ids: torch.Tensor | None = field(default=None, kw_only=True)
 
 
 @dataclass

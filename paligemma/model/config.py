@@ -18,6 +18,7 @@ import torch
 
 from paligemma.errors import MissingFileError, UnsupportedConfigError
 from paligemma.model.config_fields import check_activation, known_fields
+from paligemma.model.gemma4_vision_config import Gemma4VisionConfig
 from paligemma.model.gemma_config import GemmaConfig, text_config_from_dict
 from paligemma.paths import read_json
 
@@ -70,7 +71,7 @@ class VisionLanguageConfig(ABC):
     """What the model code (paligemma/model/vision_language.py) reads of every family's config: the towers, the image
     token, the loss's ignore index, how many tokens an image takes and the logits' soft-cap."""
 
-    vision_config: SiglipVisionConfig
+    vision_config: SiglipVisionConfig | Gemma4VisionConfig  # Gemma 4: patch rows of any aspect ratio
     text_config: GemmaConfig
     image_token_index: int
     ignore_index: int = -100

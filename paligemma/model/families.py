@@ -10,6 +10,7 @@ from pathlib import Path
 
 from paligemma.errors import MissingFileError, UnsupportedConfigError
 from paligemma.model.gemma3 import Gemma3ForConditionalGeneration
+from paligemma.model.gemma4 import Gemma4ForConditionalGeneration
 from paligemma.model.paligemma import PaliGemmaForConditionalGeneration
 from paligemma.model.vision_language import VisionLanguageModel
 from paligemma.model.weights import MODEL_FILES
@@ -18,6 +19,7 @@ from paligemma.paths import read_json, resolve_model_dir
 MODEL_CLASSES: dict[str, type[VisionLanguageModel]] = {
     "paligemma": PaliGemmaForConditionalGeneration,
     "gemma3": Gemma3ForConditionalGeneration,
+    "gemma4": Gemma4ForConditionalGeneration,
 }
 
 

@@ -94,6 +94,7 @@ class Gemma3ForConditionalGeneration(VisionLanguageModel):
     config_class = Gemma3Config
     model_class = Gemma3Model
     first_position = 0  # Gemma 3 counts positions from 0
+    config: Gemma3Config
 
     def bidirectional_spans(self, input_ids, valid, token_type_ids=None, labels=None) -> torch.Tensor:
         """Each image one span: ``image_blocks``."""

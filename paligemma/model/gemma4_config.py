@@ -20,11 +20,13 @@ same; ours writes the latter, which transformers reads too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from paligemma.errors import UnsupportedConfigError
+from paligemma.model.config import VisionLanguageConfig
 from paligemma.model.config_fields import known_fields
+from paligemma.model.gemma4_vision_config import Gemma4VisionConfig
 from paligemma.model.gemma_config import LAYER_TYPES, TEXT_CONFIGS, Gemma3TextConfig, every_nth_full
 
 
@@ -159,7 +161,7 @@ class Gemma4TextConfig(Gemma3TextConfig):
         num_layers = d.get("num_hidden_layers", cls.num_hidden_layers)
         layer_types = d.get("layer_types") or every_nth_full(num_layers)
         full = {str(i) for i, t in enumerate(layer_types) if t == LAYER_TYPES[0]}
-        overrides = {str(k): v for k, v in per_layer.items()}
+        overrides = {str(int(k)): v for k, v in per_layer.items()}  # 5.25 writes '05' as well as '5'
         values = [overrides[i] for i in sorted(full) if i in overrides]
         uniform = set(overrides) == full and all(v == values[0] for v in values)
         if not uniform or set(values[0]) - {"head_dim", "num_key_value_heads"}:
@@ -194,3 +196,63 @@ class Gemma4TextConfig(Gemma3TextConfig):
 
 
 TEXT_CONFIGS[Gemma4TextConfig.model_type] = Gemma4TextConfig
+
+
+@dataclass
+class Gemma4Config(VisionLanguageConfig):
+    """Gemma 4's vision-language config in transformers' ``Gemma4Config`` layout (``model_type`` "gemma4"): the
+    decoder's (``Gemma4TextConfig``), the tower's (``Gemma4VisionConfig``), the image token and the tokens around
+    each image. Defaults: transformers' (5.25). An image takes as many tokens as its soft tokens, which vary with
+    its aspect ratio (``vision_soft_tokens_per_image``, the processor's most). The audio tower is not implemented:
+    a file's ``audio_config`` is read and dropped (the checkpoint's audio weights are skipped on load)."""
+
+    vision_config: Gemma4VisionConfig = field(default_factory=Gemma4VisionConfig)
+    text_config: Gemma4TextConfig = field(default_factory=Gemma4TextConfig)
+    image_token_index: int = 258_880
+    boi_token_index: int = 255_999  # <start_of_image>, before each image's tokens
+    eoi_token_index: int = 258_882  # <end_of_image>, after them
+    vision_soft_tokens_per_image: int = 280
+
+    def __post_init__(self):
+        # No vocabulary check: image tokens are embedded as the pad id (as transformers does), so the image token
+        # may lie outside the text vocabulary (tiny test configs).
+        pass
+
+    @property
+    def num_image_tokens(self) -> int:
+        """The most tokens an image takes (fewer where its aspect ratio leaves patches unused)."""
+        return self.vision_soft_tokens_per_image
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Gemma4Config:
+        model_type = d.get("model_type", "gemma4")
+        if model_type != "gemma4":
+            raise UnsupportedConfigError(f"model_type={model_type!r} is not a Gemma 4 config")
+        text = dict(d.get("text_config") or {})
+        text_model_type = text.get("model_type", Gemma4TextConfig.model_type)
+        if text_model_type != Gemma4TextConfig.model_type:
+            raise UnsupportedConfigError(
+                f"text_config.model_type={text_model_type!r}: Gemma 4's decoder is 'gemma4_text'"
+            )
+        d = dict(
+            d,
+            vision_config=Gemma4VisionConfig.from_dict(d.get("vision_config") or {}),
+            text_config=Gemma4TextConfig.from_dict(text),
+        )
+        for alias in ("image_token", "boi_token", "eoi_token"):  # transformers 5's names
+            if f"{alias}_id" in d:
+                d.setdefault(f"{alias}_index", d[f"{alias}_id"])
+        return cls(**known_fields(cls, d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "architectures": ["Gemma4ForConditionalGeneration"],
+            "model_type": "gemma4",
+            "image_token_id": self.image_token_index,
+            "boi_token_id": self.boi_token_index,
+            "eoi_token_id": self.eoi_token_index,
+            "tie_word_embeddings": True,
+            "text_config": self.text_config.to_dict(),
+            "vision_config": self.vision_config.to_dict(),
+            "audio_config": None,
+        }

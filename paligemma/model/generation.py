@@ -60,6 +60,7 @@ def generate(
     early_stopping: bool | str = False,
     fixed_length: bool = False,
     decode_weights: DecodeWeights | Literal["auto"] | None = "auto",
+    image_position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Generate up to max_new_tokens per row of a left-padded prompt batch; returns only the new tokens.
 
@@ -73,6 +74,7 @@ def generate(
     products. "auto" (the default, ``default_decode_weights``) builds them for the call from
     ``DECODE_WEIGHTS_PAY_FROM`` new tokens on, below which building them costs more time than it saves. A loop of
     calls (validation) builds them once (``DecodeWeights.build``) and passes them to each.
+    ``image_position_ids``: the patch positions of families whose images come as patch rows (Gemma 4).
     """
     text = model.config.text_config
     if num_beams > 1 and do_sample:
@@ -86,8 +88,15 @@ def generate(
         return input_ids.new_zeros(input_ids.shape[0], 0)
     if decode_weights == "auto":
         decode_weights = default_decode_weights(model, max_new_tokens)
+    image_inputs = {} if image_position_ids is None else {"image_position_ids": image_position_ids}
     logits, state = model.prefill(
-        input_ids, pixel_values, attention_mask, token_type_ids, max_new_tokens, decode_weights
+        input_ids,
+        pixel_values,
+        attention_mask,
+        token_type_ids,
+        max_new_tokens,
+        decode_weights,
+        **image_inputs,
     )
     if num_beams > 1:
         search = BeamSearch(num_beams, max_new_tokens, stop_ids, length_penalty, early_stopping)

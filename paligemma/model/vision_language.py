@@ -77,8 +77,13 @@ class VisionLanguageBackbone(nn.Module):
         self.language_model = self.decoder_class(config.text_config)
         self.feature_cache: ImageFeatureCache | None = None  # frozen towers: features of images seen before
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, num_image_tokens, text hidden); projected, not scaled."""
+    def image_features(
+        self, pixel_values: torch.Tensor, image_position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C, H, W) -> (B, num_image_tokens, text hidden); projected, not scaled. ``image_position_ids``: the
+        patch positions of families whose images come as patch rows (Gemma 4); none here."""
+        if image_position_ids is not None:
+            raise ValueError(f"{type(self).__name__} takes no image_position_ids: its images are square")
         if self.feature_cache is not None:
             return self.feature_cache(pixel_values, self.project_images)
         return self.project_images(pixel_values)
@@ -108,6 +113,11 @@ class VisionLanguageBackbone(nn.Module):
             return embeds
         return embeds.masked_scatter(image_mask[..., None], image_features.to(embeds.dtype))
 
+    def per_layer_inputs(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor) -> torch.Tensor | None:
+        """What the decoder's layers read of the tokens beside the embeddings (Gemma 4's per-layer embeddings,
+        ``per_layer_inputs=`` of the decoder's ``forward`` and ``run_layers``); None: nothing (this base)."""
+        return None
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -118,15 +128,16 @@ class VisionLanguageBackbone(nn.Module):
         outputs_from: int = 0,
         segment_ids: torch.Tensor | None = None,
         decode_weights: DecodeWeights | None = None,
+        per_layer_inputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the decoder on (B, T, D) embeddings that continue the cache (if any); returns the hidden states
         of positions ``outputs_from`` on. ``spans``: the bidirectional spans (``same_span``); ``segment_ids``: see
-        ``attention_mask_4d``."""
+        ``attention_mask_4d``; ``per_layer_inputs``: ``per_layer_inputs``'s."""
         start = kv_caches[0].size if kv_caches else 0
         q_positions = torch.arange(start, start + inputs_embeds.shape[1], device=inputs_embeds.device)
         masks = self.attention_masks(attention_mask, q_positions, spans, segment_ids)
         return self.language_model(
-            inputs_embeds, position_ids, masks, kv_caches, outputs_from, decode_weights
+            inputs_embeds, position_ids, masks, kv_caches, outputs_from, decode_weights, per_layer_inputs
         )
 
     def attention_masks(self, valid_kv, q_positions, spans_kv, segment_ids=None) -> dict[str, torch.Tensor]:
@@ -146,6 +157,9 @@ class VisionLanguageModel(nn.Module, ABC):
     config_class: type[VisionLanguageConfig]
     model_class: type[VisionLanguageBackbone]
     first_position: int
+    save_prefixes: list[tuple[str, str]] = (
+        weights.SAVE_PREFIXES
+    )  # our key prefix -> the one save_pretrained writes
 
     def __init__(self, config: VisionLanguageConfig):
         super().__init__()
@@ -202,6 +216,7 @@ class VisionLanguageModel(nn.Module, ABC):
         return_logits: bool = True,
         segment_ids: torch.Tensor | None = None,
         decode_weights: DecodeWeights | None = None,
+        image_position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Logits for every position and, given labels, the mean loss over labels != -100.
 
@@ -209,12 +224,13 @@ class VisionLanguageModel(nn.Module, ABC):
         head only where the loss needs it (saves B*T*V memory). ``segment_ids`` (B, T): packed rows, each segment one
         prompt + target that attends only within itself, its positions restarting. ``decode_weights``: the
         products run on them, gradients off (validation's loss: paligemma/model/decode_weights.py).
+        ``image_position_ids``: the patch positions of families whose images come as patch rows (Gemma 4).
         """
         valid, spans, positions = self.attention_inputs(
             input_ids, attention_mask, token_type_ids, labels, segment_ids
         )
         positions = positions if position_ids is None else position_ids
-        features = self.model.image_features(pixel_values) if pixel_values is not None else None
+        features = self._image_features(pixel_values, image_position_ids)
         start = 0 if return_logits or labels is None else self._first_predicting(labels)
         embeds = self.model.embed(input_ids, features)
         hidden = self.model(
@@ -225,12 +241,20 @@ class VisionLanguageModel(nn.Module, ABC):
             outputs_from=start,
             segment_ids=segment_ids,
             decode_weights=decode_weights,
+            per_layer_inputs=self.model.per_layer_inputs(input_ids, embeds),
         )
         logits = self.lm_logits(hidden, decode_weights) if return_logits else None
         loss = None
         if labels is not None:
             loss = self._loss(hidden, logits, labels, start, decode_weights)
         return ModelOutput(logits=logits, loss=loss)
+
+    def _image_features(self, pixel_values, image_position_ids=None) -> torch.Tensor | None:
+        if pixel_values is None:
+            return None
+        if image_position_ids is None:  # the families with square images take no second argument
+            return self.model.image_features(pixel_values)
+        return self.model.image_features(pixel_values, image_position_ids)
 
     def _first_predicting(self, labels: torch.Tensor) -> int:
         """The first position whose next token is a label in some row: the loss reads no hidden state before
@@ -256,6 +280,7 @@ class VisionLanguageModel(nn.Module, ABC):
         token_type_ids: torch.Tensor | None = None,
         max_new_tokens: int = 20,
         decode_weights: DecodeWeights | None = None,
+        image_position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DecodeState]:
         """Run a left-padded prompt batch once: (B, V) next-token logits and the state for ``decode_step``,
         with caches and masks allocated for ``max_new_tokens`` more tokens. ``decode_weights``: the decoder's
@@ -267,9 +292,12 @@ class VisionLanguageModel(nn.Module, ABC):
             )
         B, total = input_ids.shape[0], input_ids.shape[1] + max_new_tokens
         caches = self.language_model.make_kv_caches(B, total, self.dtype, input_ids.device)
-        features = self.model.image_features(pixel_values) if pixel_values is not None else None
+        features = self._image_features(pixel_values, image_position_ids)
         embeds = self.model.embed(input_ids, features)
-        hidden = self.model(embeds, valid, spans, positions, caches, decode_weights=decode_weights)
+        per_layer = self.model.per_layer_inputs(input_ids, embeds)
+        hidden = self.model(
+            embeds, valid, spans, positions, caches, decode_weights=decode_weights, per_layer_inputs=per_layer
+        )
         state = self._decode_state(valid, spans, positions, caches, embeds, max_new_tokens)
         return self.lm_logits(hidden[:, -1], decode_weights), state
 
@@ -295,7 +323,10 @@ class VisionLanguageModel(nn.Module, ABC):
         as ``prefill``'s."""
         masks, cos, sin = state.advance()
         embeds = self.language_model.embed(tokens[:, None])  # (N, 1, D)
-        hidden = self.language_model.run_layers(embeds, cos, sin, masks, state.caches, 0, decode_weights)
+        per_layer = self.model.per_layer_inputs(tokens[:, None], embeds)
+        hidden = self.language_model.run_layers(
+            embeds, cos, sin, masks, state.caches, 0, decode_weights, per_layer_inputs=per_layer
+        )
         return self.lm_logits(hidden[:, -1], decode_weights)
 
     def generate(self, input_ids, pixel_values=None, attention_mask=None, **options) -> torch.Tensor:

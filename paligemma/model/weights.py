@@ -28,6 +28,7 @@ KEY_PREFIXES = [
     ("model.vision_tower.vision_model.", "model.vision_tower."),  # transformers 4.5x
     ("model.vision_tower.", "model.vision_tower."),
     ("model.multi_modal_projector.", "model.multi_modal_projector."),
+    ("model.embed_vision.", "model.multi_modal_projector."),  # Gemma 4's projector
     ("model.language_model.", "model.language_model."),
     ("vision_tower.vision_model.", "model.vision_tower."),  # hub original
     ("vision_tower.", "model.vision_tower."),  # transformers 5 save
@@ -38,8 +39,9 @@ KEY_PREFIXES = [
 ]
 # What a hub download of a checkpoint fetches.
 MODEL_FILES = ["*.json", "*.safetensors", "tokenizer.model"]
-# Parameters PaliGemma never uses: SigLIP's pooling head (configs with vision_use_head) and the tied head.
-UNUSED_PREFIXES = ("model.vision_tower.head.", "lm_head.")
+# Tensors no family uses: SigLIP's pooling head (configs with vision_use_head), the tied head, and Gemma 4's audio
+# tower and its projector (not implemented: its audio inputs are refused).
+UNUSED_PREFIXES = ("model.vision_tower.head.", "lm_head.", "model.audio_tower.", "model.embed_audio.")
 # Our key prefix -> the key written by save_pretrained (the hub's original layout).
 SAVE_PREFIXES = [
     ("model.vision_tower.", "vision_tower.vision_model."),
@@ -119,7 +121,26 @@ def read_safetensors(file: Path):
 def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_name, _, attr = name.rpartition(".")
     module = model.get_submodule(module_name)
+    if attr in module._buffers:  # a persistent buffer (Gemma 4's layer scalars, clip bounds): stays one
+        module._buffers[attr] = tensor
+        return
     setattr(module, attr, nn.Parameter(tensor, requires_grad=getattr(module, attr).requires_grad))
+
+
+def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of ``model``: its parameters (the tied head once) and persistent buffers."""
+    tensors: dict[str, torch.Tensor] = dict(model.named_parameters())
+    persistent = model.state_dict(keep_vars=True)
+    tensors.update((name, b) for name, b in model.named_buffers() if name in persistent)
+    return tensors
+
+
+def unused_keys(model: nn.Module) -> set[str]:
+    """Our names of checkpoint tensors the model has no place for and does not need (the decoder's
+    ``unused_checkpoint_keys``: Gemma 4's KV-sharing layers' key and value projections)."""
+    decoder = model.get_submodule("model.language_model")
+    unused = getattr(decoder, "unused_checkpoint_keys", None)
+    return {f"model.language_model.{key}" for key in unused()} if unused is not None else set()
 
 
 def load_pretrained(
@@ -134,11 +155,14 @@ def load_pretrained(
     config = cls.config_class.from_pretrained(path)
     with torch.device("meta"):
         model = cls(config)
-    expected = {name: p.shape for name, p in model.named_parameters()}  # tied head listed once
+    expected = {name: p.shape for name, p in checkpoint_tensors(model).items()}  # tied head listed once
+    skipped = unused_keys(model)
     loaded, unexpected, mis_shaped = set(), [], []
     for file in checkpoint_files(path):
         for key, shape, read in read_safetensors(file):
             name = our_key(key)
+            if name in skipped:
+                continue
             if name is None or (name not in expected and not name.startswith(UNUSED_PREFIXES)):
                 unexpected.append(key)
             elif name in expected:
@@ -161,23 +185,27 @@ def load_pretrained(
     return model
 
 
-def hub_key(our_name: str) -> str:
-    for ours, hub in SAVE_PREFIXES:
+def hub_key(our_name: str, prefixes: list[tuple[str, str]] = SAVE_PREFIXES) -> str:
+    for ours, hub in prefixes:
         if our_name.startswith(ours):
             return hub + our_name[len(ours) :]
     raise KeyError(our_name)
 
 
 def save_pretrained(model: VisionLanguageModel, path, max_shard_bytes: int = 5 * 2**30) -> None:
-    """config.json + model.safetensors (or shards with an index) in the hub's original layout."""
+    """config.json + model.safetensors (or shards with an index) in the hub's original layout (the model class's
+    ``save_prefixes``: Gemma 4 writes transformers 5's)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()
     config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
+    prefixes = model.save_prefixes
     tensors = {
-        hub_key(n): p.detach().contiguous() for n, p in model.named_parameters() if n != "lm_head.weight"
+        hub_key(n, prefixes): p.detach().contiguous()
+        for n, p in checkpoint_tensors(model).items()
+        if n != "lm_head.weight"
     }
     shards, current, size = [], {}, 0
     for key, tensor in tensors.items():

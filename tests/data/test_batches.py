@@ -50,3 +50,32 @@ def test_pin_memory_pins_every_tensor(train_and_val, monkeypatch):
         assert type(out) is type(batch) and out.stats == batch.stats and out.rows == batch.rows
         assert [id(t) for t in tensors(out)] == [id(t) for t in pinned[-len(tensors(batch)) :]]
         assert all(torch.equal(a, b) for a, b in zip(tensors(out), tensors(batch), strict=True))
+
+
+def test_gemma4_processor_outputs_fill_the_optional_fields(tmp_path):
+    """Gemma 4's processor gives mm_token_type_ids and image_position_ids, no token_type_ids: the inputs hold what
+    it gives and hand on exactly that (Gemma4ForConditionalGeneration takes each by its name)."""
+    import numpy as np
+    from PIL import Image
+
+    from paligemma.data.batches import ModelInputs
+    from paligemma.data.gemma4_files import GEMMA4_TOKENS, save_gemma4_processor_files
+    from paligemma.data.gemma4_processor import Gemma4Processor
+    from paligemma.data.tokenizer import build_tokenizer
+
+    corpus = ["a cat on a mat", "what is in the image?", "two"] * 30
+    save_gemma4_processor_files(
+        tmp_path, build_tokenizer(corpus, vocab_size=360, special_tokens=GEMMA4_TOKENS)
+    )
+    processor = Gemma4Processor.from_pretrained(tmp_path)
+    image = Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8))
+    out = processor(text=["a cat", "two"], images=[[image], [image]], suffix=["on a mat", "two"])
+    inputs = LossInputs(**out)
+    kwargs = inputs.as_kwargs()
+    assert "token_type_ids" not in kwargs and inputs.token_type_ids is None
+    assert torch.equal(kwargs["mm_token_type_ids"], out["mm_token_type_ids"])
+    assert torch.equal(kwargs["image_position_ids"], out["image_position_ids"])
+    prompt = ModelInputs(**processor(text=["a cat"], images=[[image]], padding_side="left"))
+    assert set(prompt.as_kwargs()) == {
+        "input_ids", "attention_mask", "pixel_values", "mm_token_type_ids", "image_position_ids"
+    }  # fmt: skip

@@ -19,7 +19,7 @@ def test_an_unknown_model_type_names_the_file_and_the_known_types(tmp_path, tiny
     with pytest.raises(UnsupportedConfigError) as error:
         model_family(tmp_path)
     assert str(error.value) == (
-        f"{tmp_path / 'config.json'}: model_type 'llava' is not a family this code implements; known: paligemma, gemma3"
+        f"{tmp_path / 'config.json'}: model_type 'llava' is not a family this code implements; known: paligemma, gemma3, gemma4"
     )
 
 
