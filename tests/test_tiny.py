@@ -152,6 +152,7 @@ def test_cli_refuses_a_paligemma_decoder_for_gemma3(tmp_path, capsys):
     assert "--family gemma3 has Gemma 3's own" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess and transformers
 def test_cli_writes_a_tiny_gemma4_that_transformers_loads_with_equal_logits(tmp_path):
     """The tiny Gemma 4 and its processor files: transformers loads the model; our processor's batch of two images
     of different aspect ratios gives equal logits and greedy tokens in both models. (transformers'

@@ -76,6 +76,7 @@ def test_dead_codes_take_encodings_of_the_batch_and_live_ones_stay():
     assert usage.tolist() == [5.0, 1.0, 2.0, 1.0]
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss_and_the_file_reads_back_with_its_widths(tmp_path, capsys):
     out = tmp_path / "vae.safetensors"
     args = parse_args(["--out", str(out), "--steps", "60", "--log-every", "20", "--lr", "5e-3", *TINY])

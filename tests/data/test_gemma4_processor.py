@@ -131,7 +131,14 @@ def mixed_images(seed=0):
 
 @pytest.mark.parametrize(
     "budget, padding_side",
-    [(70, "right"), (140, "left"), (280, "right"), (280, "left"), (560, "right"), (1120, "left")],
+    [
+        (70, "right"),
+        (140, "left"),
+        (280, "right"),
+        (280, "left"),
+        pytest.param(560, "right", marks=pytest.mark.slow),
+        pytest.param(1120, "left", marks=pytest.mark.slow),
+    ],  # fmt: skip
 )
 def test_images_match_reference_at_each_budget(gemma4_dir, ref, budget, padding_side):
     ours = Gemma4Processor.from_pretrained(gemma4_dir, image_tokens=budget)

@@ -191,6 +191,7 @@ def test_padding_and_neighbours_change_no_soft_token():
     assert (batch - torch.cat(alone)).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_lora_goes_on_the_inner_linears_and_stays_clipped():
     """peft refuses the ClippedLinear wrapper and puts LoRA on its inner nn.Linear; the adapter changes the soft
     tokens and the clamps still bound the adapted layer's output."""
