@@ -29,6 +29,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -87,13 +88,13 @@ def file_digest(path: str) -> str:
 def _encode_rows(batch: dict[str, list], settings: DataSettings, vae: MaskVAE) -> dict[str, list]:
     """The rows' objects: every mask read and cropped, then encoded in one VQ-VAE call."""
     n = len(batch[settings.mask_column])
-    rows: list[list[tuple[Any, PixelBox, Box]] | str] = []
+    rows: list[list[tuple[np.ndarray, torch.Tensor, Box]] | str] = []
     for i in range(n):
         try:
             rows.append(_objects({k: v[i] for k, v in batch.items()}, settings))
         except Exception as error:
             rows.append(str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}")
-    crops = [encoder_input(mask, box) for row in rows if not isinstance(row, str) for mask, box, _ in row]
+    crops = [crop for row in rows if not isinstance(row, str) for _, crop, _ in row]
     with torch.no_grad():
         codes = vae.encode(torch.stack(crops)).tolist() if crops else []
     next_codes = iter(codes)
@@ -110,8 +111,9 @@ def _encode_rows(batch: dict[str, list], settings: DataSettings, vae: MaskVAE) -
     return out
 
 
-def _objects(item: dict[str, Any], s: DataSettings) -> list[tuple[Any, PixelBox, Box]]:
-    """Each object of a row: its mask, its pixel box and its relative box; a bad one is a ValueError naming it."""
+def _objects(item: dict[str, Any], s: DataSettings) -> list[tuple[np.ndarray, torch.Tensor, Box]]:
+    """Each object of a row: its mask, the (64, 64) crop the VQ-VAE encodes and its relative box; a bad one is a
+    ValueError naming it."""
     width, height = picture_size(item[s.image_column])
     several = s.task == "segmentation" and isinstance(item[s.names_column], list | tuple)
     masks = list(item[s.mask_column]) if several else [item[s.mask_column]]
@@ -130,11 +132,11 @@ def _objects(item: dict[str, Any], s: DataSettings) -> list[tuple[Any, PixelBox,
             mask = read_mask(cell, width, height)
             pixels = mask_box(mask) if bbox is None else _pixel_box(bbox, s.box_format)
             pixels = checked_box(pixels, width, height)
-            encoder_input(mask, pixels)  # raises when the box holds no inside pixel
+            crop = encoder_input(mask, pixels)  # raises when the box holds no inside pixel
         except ValueError as error:
             raise ValueError(f"object {i}: {error}" if several else str(error)) from error
         x0, y0, x1, y1 = pixels
-        objects.append((mask, pixels, Box(y0 / height, x0 / width, y1 / height, x1 / width)))
+        objects.append((mask, crop, Box(y0 / height, x0 / width, y1 / height, x1 / width)))
     return objects
 
 
